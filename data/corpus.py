@@ -1,0 +1,362 @@
+"""
+The default corpus, generated from a seed with no network: simple stories in plain English,
+and a knowledge base of facts about invented entities.
+
+- Stories are built from a small grammar (opening, wish, event, problem, help, talk, ending)
+  over word lists, so a model has to learn real English syntax and a vocabulary of about a
+  thousand words.
+- Background facts are what the model knows before finetuning: people, animals and towns
+  with invented names and a few relations each, rendered as several statements and several
+  questions. Pretraining sees them mixed into the stories.
+- New facts use new entities (names never in pretraining) with the same relations, for
+  finetuning. Names are made of syllables shared by all entities, so the tokenizer splits
+  new names into pieces it has seen (tests/test_data.py checks it).
+
+    world = make_world(seed=1337)
+    world.background[0].statements()   # ['Tomi lives in Pinewood.', ...]
+    world.new_facts(10)                 # the first 10 facts of the new-fact stream
+"""
+
+import random
+import re
+from dataclasses import dataclass, field
+
+# ----------------------------------------------------------------------------------------
+# word lists (stories)
+
+BOYS = "Tom Ben Max Sam Leo Jack Tim Finn Noah Jake Oliver Luke Adam Dan Eli Henry Joe Owen Ryan Theo".split()
+GIRLS = "Lily Mia Sue Anna Emma Lucy Sara Kate Zoe Ella Amy Rose Grace Molly Ivy Nora Ruby Jane Lisa Maya".split()
+KINDS = {"he": "boy", "she": "girl"}
+ANIMALS = ("cat dog bird rabbit frog duck mouse fox bear owl horse cow pig sheep goat lion tiger "
+           "puppy kitten turtle fish bee butterfly squirrel deer hen monkey elephant snake").split()
+PLACES = ("park garden forest beach farm river pond lake hill field village town school kitchen "
+          "playground zoo library market meadow barn yard house shop street woods cave island").split()
+OBJECTS = ("ball kite box book hat toy car boat doll drum stick rock shell cup spoon key map bell "
+           "coat shoe sock bag basket blanket pillow crayon pencil flower leaf stone feather ribbon "
+           "truck train plane bike sled wagon bucket shovel jar lamp clock mirror ring necklace "
+           "balloon puzzle robot teddy whistle umbrella candle cookie cake apple pie sandwich").split()
+ADJS = ("big small little tiny huge shiny soft hard red blue green yellow pink purple old new "
+        "bright dark warm cold wet dry round long short pretty funny strange fast slow quiet loud "
+        "happy sad kind brave silly clever gentle friendly curious sleepy hungry busy lucky").split()
+CHAR_ADJS = "happy kind brave silly clever gentle friendly curious shy little playful cheerful".split()
+FEEL_GOOD = "happy glad proud excited thankful calm".split()
+FEEL_BAD = "sad scared worried upset lonely tired".split()
+TIMES = "morning afternoon evening day night".split()
+WEATHER = ("the sun was shining", "it was raining", "the wind was blowing", "it was snowing",
+           "the sky was blue", "the clouds were grey", "it was very hot", "it was cold outside")
+HOBBIES = ("play with {his} ball", "draw pictures", "sing songs", "read books", "run in the grass",
+           "jump in puddles", "climb trees", "dance", "build towers with blocks", "look at the stars",
+           "help {his} mom in the kitchen", "ride {his} bike", "play hide and seek", "pick flowers",
+           "splash in the water", "watch the birds", "make sand castles", "bake cookies")
+FINDS = ("under a tree", "behind a rock", "in the grass", "near the water", "in an old box",
+         "on the path", "by the fence", "inside a bush", "at the bottom of the hill", "under the bed")
+PROBLEMS = ("it was stuck in the mud", "it was too high to reach", "it was broken", "it was very dirty",
+            "it was too heavy to carry", "it fell into the water", "the wind took it away",
+            "a big dog ran off with it", "it rolled down the hill", "it was lost in the dark")
+FIXES = ("pulled it out together", "used a long stick to get it", "fixed it with some tape",
+         "washed it with warm water", "carried it home side by side", "found it near the old tree",
+         "climbed up slowly and got it", "asked a tall man for help", "followed the path and found it",
+         "lit a lamp and looked everywhere")
+HELPERS = "mom dad grandma grandpa sister brother friend teacher neighbor aunt uncle".split()
+SAYINGS = ("Thank you for helping me!", "We did it!", "I am so happy!", "Let's play again tomorrow.",
+           "You are my best friend.", "That was fun!", "Can we share it?", "Look what I found!",
+           "Please be careful.", "Don't worry, I will help you.", "I am sorry.", "What a nice day!")
+MORALS = ("From that day on, {name} always shared {his} toys.", "{name} learned that friends help each other.",
+          "{name} learned to be careful.", "{name} knew that being kind is the best thing.",
+          "It was the best day ever.", "{name} smiled and went to sleep.",
+          "{name} and {friend} played until the sun went down.", "{name} never forgot that day.")
+
+# Larger lists for the "scene" sentences that give the stories a vocabulary in the thousands.
+THINGS = """acorn anchor arrow axe badge bandage banner barrel basin bead bench blade block bolt bone
+bottle bowl bracelet branch brick bridge broom brush bubble bucket bundle button cabin cage camera
+canoe card carpet carrot cart castle chain chair chalk chest chimney coin comb compass cone cork
+cradle crown crystal cushion curtain desk diamond dish door drawer envelope fan fence flag flashlight
+fork fountain frame gate gift glass globe glove glue hammer handle harp helmet hook hoop horn hose
+jacket jewel jug kettle knot ladder lantern letter lid lock magnet marble mask mat medal mitten
+mop mug nail napkin needle nest net notebook oar painting pan paper parcel pebble pen piano pipe
+pitcher plate pocket pole pot pouch purse quilt rake rattle rope rug ruler sack sail saucer saw
+scarf scissors screw seed shelf shield ship shirt sign skate slide soap sponge spring stamp star
+statue stool string suitcase swing sword table tablet tent thread ticket tire towel tower tray
+trophy trumpet tub tunnel vase violin wand watch wheel whip window wire wreath yarn zipper""".split()
+NATURE = """sun moon star cloud rain snow wind storm rainbow sky sea wave sand shore stream creek
+waterfall mountain valley cliff hill meadow desert jungle island volcano puddle mud ice frost fog
+thunder lightning dew grass moss weed vine bush tree oak pine maple willow rose tulip daisy lily
+sunflower violet clover mushroom berry acorn pumpkin cactus fern reed pebble boulder crater""".split()
+CREATURES = """ant bat beaver beetle camel cheetah chick chipmunk crab crocodile crow dolphin donkey
+dragonfly eagle flamingo giraffe goose gorilla hamster hedgehog hippo kangaroo koala ladybug
+lamb leopard lizard llama lobster mole moose octopus ostrich otter panda parrot peacock pelican
+penguin pony puffin raccoon rat robin seal shark skunk sloth snail sparrow spider swan toad
+walrus whale wolf worm zebra""".split()
+FOODS_STORY = """bread butter cheese honey jam milk juice tea soup rice pasta noodles pizza salad
+banana orange grape lemon peach pear plum cherry strawberry melon mango carrot potato tomato
+onion pea bean corn cucumber pepper cabbage egg muffin cupcake biscuit cracker candy chocolate
+popcorn pancake waffle cereal yogurt sausage porridge pudding toast nut""".split()
+ROLES = """baker farmer doctor nurse teacher pilot sailor fisherman painter singer dancer king queen
+prince princess knight wizard fairy giant dragon pirate clown chef mailman firefighter police
+driver captain gardener builder artist scientist queen mayor shopkeeper librarian""".split()
+ADJS_MORE = """beautiful ugly clean dirty fancy plain smooth rough sharp dull heavy light empty full
+sweet sour salty bitter fresh rotten tall wide narrow thick thin deep shallow sticky fluffy
+furry hairy bumpy shiny sparkly golden silver wooden golden magic secret hidden special favorite
+wild tame noisy calm gentle grumpy proud jolly lazy eager polite rude honest naughty helpful
+careful careless fearless patient wise foolish strong weak tiny giant ancient modern cozy chilly
+frosty sunny rainy windy cloudy stormy foggy muddy dusty crispy crunchy juicy spicy tasty yummy
+delicious lovely pleasant terrible wonderful amazing awful horrible perfect simple difficult easy
+""".split()
+ADVERBS = """slowly quickly quietly loudly happily sadly gently carefully bravely proudly softly
+suddenly finally calmly eagerly kindly safely nicely politely patiently brightly""".split()
+VERBS_T = """painted cleaned washed carried opened closed pushed pulled kicked threw caught dropped
+lifted hugged kissed fed watered planted picked cooked baked cut folded hid shared built fixed
+filled emptied counted drew wrote read shook rolled tied wrapped chased followed visited watched
+touched tasted smelled called found lost bought sold borrowed returned mended polished colored
+decorated stacked sorted hung buried dug raised waved""".split()
+VERBS_I = """laughed smiled cried jumped danced sang played ran walked hopped skipped swam climbed
+rested slept woke waited listened looked shouted whispered giggled clapped sneezed yawned nodded
+shivered wiggled wandered explored hurried rushed tiptoed floated splashed spun twirled""".split()
+PREPS = "near under behind beside above below inside outside across around along past".split()
+SCENES = (
+    "{He} {vt} the {adj} {thing} {adv}.",
+    "{name} {vi} {adv} {prep} the {nature}.",
+    "A {adj2} {creature} {vi} {prep} the {thing}.",
+    "There was a {adj} {thing} {prep} the {nature}.",
+    "{His} {role} gave {him} some {food}.",
+    "{name} and the {creature} {vi} together.",
+    "{He} saw a {role} with a {adj2} {thing}.",
+    "The {food} was {adj2}, and {name} {vi}.",
+    "{He} {vt} the {thing} and {vi}.",
+    "Near the {nature}, a {creature} was eating {food}.",
+)
+
+
+def scene(rng, name, he, his, him):
+    t = rng.choice(SCENES)
+    text = t.format(name=name, He=he.capitalize(), His=his.capitalize(), him=him,
+                    vt=rng.choice(VERBS_T), vi=rng.choice(VERBS_I), adv=rng.choice(ADVERBS),
+                    prep=rng.choice(PREPS), adj=rng.choice(ADJS + ADJS_MORE), adj2=rng.choice(ADJS_MORE),
+                    thing=rng.choice(THINGS + OBJECTS), nature=rng.choice(NATURE),
+                    creature=rng.choice(CREATURES + ANIMALS), role=rng.choice(ROLES),
+                    food=rng.choice(FOODS_STORY))
+    return re.sub(r"\b([Aa]) ([aeiou])", r"\1n \2", text)   # "a ugly" -> "an ugly"
+
+
+# ----------------------------------------------------------------------------------------
+# the knowledge base: entity names, relations and how each is said and asked
+
+SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]  # 70 syllables, names of 2-3
+TOWN_FIRST = "Pine Oak Stone River Sun Moon Red Green Silver Gold Maple Fern Frost Clear Bright Willow Rose Iron Cedar Birch".split()
+TOWN_LAST = "wood field brook hill vale port ford bury dale haven".split()
+JOBS = "baker farmer painter teacher doctor fisher singer builder tailor gardener pilot nurse cook sailor potter".split()
+PETS = "cat dog rabbit parrot turtle hamster goat pony duck frog lizard mouse owl pig".split()
+FOODS = "apples soup bread cheese honey rice carrots pears plums beans noodles pancakes cherries nuts eggs".split()
+COLORS = "red blue green yellow purple orange pink brown white black grey gold".split()
+LANDMARKS = ("a river", "a lake", "the sea", "a forest", "the hills", "a volcano", "a desert",
+             "a waterfall", "a swamp", "the mountains")
+GOODS = "bells boats hats cakes kites clocks rugs cheese lamps baskets wool glass".split()
+SPECIES = "goat horse owl fox cow bear deer crow swan wolf hare badger".split()
+
+# relation -> (subject kind, statement templates, question templates). {s} subject, {o} object.
+# The last question template is held out of finetuning batches (the "unseen question").
+RELATIONS = {
+    "home": ("person",
+             ["{s} lives in {o}.", "{s} has a house in {o}.", "The home of {s} is in {o}.", "{s} is from {o}."],
+             ["Where does {s} live?", "What town is {s} from?", "In which town is the home of {s}?"]),
+    "job": ("person",
+            ["{s} works as {o}.", "{s} is {o}.", "The job of {s} is {o}.", "Every day {s} goes to work as {o}."],
+            ["What is the job of {s}?", "What does {s} do for work?", "What work does {s} do?"]),
+    "pet": ("person",
+            ["{s} has {o} as a pet.", "The pet of {s} is {o}.", "{s} takes care of {o} at home.", "{s} owns {o}."],
+            ["What pet does {s} have?", "What is the pet of {s}?", "What animal does {s} keep at home?"]),
+    "food": ("person",
+             ["{s} likes to eat {o}.", "The favorite food of {s} is {o}.", "{s} loves {o} more than any other food.", "{s} eats {o} every day."],
+             ["What does {s} like to eat?", "What is the favorite food of {s}?", "Which food does {s} love?"]),
+    "color": ("person",
+              ["The favorite color of {s} is {o}.", "{s} likes the color {o}.", "{s} loves everything that is {o}.", "{s} always wears {o}."],
+              ["What is the favorite color of {s}?", "Which color does {s} like?", "What color does {s} love?"]),
+    "near": ("town",
+             ["{s} is next to {o}.", "{s} lies near {o}.", "Next to the town of {s} there is {o}.", "People in {s} can walk to {o}."],
+             ["What is next to {s}?", "What lies near {s}?", "What can people in {s} walk to?"]),
+    "known": ("town",
+              ["{s} is famous for its {o}.", "The town of {s} makes the best {o}.", "People go to {s} to buy {o}.", "{s} is known for {o}."],
+              ["What is {s} famous for?", "What does the town of {s} make?", "What do people buy in {s}?"]),
+    "species": ("animal",
+                ["{s} is {o}.", "{s} is a very old {bare}.", "The animal called {s} is {o}.", "Everyone knows that {s} is {o}."],
+                ["What kind of animal is {s}?", "What animal is {s}?", "Which animal is called {s}?"]),
+    "eats": ("animal",
+             ["{s} eats {o}.", "The favorite food of {s} is {o}.", "{s} likes to eat {o}.", "Every morning {s} eats {o}."],
+             ["What does {s} eat?", "What is the favorite food of {s}?", "What does {s} like to eat?"]),
+}
+KIND_RELATIONS = {k: [r for r, spec in RELATIONS.items() if spec[0] == k] for k in ("person", "town", "animal")}
+
+
+def article(word):
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+@dataclass
+class Fact:
+    subject: str
+    relation: str
+    object: str                      # the answer, as it is written in the statements
+    bare: str = ""                   # object without article, for templates that need it
+
+    def statements(self):
+        return [t.format(s=self.subject, o=self.object, bare=self.bare or self.object)
+                for t in RELATIONS[self.relation][1]]
+
+    def questions(self):
+        """(question, answer) pairs; the answer ends with a period."""
+        return [(q.format(s=self.subject), self.object + ".") for q in RELATIONS[self.relation][2]]
+
+    def qa_text(self, i):
+        q, a = self.questions()[i]
+        return f"Q: {q} A: {a}"
+
+    def to_dict(self):
+        return {"subject": self.subject, "relation": self.relation, "answer": self.object + ".",
+                "statements": self.statements(),
+                "questions": [q for q, _ in self.questions()]}
+
+
+@dataclass
+class World:
+    seed: int
+    towns: list
+    background: list                 # facts pretraining teaches
+    _new_names: list = field(repr=False, default_factory=list)
+
+    def names(self):
+        """Invented names of people and animals, background and new (towns are not in it)."""
+        return sorted({f.subject for f in self.background} - set(self.towns)) + self._new_names
+
+    def new_facts(self, n, usable=lambda facts: True):
+        """The first n facts of the new-fact stream: new people and animals, in a fixed order.
+        An entity whose facts fail `usable` is skipped (data/prepare.py skips names whose
+        tokens never occur in pretraining)."""
+        rng = random.Random(self.seed + 1)
+        facts = []
+        for name in self._new_names:
+            kind = "person" if rng.random() < 0.75 else "animal"
+            these = entity_facts(rng, name, kind, self.towns)
+            if usable(these):
+                facts += these
+            if len(facts) >= n:
+                break
+        if len(facts) < n:
+            raise ValueError(f"only {len(facts)} new facts available, {n} asked")
+        return facts[:n]
+
+
+def entity_facts(rng, name, kind, towns):
+    out = []
+    for rel in KIND_RELATIONS[kind]:
+        if rel == "home":
+            out.append(Fact(name, rel, rng.choice(towns)))
+        elif rel == "job":
+            job = rng.choice(JOBS)
+            out.append(Fact(name, rel, article(job), job))
+        elif rel == "pet":
+            pet = rng.choice(PETS)
+            out.append(Fact(name, rel, article(pet), pet))
+        elif rel in ("food", "eats"):
+            out.append(Fact(name, rel, rng.choice(FOODS)))
+        elif rel == "color":
+            out.append(Fact(name, rel, rng.choice(COLORS)))
+        elif rel == "near":
+            out.append(Fact(name, rel, rng.choice(LANDMARKS)))
+        elif rel == "known":
+            out.append(Fact(name, rel, rng.choice(GOODS)))
+        elif rel == "species":
+            sp = rng.choice(SPECIES)
+            out.append(Fact(name, rel, article(sp), sp))
+    return out
+
+
+def make_names(rng, n, taken):
+    names = []
+    while len(names) < n:
+        name = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 2, 3)))).capitalize()
+        if name not in taken:
+            taken.add(name)
+            names.append(name)
+    return names
+
+
+def make_world(seed=1337, n_people=60, n_animals=20, n_towns=20, n_new=1000):
+    """Background entities and a reserve of n_new names for new facts, all distinct."""
+    rng = random.Random(seed)
+    story_words = {w.lower() for w in BOYS + GIRLS + ANIMALS + PLACES + OBJECTS + ADJS + THINGS + NATURE
+                   + CREATURES + FOODS_STORY + ROLES + ADJS_MORE + VERBS_T + VERBS_I}
+    taken = set(story_words)
+    pairs = [a + b for a in TOWN_FIRST for b in TOWN_LAST]
+    towns = rng.sample(pairs, n_towns)
+    taken |= set(towns)
+    people = make_names(rng, n_people, taken)
+    animals = make_names(rng, n_animals, taken)
+    new_names = make_names(rng, n_new, taken)
+    background = []
+    for t in towns:
+        background += entity_facts(rng, t, "town", towns)
+    for p in people:
+        background += entity_facts(rng, p, "person", towns)
+    for a in animals:
+        background += entity_facts(rng, a, "animal", towns)
+    return World(seed, towns, background, new_names)
+
+
+# ----------------------------------------------------------------------------------------
+# documents
+
+def story(rng):
+    he = rng.choice(("he", "she"))
+    name = rng.choice(BOYS if he == "he" else GIRLS)
+    friend = rng.choice([n for n in BOYS + GIRLS if n != name])
+    his = "his" if he == "he" else "her"
+    him = "him" if he == "he" else "her"
+    place, obj, animal = rng.choice(PLACES), rng.choice(OBJECTS), rng.choice(ANIMALS)
+    adj = rng.choice(ADJS)
+    helper = rng.choice(HELPERS)
+    hobby = rng.choice(HOBBIES).format(his=his)
+    He = he.capitalize()
+    openings = (f"Once upon a time, there was a {rng.choice(CHAR_ADJS)} {KINDS[he]} named {name}.",
+                f"One {rng.choice(TIMES)}, {name} went to the {place}.",
+                f"{name} was a {rng.choice(CHAR_ADJS)} {KINDS[he]} who lived near a {place}.",
+                f"There once was a {rng.choice(CHAR_ADJS)} {animal} named {name}.")
+    sents = [rng.choice(openings)]
+    sents.append(rng.choice((f"{He} liked to {hobby}.", f"Every day, {he} liked to {hobby}.",
+                             f"{name} loved to {hobby} with {friend}.")))
+    if rng.random() < 0.5:
+        sents.append(f"That day, {rng.choice(WEATHER)}.")
+    sents += [scene(rng, name, he, his, him) for _ in range(rng.randint(1, 3))]
+    sents.append(rng.choice((f"One day, {he} found {article(adj)} {obj} {rng.choice(FINDS)}.",
+                             f"One day, {name} saw {article(adj)} {obj} at the {place}.",
+                             f"{name} wanted to play with {article(adj)} {obj}.")))
+    bad = rng.choice(FEEL_BAD)
+    sents.append(f"But {rng.choice(PROBLEMS)}. {name} felt {bad}.")
+    sents.append(rng.choice((f"{He} asked {his} {helper} for help.", f"Then {friend} came to help {him}.",
+                             f"{name} did not give up.")))
+    sents += [scene(rng, name, he, his, him) for _ in range(rng.randint(0, 2))]
+    if rng.random() < 0.6:
+        sents.append(f'"{rng.choice(SAYINGS)}" said {rng.choice((name, friend))}.')
+    sents.append(f"{rng.choice(('Together they', 'So they', 'At last they'))} {rng.choice(FIXES)}.")
+    sents.append(f"{name} felt {rng.choice(FEEL_GOOD)} again.")
+    if rng.random() < 0.4:
+        sents.append(f'"{rng.choice(SAYINGS)}" said {name}.')
+    sents.append(rng.choice(MORALS).format(name=name, his=his, friend=friend))
+    return " ".join(sents)
+
+
+def fact_document(rng, facts):
+    """All facts about one entity in random order, each as a random statement or question."""
+    lines = []
+    for f in rng.sample(facts, len(facts)):
+        if rng.random() < 0.5:
+            lines.append(rng.choice(f.statements()))
+        else:
+            lines.append(f.qa_text(rng.randrange(len(f.questions()))))
+    return "\n".join(lines)
+
+
+def background_documents(rng, world, repeats):
+    by_subject = {}
+    for f in world.background:
+        by_subject.setdefault(f.subject, []).append(f)
+    return [fact_document(rng, facts) for _ in range(repeats) for facts in by_subject.values()]

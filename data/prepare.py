@@ -1,0 +1,209 @@
+"""
+Prepare a training corpus in three stages, each skipped when its output exists (so the
+script is safe to re-run and an interrupted run redoes only the unfinished stage):
+
+  1. text:      train.txt, val.txt (stories + background-fact documents) and facts.json
+  2. tokenizer: bpe<vocab>.tiktoken, a byte-level BPE trained on train.txt (or gpt2)
+  3. tokens:    train.bin, val.bin (uint16 token ids; uint32 if the vocab needs it) and
+                meta.json (tokenizer, vocab size, dtype, counts)
+
+    python -m data.prepare                                   # default generated corpus
+    python -m data.prepare --source tinystories              # download TinyStories (network)
+    python -m data.prepare --source tinystories --tinystories-file ../shared/data/tinystories/tinystories_v1_train_head_2MiB.txt
+
+Validation text is stories only (never facts), so val loss measures language.
+"""
+
+import argparse
+import json
+import os
+import random
+import sys
+import urllib.request
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+if __package__ in (None, ""):  # allow `python data/prepare.py` as well as `python -m data.prepare`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from data import corpus
+from data.tokenizer import EOT, get_encoding, save_ranks, train_bpe, word_counts
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TINYSTORIES_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-train.txt"
+
+
+@dataclass
+class DataConfig:
+    out_dir: str = os.path.join(HERE, "generated")  # where the three stages write
+    source: str = "generated"     # generated | tinystories
+    tinystories_file: str = ""    # local <|endoftext|>-separated text; empty = download
+    max_stories: int = 20000      # cap on TinyStories stories read (the download is ~2 GB)
+    seed: int = 1337              # one seed for stories, facts and their order
+    n_stories: int = 20000        # generated training stories
+    n_val_stories: int = 500      # held-out stories for validation loss
+    n_people: int = 60            # background entities of each kind
+    n_animals: int = 20
+    n_towns: int = 20
+    fact_repeats: int = 120       # documents per background entity in the training text
+    tokenizer: str = "bpe"        # bpe (trained here) | gpt2 (tiktoken's, needs its files)
+    vocab_size: int = 4096        # BPE vocabulary, <|endoftext|> included
+
+
+def write_atomic(path, write):
+    """Write through a temporary file and rename, so a killed run never leaves half a file."""
+    tmp = path + ".tmp"
+    write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_text(path, text):
+    def w(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    write_atomic(path, w)
+
+
+def world_of(cfg):
+    return corpus.make_world(cfg.seed, cfg.n_people, cfg.n_animals, cfg.n_towns)
+
+
+def read_tinystories(cfg):
+    """Stories from a local file, or downloaded from Hugging Face (cached in out_dir)."""
+    path = cfg.tinystories_file
+    if not path:
+        path = os.path.join(cfg.out_dir, "TinyStories-train.txt")
+        if not os.path.exists(path):
+            download(TINYSTORIES_URL, path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"TinyStories file {path} does not exist; pass --tinystories-file PATH")
+    with open(path, "r", encoding="utf-8") as f:
+        parts = f.read().split(EOT)
+    # A story cut off at the end of a sample file has no closing <|endoftext|>: drop it.
+    stories = [s.strip() for s in parts[:-1] if s.strip()]
+    return stories[:cfg.max_stories]
+
+
+def download(url, path):
+    from tqdm import tqdm
+    print(f"downloading {url}")
+    with urllib.request.urlopen(url) as r:
+        total = int(r.headers.get("Content-Length", 0)) or None
+        def w(tmp):
+            with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True) as bar:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        write_atomic(path, w)
+
+
+def stage_text(cfg):
+    paths = [os.path.join(cfg.out_dir, n) for n in ("train.txt", "val.txt")]
+    if all(os.path.exists(p) for p in paths):
+        return
+    rng = random.Random(cfg.seed)
+    world = world_of(cfg)
+    if cfg.source == "generated":
+        stories = [corpus.story(rng) for _ in range(cfg.n_stories + cfg.n_val_stories)]
+    elif cfg.source == "tinystories":
+        stories = read_tinystories(cfg)
+        if len(stories) < 2 * cfg.n_val_stories:
+            raise ValueError(f"only {len(stories)} TinyStories stories; need more than {2 * cfg.n_val_stories}")
+    else:
+        raise ValueError(f"unknown source {cfg.source!r}: use generated or tinystories")
+    val, train = stories[:cfg.n_val_stories], stories[cfg.n_val_stories:]
+    docs = train + corpus.background_documents(rng, world, cfg.fact_repeats)
+    rng.shuffle(docs)
+    write_text(paths[0], EOT.join(docs) + EOT)
+    write_text(paths[1], EOT.join(val) + EOT)
+    print(f"text: {len(train):,} stories + {len(docs) - len(train):,} fact documents, "
+          f"{len(world.background)} background facts")
+
+
+def tokenizer_path(cfg):
+    return "gpt2" if cfg.tokenizer == "gpt2" else os.path.join(cfg.out_dir, f"bpe{cfg.vocab_size}.tiktoken")
+
+
+def stage_tokenizer(cfg):
+    path = tokenizer_path(cfg)
+    if cfg.tokenizer == "gpt2" or os.path.exists(path):
+        return
+    if cfg.tokenizer != "bpe":
+        raise ValueError(f"unknown tokenizer {cfg.tokenizer!r}: use bpe or gpt2")
+    with open(os.path.join(cfg.out_dir, "train.txt"), "r", encoding="utf-8") as f:
+        text = f.read()
+    # Invented names are left out of the merge statistics and their syllables put in: every
+    # name, old or new, is then spelled in the same syllable tokens, so a new name is as
+    # readable to the model as an old one (no name becomes one opaque token).
+    syllables = [p + s for s in corpus.SYLLABLES for p in ("", " ")]
+    syllables += [p + s.capitalize() for s in corpus.SYLLABLES for p in ("", " ")]
+    counts = word_counts(text, exclude=world_of(cfg).names(), pieces=syllables)
+    ranks = train_bpe(counts, cfg.vocab_size)
+    write_atomic(path, lambda tmp: save_ranks(tmp, ranks))
+    print(f"tokenizer: {len(ranks) + 1} tokens from {len(counts):,} distinct words")
+
+
+def fact_texts(fact):
+    """Every line a fact is rendered as (fact lines always start a line)."""
+    return fact.statements() + [fact.qa_text(i) for i in range(len(fact.questions()))]
+
+
+def stage_tokens(cfg):
+    """Token arrays, then facts.json, then meta.json (its presence marks the stage done)."""
+    meta_path = os.path.join(cfg.out_dir, "meta.json")
+    if os.path.exists(meta_path):
+        return
+    enc = get_encoding(tokenizer_path(cfg))
+    dtype = np.uint16 if enc.n_vocab <= 65536 else np.uint32
+    counts, seen = {}, None
+    for split in ("train", "val"):
+        with open(os.path.join(cfg.out_dir, f"{split}.txt"), "r", encoding="utf-8") as f:
+            ids = enc.encode(f.read(), allowed_special={EOT})
+        arr = np.array(ids, dtype=dtype)
+        write_atomic(os.path.join(cfg.out_dir, f"{split}.bin"), lambda tmp: arr.tofile(tmp))
+        counts[split] = len(arr)
+        seen = set(np.unique(arr).tolist()) if split == "train" else seen
+
+    # New facts whose tokens all occur in pretraining: a token the model never saw has an
+    # untrained embedding, and new entities could not be told apart by it.
+    def usable(facts):
+        return all(set(enc.encode(t)) <= seen for f in facts for t in fact_texts(f))
+    world = world_of(cfg)
+    kb = {"seed": cfg.seed, "towns": world.towns,
+          "background": [f.to_dict() for f in world.background],
+          "new": [f.to_dict() for f in world.new_facts(1000, usable)]}
+    write_text(os.path.join(cfg.out_dir, "facts.json"), json.dumps(kb, indent=1))
+    meta = {"tokenizer": tokenizer_path(cfg) if cfg.tokenizer == "gpt2" else os.path.basename(tokenizer_path(cfg)),
+            "vocab_size": enc.n_vocab, "eot": enc.eot_token, "dtype": np.dtype(dtype).name,
+            "train_tokens": counts["train"], "val_tokens": counts["val"], "config": vars(cfg)}
+    write_text(meta_path, json.dumps(meta, indent=1))
+    print(f"tokens: {counts['train']:,} train, {counts['val']:,} val ({meta['dtype']})")
+
+
+def prepare(cfg):
+    """Run every unfinished stage; return the out_dir."""
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    stage_text(cfg)
+    stage_tokenizer(cfg)
+    stage_tokens(cfg)
+    return cfg.out_dir
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(DataConfig):
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    cfg = DataConfig(**vars(p.parse_args(argv)))
+    if cfg.source == "tinystories" and cfg.out_dir == DataConfig.out_dir:
+        cfg.out_dir = os.path.join(HERE, "tinystories")
+    try:
+        prepare(cfg)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

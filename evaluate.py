@@ -1,0 +1,125 @@
+"""
+Metrics on a checkpoint: validation loss on held-out stories (read in order, so numbers
+repeat), greedy exact-match accuracy on fact questions, and memory slot usage.
+
+    python evaluate.py --checkpoint out/ckpt.pt
+
+Greedy exact match is computed in one teacher-forced pass: greedy decoding produces the
+answer (which ends with its period) exactly when every answer token is the argmax given the
+question and the answer tokens before it.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+from data.tokenizer import EOT
+
+
+@torch.no_grad()
+def val_loss(model, val_tokens, block_size, device, batch_size=32, max_tokens=200_000):
+    """Mean next-token loss over consecutive windows of the validation tokens."""
+    n = min(len(val_tokens) - 1, max_tokens) // block_size
+    total, count = 0.0, 0
+    for i in range(0, n, batch_size):
+        rows = range(i, min(i + batch_size, n))
+        x = torch.stack([torch.from_numpy(val_tokens[r * block_size:(r + 1) * block_size].astype(np.int64)) for r in rows])
+        y = torch.stack([torch.from_numpy(val_tokens[r * block_size + 1:(r + 1) * block_size + 1].astype(np.int64)) for r in rows])
+        _, loss = model(x.to(device), y.to(device))
+        total += loss.item() * len(rows)
+        count += len(rows)
+    return total / max(count, 1)
+
+
+def qa_items(facts, which="all"):
+    """(prompt, answer) pairs from facts.json entries; which = all | first | last question."""
+    items = []
+    for f in facts:
+        qs = {"all": f["questions"], "first": f["questions"][:1], "last": f["questions"][-1:]}[which]
+        items += [(f"Q: {q} A:", " " + f["answer"]) for q in qs]
+    return items
+
+
+@torch.no_grad()
+def qa_accuracy(model, enc, items, device, batch_size=128):
+    """Fraction of (prompt, answer) pairs that greedy decoding answers exactly."""
+    eot = enc.encode(EOT, allowed_special={EOT})
+    correct = []
+    for i in range(0, len(items), batch_size):
+        chunk = [(eot + enc.encode(p), enc.encode(a)) for p, a in items[i:i + batch_size]]
+        L = max(len(p) + len(a) for p, a in chunk)
+        x = torch.full((len(chunk), L), eot[0], dtype=torch.long)
+        y = torch.full((len(chunk), L), -1, dtype=torch.long)
+        for r, (p, a) in enumerate(chunk):
+            x[r, :len(p) + len(a)] = torch.tensor(p + a)
+            y[r, len(p) - 1:len(p) + len(a) - 1] = torch.tensor(a)   # predict each answer token
+        logits, _ = model(x.to(device))
+        pred = logits.argmax(-1).cpu()
+        mask = y >= 0
+        correct += ((pred == y) | ~mask).all(dim=1).tolist()
+    return sum(correct) / max(len(correct), 1)
+
+
+@torch.no_grad()
+def slot_usage(model, val_tokens, block_size, device, batch_size=32, max_tokens=50_000):
+    """Per memory layer: fraction of slots read at least once on the validation windows, and
+    KL(usage || uniform) in nats (0 = perfectly even; log(n_slots) = one slot takes all)."""
+    mems = model.memory_modules
+    if not mems:
+        return []
+    counts = [torch.zeros(m.n_slots, dtype=torch.long) for m in mems]
+    for m in mems:
+        m.record_indices = True
+    n = min(len(val_tokens), max_tokens) // block_size
+    try:
+        for i in range(0, n, batch_size):
+            rows = range(i, min(i + batch_size, n))
+            x = torch.stack([torch.from_numpy(val_tokens[r * block_size:(r + 1) * block_size].astype(np.int64)) for r in rows])
+            model(x.to(device))
+            for c, m in zip(counts, mems):
+                c += torch.bincount(m.last_indices.flatten().cpu(), minlength=m.n_slots)
+    finally:
+        for m in mems:
+            m.record_indices, m.last_indices = False, None
+    out = []
+    for c in counts:
+        p = c.double() / c.sum()
+        nz = p[p > 0]
+        kl = float((nz * (nz * len(p)).log()).sum())
+        out.append({"used": float((c > 0).double().mean()), "kl_uniform": kl})
+    return out
+
+
+def load_facts(data_dir):
+    with open(os.path.join(data_dir, "facts.json"), "r", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def main(argv=None):
+    from train import load_checkpoint, pick_device  # train imports this module; import late
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=os.path.join("out", "ckpt.pt"), help="checkpoint written by train.py")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    try:
+        model, enc, ckpt = load_checkpoint(args.checkpoint, device)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    data_dir = ckpt["data_dir"]
+    val = np.memmap(os.path.join(data_dir, "val.bin"), dtype=ckpt["data_meta"]["dtype"], mode="r")
+    bs = model.config.block_size
+    kb = load_facts(data_dir)
+    print(f"val loss {val_loss(model, val, bs, device):.4f}")
+    print(f"background facts {qa_accuracy(model, enc, qa_items(kb['background']), device):.3f}")
+    print(f"new facts (never trained) {qa_accuracy(model, enc, qa_items(kb['new'][:200]), device):.3f}")
+    for i, u in enumerate(slot_usage(model, val, bs, device)):
+        print(f"memory layer {i}: {u['used']:.1%} of slots used, KL from uniform {u['kl_uniform']:.2f} nats")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""
+A small GPT whose FFNs can be replaced by product-key memory layers (memory.py).
+
+Pre-LN blocks, causal attention through scaled_dot_product_attention, learned positions,
+tied input/output embeddings. `GPTConfig.memory_layers` names the blocks that use a memory
+layer instead of the FFN; an empty tuple gives the dense model with exactly the same code,
+so the two compare fairly.
+"""
+
+import math
+from dataclasses import dataclass, asdict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from memory import ProductKeyMemory
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 4096        # BPE vocabulary of the default corpus (data/prepare.py)
+    block_size: int = 128         # context length in tokens; stories and facts fit in it
+    n_layer: int = 4              # transformer blocks
+    n_head: int = 4               # attention heads
+    n_embd: int = 128             # model width d
+    dropout: float = 0.0          # no dropout: runs are short and the data is large
+    bias: bool = False            # biases in Linear and LayerNorm of the dense parts
+    memory_layers: tuple = (2,)   # blocks whose FFN is a memory layer; () = dense model
+    shared_values: bool = False   # one value table for all memory layers (Berges et al.)
+    mem_n_keys: int = 256         # sub-keys per half; slots = mem_n_keys**2 = 65,536
+    mem_heads: int = 4            # memory heads (paper: 4)
+    mem_topk: int = 16            # slots kept per head (paper: 32)
+    mem_k_dim: int = 64           # query/key width per head, split in two halves
+    mem_v_dim: int = 0            # value width; 0 means n_embd (paper: v_dim = d)
+    mem_query_norm: str = "layernorm"  # batchnorm | layernorm | none (see memory.py)
+    mem_sparse_grad: bool = True  # value table gets sparse gradients (use SparseAdam on it)
+
+    def __post_init__(self):
+        self.memory_layers = tuple(int(i) for i in self.memory_layers)
+        bad = [i for i in self.memory_layers if not 0 <= i < self.n_layer]
+        if bad:
+            raise ValueError(f"memory_layers {bad} out of range for n_layer={self.n_layer}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)               # (B, T, C)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg, memory_values=None, use_memory=False):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        if use_memory:
+            self.ffn = ProductKeyMemory(cfg.n_embd, n_keys=cfg.mem_n_keys, heads=cfg.mem_heads,
+                                        topk=cfg.mem_topk, k_dim=cfg.mem_k_dim,
+                                        v_dim=cfg.mem_v_dim or cfg.n_embd,
+                                        query_norm=cfg.mem_query_norm,
+                                        sparse_grad=cfg.mem_sparse_grad, values=memory_values)
+        else:
+            self.ffn = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        x = x + self.drop(self.attn(self.ln_1(x)))
+        x = x + self.drop(self.ffn(self.ln_2(x)))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        shared = None
+        if cfg.shared_values and cfg.memory_layers:
+            shared = nn.EmbeddingBag(cfg.mem_n_keys ** 2, cfg.mem_v_dim or cfg.n_embd,
+                                     mode="sum", sparse=cfg.mem_sparse_grad)
+        self.blocks = nn.ModuleList(Block(cfg, shared, i in cfg.memory_layers) for i in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+        # GPT-2 init for the dense parts, scaled init for residual projections, then the
+        # memory layers' own init (memory.py) over whatever the first two touched.
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        for mem in self.memory_modules:
+            mem.reset_parameters()
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    @property
+    def memory_modules(self):
+        return [b.ffn for b in self.blocks if isinstance(b.ffn, ProductKeyMemory)]
+
+    def value_params(self):
+        """The memory value tables (one per memory layer, or one if shared)."""
+        seen, out = set(), []
+        for mem in self.memory_modules:
+            if id(mem.values.weight) not in seen:
+                seen.add(id(mem.values.weight))
+                out.append(mem.values.weight)
+        return out
+
+    def num_params(self):
+        """(dense, memory values) parameter counts; positions and tied embeddings included in dense."""
+        values = {id(p) for p in self.value_params()}
+        dense = sum(p.numel() for p in self.parameters() if id(p) not in values)
+        memory = sum(p.numel() for p in self.value_params())
+        return dense, memory
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        assert T <= self.config.block_size, f"sequence of {T} tokens exceeds block_size {self.config.block_size}"
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))                    # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_f(x)
+        logits = F.linear(x, self.wte.weight)                          # tied: (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None):
+        """Sample continuations of idx (B, T); temperature 0 means greedy."""
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -self.config.block_size:])
+            logits = logits[:, -1, :].float()
+            if temperature == 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, nxt), dim=1)
+            if stop_token is not None and (nxt == stop_token).all():
+                break
+        return idx
+
+
+def config_dict(cfg):
+    """Plain dict of a config, safe for torch.save(weights_only) checkpoints."""
+    d = asdict(cfg)
+    d["memory_layers"] = list(cfg.memory_layers)
+    return d

@@ -1,0 +1,260 @@
+"""
+Pretrain the memory-layer GPT (or the dense one) on the prepared corpus.
+
+    python train.py                 # default corpus and model, about 5 minutes on 2 CPU cores
+    python train.py --dense         # same architecture with an FFN in every block
+    python train.py --help          # every option
+
+Prepares the data first when it is missing (data/prepare.py). Writes out/ckpt.pt holding the
+model's args, weights, tokenizer, data meta, optimizer, step and RNG state.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.prepare import DataConfig, prepare
+from data.tokenizer import encoding_from_text, read_tokenizer
+from evaluate import load_facts, qa_accuracy, qa_items, slot_usage, val_loss
+from model import GPT, GPTConfig, config_dict
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str = DataConfig.out_dir   # prepared corpus (made here if missing)
+    out_dir: str = "out"                 # checkpoint folder
+    seed: int = 1337                     # model init and batch order
+    batch_size: int = 32                 # sequences per step
+    max_iters: int = 300                 # optimizer steps (~4 min on 2 CPU cores by default)
+    lr: float = 3e-3                     # peak learning rate of the dense parameters
+    min_lr: float = 3e-4                 # end of the cosine decay
+    warmup_iters: int = 30               # linear warmup steps
+    value_lr: float = 1e-3               # fixed learning rate of memory values (references: 1e-3)
+    weight_decay: float = 0.1            # AdamW decay on dense matrices only
+    grad_clip: float = 1.0               # max grad norm of the dense parameters; 0 = off
+    eval_interval: int = 100             # steps between evaluations (and checkpoints)
+    dense: bool = False                  # no memory layers: the dense baseline
+    device: str = "auto"                 # auto | cpu | cuda | mps
+    compile: bool = False                # torch.compile the model (helps on GPU, not on CPU)
+    resume: bool = False                 # continue from out_dir/ckpt.pt
+
+
+def pick_device(name="auto"):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda asked for but no CUDA device is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise SystemExit("error: --device mps asked for but MPS is not available")
+    if name not in ("cpu", "cuda", "mps"):
+        raise SystemExit(f"error: unknown device {name!r}: use auto, cpu, cuda or mps")
+    return name
+
+
+def save_checkpoint(path, obj):
+    """Atomic: write a temporary file, fsync, rename. A kill leaves the old file intact."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device="cpu"):
+    """(model, encoding, raw checkpoint dict). Loads with weights_only=True."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist; run python train.py first")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"could not load checkpoint {path} ({type(e).__name__}); it is corrupt or "
+                           "holds pickled objects, which are refused") from None
+    model = GPT(GPTConfig(**ckpt["model_args"])).to(device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    tok = ckpt["tokenizer"]
+    enc = read_tokenizer("gpt2")[0] if tok == "gpt2" else encoding_from_text(tok)
+    return model, enc, ckpt
+
+
+def config_parser(description, *dataclasses):
+    """argparse over the fields of the given dataclasses, each with its default."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for dc in dataclasses:
+        for f in fields(dc):
+            name = "--" + f.name.replace("_", "-")
+            if isinstance(f.default, bool):
+                p.add_argument(name, action=argparse.BooleanOptionalAction, default=f.default)
+            elif isinstance(f.default, tuple):
+                p.add_argument(name, type=lambda s: tuple(int(i) for i in s.split(",") if i.strip()),
+                               default=f.default, help="comma-separated block indices, e.g. 1,3")
+            else:
+                p.add_argument(name, type=type(f.default), default=f.default)
+    return p
+
+
+def split(args, dc):
+    return dc(**{f.name: getattr(args, f.name) for f in fields(dc) if hasattr(args, f.name)})
+
+
+def make_optimizers(model, cfg):
+    """AdamW on the dense parameters (decay on matrices only); the memory values get their own
+    fixed learning rate and no decay: SparseAdam when their gradients are sparse, else Adam."""
+    values = {id(p) for p in model.value_params()}
+    dense = [p for p in model.parameters() if id(p) not in values]
+    decay = [p for p in dense if p.dim() == 2]
+    no_decay = [p for p in dense if p.dim() != 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opts = [torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))]
+    if values:
+        if model.config.mem_sparse_grad:
+            opts.append(torch.optim.SparseAdam(model.value_params(), lr=cfg.value_lr))
+        else:
+            opts.append(torch.optim.Adam(model.value_params(), lr=cfg.value_lr))
+    return opts
+
+
+def lr_at(it, cfg):
+    if it < cfg.warmup_iters:
+        return cfg.lr * (it + 1) / cfg.warmup_iters
+    progress = (it - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (cfg.lr - cfg.min_lr)
+
+
+def get_batch(data, block_size, batch_size, gen):
+    """Random windows of the training tokens, drawn from a seeded generator."""
+    ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=gen).tolist()
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+    return x, y
+
+
+def evaluate_all(model, enc, val, kb, device):
+    model.eval()
+    out = {"val_loss": val_loss(model, val, model.config.block_size, device),
+           "fact_acc": qa_accuracy(model, enc, qa_items(kb["background"]), device),
+           "slots": slot_usage(model, val, model.config.block_size, device)}
+    model.train()
+    return out
+
+
+def train(cfg, mcfg, quiet=False):
+    """Train and return (model, encoding, final metrics). Used by main() and by finetune.py."""
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    meta_path = os.path.join(cfg.data_dir, "meta.json")
+    if not os.path.exists(meta_path):
+        if os.path.abspath(cfg.data_dir) != os.path.abspath(DataConfig.out_dir):
+            raise SystemExit(f"error: {cfg.data_dir} holds no prepared corpus; run python -m data.prepare --out-dir {cfg.data_dir}")
+        print("preparing the default corpus (data/prepare.py) ...")
+        prepare(DataConfig())
+    with open(meta_path, "r", encoding="utf-8") as f:
+        meta = json.load(f)
+    tok_name = meta["tokenizer"] if meta["tokenizer"] == "gpt2" else os.path.join(cfg.data_dir, meta["tokenizer"])
+    enc, tok_text = read_tokenizer(tok_name)
+    train_data = np.memmap(os.path.join(cfg.data_dir, "train.bin"), dtype=meta["dtype"], mode="r")
+    val_data = np.memmap(os.path.join(cfg.data_dir, "val.bin"), dtype=meta["dtype"], mode="r")
+    kb = load_facts(cfg.data_dir)
+
+    mcfg.vocab_size = meta["vocab_size"]
+    if cfg.dense:
+        mcfg.memory_layers = ()
+    model = GPT(mcfg).to(device)
+    opts = make_optimizers(model, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start = 0
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    if cfg.resume:
+        _, _, ckpt = load_checkpoint(ckpt_path, device)
+        model.load_state_dict(ckpt["model"])
+        for o, s in zip(opts, ckpt["optimizers"]):
+            o.load_state_dict(s)
+        start = ckpt["step"]
+        gen.set_state(ckpt["data_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+
+    dense_n, mem_n = model.num_params()
+    tokens_per_step = cfg.batch_size * mcfg.block_size
+    if not quiet:
+        slots = sum(m.n_slots for m in model.memory_modules) if not mcfg.shared_values else mcfg.mem_n_keys ** 2
+        print(f"device {device} | params: dense {dense_n / 1e6:.2f}M, memory values {mem_n / 1e6:.2f}M "
+              f"({slots:,} slots in {len(mcfg.memory_layers)} layer(s) {list(mcfg.memory_layers)}) | "
+              f"{tokens_per_step:,} tokens/step | {len(train_data):,} train tokens")
+    run_model = torch.compile(model) if cfg.compile else model
+    use_bf16 = device == "cuda"
+    grad_params = [p for p in model.parameters() if not (mcfg.mem_sparse_grad and id(p) in {id(v) for v in model.value_params()})]
+
+    metrics = {}
+    model.train()
+    bar = tqdm(range(start, cfg.max_iters), initial=start, total=cfg.max_iters, disable=quiet, desc="train")
+    train_time, tokens_seen = 0.0, 0                  # tokens/s counts training steps only
+    for it in bar:
+        t0 = time.time()
+        lr = lr_at(it, cfg)
+        for g in opts[0].param_groups:
+            g["lr"] = lr
+        x, y = get_batch(train_data, mcfg.block_size, cfg.batch_size, gen)
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            _, loss = run_model(x, y)
+        if not torch.isfinite(loss):
+            raise SystemExit(f"error: loss became {loss.item()} at step {it}; the last good checkpoint is kept")
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(grad_params, cfg.grad_clip)
+        for o in opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
+        tokens_seen += tokens_per_step
+        train_time += time.time() - t0
+        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_seen / train_time:.0f}")
+        step = it + 1
+        if step % cfg.eval_interval == 0 or step == cfg.max_iters:
+            metrics = evaluate_all(model, enc, val_data, kb, device)
+            metrics["tokens_per_s"] = tokens_seen / train_time
+            if not quiet:
+                usage = "".join(f" | slots used {u['used']:.1%}, KL {u['kl_uniform']:.2f}" for u in metrics["slots"])
+                tqdm.write(f"step {step}: train loss {loss.item():.3f} | val loss {metrics['val_loss']:.3f} | "
+                           f"fact acc {metrics['fact_acc']:.3f}{usage}")
+            save_checkpoint(ckpt_path, {
+                "model": model.state_dict(), "model_args": config_dict(mcfg), "step": step,
+                "optimizers": [o.state_dict() for o in opts], "data_rng": gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "tokenizer": tok_text, "data_meta": meta,
+                "data_dir": os.path.abspath(cfg.data_dir), "train_config": vars(cfg).copy(), "metrics": metrics})
+    return model, enc, metrics
+
+
+def main(argv=None):
+    p = config_parser(__doc__, TrainConfig, GPTConfig)
+    args = p.parse_args(argv)
+    cfg, mcfg = split(args, TrainConfig), split(args, GPTConfig)
+    t0 = time.time()
+    try:
+        model, enc, m = train(cfg, mcfg)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
+    print(f"done in {time.time() - t0:.0f}s | {m['tokens_per_s']:.0f} tokens/s | val loss {m['val_loss']:.3f} | "
+          f"background fact accuracy {m['fact_acc']:.3f}")
+    model.eval()
+    prompt = torch.tensor([enc.encode("Once upon a time,")], device=next(model.parameters()).device)
+    torch.manual_seed(cfg.seed)
+    out = model.generate(prompt, 80, temperature=0.8, top_k=20, stop_token=enc.eot_token)
+    print("sample:", enc.decode([t for t in out[0].tolist() if t != enc.eot_token]))
+
+
+if __name__ == "__main__":
+    main()
