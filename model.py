@@ -34,7 +34,7 @@ class GPTConfig:
     mem_k_dim: int = 64           # query/key width per head, split in two halves
     mem_v_dim: int = 0            # value width; 0 means n_embd (paper: v_dim = d)
     mem_query_norm: str = "layernorm"  # batchnorm | layernorm | none (see memory.py)
-    mem_sparse_grad: bool = True  # value table gets sparse gradients (use SparseAdam on it)
+    mem_sparse_grad: bool = False # sparse value gradients + SparseAdam; pays off only for big tables
 
     def __post_init__(self):
         self.memory_layers = tuple(int(i) for i in self.memory_layers)
