@@ -43,10 +43,10 @@ class DataConfig:
     seed: int = 1337              # one seed for stories, facts and their order
     n_stories: int = 20000        # generated training stories
     n_val_stories: int = 500      # held-out stories for validation loss
-    n_people: int = 60            # background entities of each kind
-    n_animals: int = 20
-    n_towns: int = 20
-    fact_repeats: int = 120       # documents per background entity in the training text
+    n_people: int = 40            # background people (5 facts each)
+    n_animals: int = 16           # background animals (2 facts each)
+    n_towns: int = 16             # towns (2 facts each; also the answers of "lives in")
+    fact_repeats: int = 300       # documents per background entity in the training text
     tokenizer: str = "bpe"        # bpe (trained here) | gpt2 (tiktoken's, needs its files)
     vocab_size: int = 4096        # BPE vocabulary, <|endoftext|> included
 
