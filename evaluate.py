@@ -20,19 +20,42 @@ import torch
 from data.tokenizer import EOT
 
 
-@torch.no_grad()
-def val_loss(model, val_tokens, block_size, device, batch_size=32, max_tokens=200_000):
-    """Mean next-token loss over consecutive windows of the validation tokens."""
+def val_windows(val_tokens, block_size, batch_size, max_tokens):
+    """Consecutive (x, y) windows of the validation tokens, in order, in batches."""
     n = min(len(val_tokens) - 1, max_tokens) // block_size
-    total, count = 0.0, 0
     for i in range(0, n, batch_size):
         rows = range(i, min(i + batch_size, n))
         x = torch.stack([torch.from_numpy(val_tokens[r * block_size:(r + 1) * block_size].astype(np.int64)) for r in rows])
         y = torch.stack([torch.from_numpy(val_tokens[r * block_size + 1:(r + 1) * block_size + 1].astype(np.int64)) for r in rows])
-        _, loss = model(x.to(device), y.to(device))
-        total += loss.item() * len(rows)
-        count += len(rows)
-    return total / max(count, 1)
+        yield x, y
+
+
+@torch.no_grad()
+def validate(model, val_tokens, block_size, device, batch_size=32, max_tokens=200_000):
+    """Mean next-token loss over the validation windows, and per memory layer the slot usage
+    on the same pass: the fraction of slots read at least once, and KL(usage || uniform) in
+    nats (0 = perfectly even; log(n_slots) = one slot takes every read)."""
+    mems = model.memory_modules
+    counts = [torch.zeros(m.n_slots, dtype=torch.long) for m in mems]
+    for m in mems:
+        m.record_indices = True
+    total, count = 0.0, 0
+    try:
+        for x, y in val_windows(val_tokens, block_size, batch_size, max_tokens):
+            _, loss = model(x.to(device), y.to(device))
+            total += loss.item() * len(x)
+            count += len(x)
+            for c, m in zip(counts, mems):
+                c += torch.bincount(m.last_indices.flatten().cpu(), minlength=m.n_slots)
+    finally:
+        for m in mems:
+            m.record_indices, m.last_indices = False, None
+    usage = []
+    for c in counts:
+        p = c.double() / c.sum()
+        nz = p[p > 0]
+        usage.append({"used": float((c > 0).double().mean()), "kl_uniform": float((nz * (nz * len(p)).log()).sum())})
+    return total / max(count, 1), usage
 
 
 def qa_items(facts, which="all"):
@@ -64,36 +87,6 @@ def qa_accuracy(model, enc, items, device, batch_size=128):
     return sum(correct) / max(len(correct), 1)
 
 
-@torch.no_grad()
-def slot_usage(model, val_tokens, block_size, device, batch_size=32, max_tokens=50_000):
-    """Per memory layer: fraction of slots read at least once on the validation windows, and
-    KL(usage || uniform) in nats (0 = perfectly even; log(n_slots) = one slot takes all)."""
-    mems = model.memory_modules
-    if not mems:
-        return []
-    counts = [torch.zeros(m.n_slots, dtype=torch.long) for m in mems]
-    for m in mems:
-        m.record_indices = True
-    n = min(len(val_tokens), max_tokens) // block_size
-    try:
-        for i in range(0, n, batch_size):
-            rows = range(i, min(i + batch_size, n))
-            x = torch.stack([torch.from_numpy(val_tokens[r * block_size:(r + 1) * block_size].astype(np.int64)) for r in rows])
-            model(x.to(device))
-            for c, m in zip(counts, mems):
-                c += torch.bincount(m.last_indices.flatten().cpu(), minlength=m.n_slots)
-    finally:
-        for m in mems:
-            m.record_indices, m.last_indices = False, None
-    out = []
-    for c in counts:
-        p = c.double() / c.sum()
-        nz = p[p > 0]
-        kl = float((nz * (nz * len(p)).log()).sum())
-        out.append({"used": float((c > 0).double().mean()), "kl_uniform": kl})
-    return out
-
-
 def load_facts(data_dir):
     with open(os.path.join(data_dir, "facts.json"), "r", encoding="utf-8") as f:
         return json.load(f)
@@ -114,10 +107,11 @@ def main(argv=None):
     val = np.memmap(os.path.join(data_dir, "val.bin"), dtype=ckpt["data_meta"]["dtype"], mode="r")
     bs = model.config.block_size
     kb = load_facts(data_dir)
-    print(f"val loss {val_loss(model, val, bs, device):.4f}")
+    loss, usage = validate(model, val, bs, device)
+    print(f"val loss {loss:.4f}")
     print(f"background facts {qa_accuracy(model, enc, qa_items(kb['background']), device):.3f}")
     print(f"new facts (never trained) {qa_accuracy(model, enc, qa_items(kb['new'][:200]), device):.3f}")
-    for i, u in enumerate(slot_usage(model, val, bs, device)):
+    for i, u in enumerate(usage):
         print(f"memory layer {i}: {u['used']:.1%} of slots used, KL from uniform {u['kl_uniform']:.2f} nats")
 
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from data.prepare import DataConfig, prepare
 from data.tokenizer import encoding_from_text, read_tokenizer
-from evaluate import load_facts, qa_accuracy, qa_items, slot_usage, val_loss
+from evaluate import load_facts, qa_accuracy, qa_items, validate
 from model import GPT, GPTConfig, config_dict
 
 
@@ -33,14 +33,14 @@ class TrainConfig:
     out_dir: str = "out"                 # checkpoint folder
     seed: int = 1337                     # model init and batch order
     batch_size: int = 16                 # sequences per step (more, smaller steps learn facts faster)
-    max_iters: int = 600                 # optimizer steps (~4.5 min on 2 CPU cores by default)
+    max_iters: int = 900                 # optimizer steps (~4.5 min on 2 CPU cores by default)
     lr: float = 3e-3                     # peak learning rate of the dense parameters
     min_lr: float = 3e-4                 # end of the cosine decay
     warmup_iters: int = 60               # linear warmup steps
     value_lr: float = 1e-2               # fixed learning rate of memory values (references: 1e-3 at 1B scale)
     weight_decay: float = 0.1            # AdamW decay on dense matrices only
     grad_clip: float = 1.0               # max grad norm of the dense parameters; 0 = off
-    eval_interval: int = 200             # steps between evaluations (and checkpoints)
+    eval_interval: int = 450             # steps between evaluations (and checkpoints)
     dense: bool = False                  # no memory layers: the dense baseline
     device: str = "auto"                 # auto | cpu | cuda | mps
     compile: bool = False                # torch.compile the model (helps on GPU, not on CPU)
@@ -91,19 +91,24 @@ def load_checkpoint(path, device="cpu"):
     return model, enc, ckpt
 
 
-def config_parser(description, *dataclasses):
-    """argparse over the fields of the given dataclasses, each with its default."""
+def config_parser(description, *dataclasses, skip=("vocab_size",)):
+    """argparse over the fields of the given dataclasses, each with its default (the comments
+    beside the defaults in the dataclasses say what each one is)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     for dc in dataclasses:
         for f in fields(dc):
+            if f.name in skip:
+                continue
             name = "--" + f.name.replace("_", "-")
             if isinstance(f.default, bool):
-                p.add_argument(name, action=argparse.BooleanOptionalAction, default=f.default)
+                p.add_argument(name, action=argparse.BooleanOptionalAction, default=f.default,
+                               help=f"(default: {f.default})")
             elif isinstance(f.default, tuple):
                 p.add_argument(name, type=lambda s: tuple(int(i) for i in s.split(",") if i.strip()),
-                               default=f.default, help="comma-separated block indices, e.g. 1,3")
+                               default=f.default, help="comma-separated block indices, e.g. 1,3; "
+                               f"empty for none (default: {','.join(map(str, f.default))})")
             else:
-                p.add_argument(name, type=type(f.default), default=f.default)
+                p.add_argument(name, type=type(f.default), default=f.default, help=f"(default: {f.default})")
     return p
 
 
@@ -119,12 +124,13 @@ def make_optimizers(model, cfg):
     decay = [p for p in dense if p.dim() == 2]
     no_decay = [p for p in dense if p.dim() != 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opts = [torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))]
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")   # one kernel per step
+    opts = [torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused)]
     if values:
         if model.config.mem_sparse_grad:
             opts.append(torch.optim.SparseAdam(model.value_params(), lr=cfg.value_lr))
         else:
-            opts.append(torch.optim.Adam(model.value_params(), lr=cfg.value_lr))
+            opts.append(torch.optim.Adam(model.value_params(), lr=cfg.value_lr, fused=fused))
     return opts
 
 
@@ -145,9 +151,9 @@ def get_batch(data, block_size, batch_size, gen):
 
 def evaluate_all(model, enc, val, kb, device):
     model.eval()
-    out = {"val_loss": val_loss(model, val, model.config.block_size, device),
-           "fact_acc": qa_accuracy(model, enc, qa_items(kb["background"]), device),
-           "slots": slot_usage(model, val, model.config.block_size, device)}
+    loss, usage = validate(model, val, model.config.block_size, device)
+    out = {"val_loss": loss, "slots": usage,
+           "fact_acc": qa_accuracy(model, enc, qa_items(kb["background"]), device)}
     model.train()
     return out
 
@@ -173,14 +179,16 @@ def train(cfg, mcfg, quiet=False):
     mcfg.vocab_size = meta["vocab_size"]
     if cfg.dense:
         mcfg.memory_layers = ()
-    model = GPT(mcfg).to(device)
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    if cfg.resume:  # the checkpoint's own model args win over the command line's
+        model, _, ckpt = load_checkpoint(ckpt_path, device)
+        mcfg = model.config
+    else:
+        model = GPT(mcfg).to(device)
     opts = make_optimizers(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     start = 0
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     if cfg.resume:
-        _, _, ckpt = load_checkpoint(ckpt_path, device)
-        model.load_state_dict(ckpt["model"])
         for o, s in zip(opts, ckpt["optimizers"]):
             o.load_state_dict(s)
         start = ckpt["step"]
@@ -196,7 +204,8 @@ def train(cfg, mcfg, quiet=False):
               f"{tokens_per_step:,} tokens/step | {len(train_data):,} train tokens")
     run_model = torch.compile(model) if cfg.compile else model
     use_bf16 = device == "cuda"
-    grad_params = [p for p in model.parameters() if not (mcfg.mem_sparse_grad and id(p) in {id(v) for v in model.value_params()})]
+    sparse = {id(p) for p in model.value_params()} if mcfg.mem_sparse_grad else set()
+    grad_params = [p for p in model.parameters() if id(p) not in sparse]   # clip_grad_norm_ wants dense grads
 
     metrics = {}
     model.train()
@@ -239,7 +248,7 @@ def train(cfg, mcfg, quiet=False):
 
 
 def main(argv=None):
-    p = config_parser(__doc__, TrainConfig, GPTConfig)
+    p = config_parser(__doc__, TrainConfig, GPTConfig)  # vocab_size comes from the corpus
     args = p.parse_args(argv)
     cfg, mcfg = split(args, TrainConfig), split(args, GPTConfig)
     t0 = time.time()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate import qa_accuracy, qa_items, load_facts, slot_usage
+from evaluate import qa_accuracy, qa_items, load_facts, validate
 from model import GPTConfig
 from train import TrainConfig, load_checkpoint, main, train
 
@@ -48,11 +48,20 @@ def test_teacher_forced_accuracy_equals_greedy_decoding(trained, tiny_corpus):
     assert acc == sum(greedy) / len(greedy)
 
 
-def test_slot_usage_of_dense_model_is_empty(trained):
-    _, model, _, _ = trained
+def test_slot_usage_counts_reads():
     from model import GPT
-    dense = GPT(GPTConfig(**{**TINY_MODEL, "memory_layers": ()}))
-    assert slot_usage(dense, np.zeros(100, dtype=np.uint16), 32, "cpu") == []
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**TINY_MODEL, "vocab_size": 50})).eval()
+    tokens = np.arange(200, dtype=np.uint16) % 50
+    loss, usage = validate(model, tokens, 32, "cpu")
+    # 6 windows x 32 tokens x 2 heads x 4 slots = 1,536 reads over 256 slots
+    assert 0 < usage[0]["used"] <= 1 and 0 <= usage[0]["kl_uniform"] <= np.log(256)
+    small = GPT(GPTConfig(**{**TINY_MODEL, "vocab_size": 50, "mem_n_keys": 4, "mem_topk": 4})).eval()
+    _, full = validate(small, tokens, 32, "cpu")
+    assert full[0]["used"] > 0.9                                   # 16 slots, every one read
+    dense = GPT(GPTConfig(**{**TINY_MODEL, "vocab_size": 50, "memory_layers": ()}))
+    loss_dense, none = validate(dense, tokens, 32, "cpu")
+    assert none == [] and loss_dense > 0
 
 
 def test_bad_input_gives_one_line_error(tmp_path, capsys):
