@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from memory import ProductKeyMemory
 from model import GPT, GPTConfig, MLP
+from train import TrainConfig, make_optimizers
 
 
 def timeit(fn, repeats):
@@ -34,12 +35,13 @@ def matmul_peak(r):
     return 2 * 1024 ** 3 / timeit(lambda: a @ b, 10 * r) / 1e9
 
 
-def layer_vs_ffn(d, tokens, r, n_keys=256, heads=4, topk=16):
+def layer_vs_ffn(d, tokens, r):
     x = torch.randn(tokens // 128, 128, d, requires_grad=True)
-    cfg = GPTConfig(n_embd=d)
+    cfg = GPTConfig(n_embd=d)                              # default memory shape
+    n_keys, heads, topk = cfg.mem_n_keys, cfg.mem_heads, cfg.mem_topk
     out = {}
     for name, layer in (("FFN (4d hidden)", MLP(cfg)),
-                        (f"memory {n_keys}^2 slots", ProductKeyMemory(d, n_keys=n_keys, heads=heads, topk=topk, sparse_grad=False))):
+                        (f"memory {n_keys}^2 slots, {heads} heads x top-{topk}", ProductKeyMemory(d, n_keys=n_keys, heads=heads, topk=topk, sparse_grad=False))):
         def step():
             layer(x).sum().backward()
             layer.zero_grad(set_to_none=True)
@@ -96,18 +98,19 @@ def flops_per_token(model, T):
     return 3 * fwd
 
 
-def train_throughput(dense, r, batch=32):
+def train_throughput(dense, r, batch=16):
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=2539, memory_layers=() if dense else (2,))
+    cfg = GPTConfig(vocab_size=2530, memory_layers=() if dense else (2,))   # default corpus vocabulary
     model = GPT(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opts = make_optimizers(model, TrainConfig())                           # as train.py does
     x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size))
     def step():
         _, loss = model(x, x)
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    dt = timeit(step, r)
+        for o in opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
+    dt = timeit(step, 3 * r)
     tok_s = batch * cfg.block_size / dt
     return tok_s, tok_s * flops_per_token(model, cfg.block_size) / 1e9
 
@@ -136,7 +139,7 @@ def main(argv=None):
         t = value_updates(n, r)
         print(f"   {n:>9,} slots: " + " | ".join(f"{k} {v * 1e3:.0f}" for k, v in t.items()))
 
-    print("\n5. training step, default model, 32 x 128 tokens")
+    print("\n5. training step, default model, 16 x 128 tokens, optimizers as in train.py")
     for dense in (False, True):
         tok_s, gflops = train_throughput(dense, r)
         print(f"   {'dense ' if dense else 'memory'}: {tok_s:,.0f} tokens/s, {gflops:.1f} GFLOP/s "
