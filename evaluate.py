@@ -5,8 +5,9 @@ repeat), greedy exact-match accuracy on fact questions, and memory slot usage.
     python evaluate.py --checkpoint out/ckpt.pt
 
 Greedy exact match is computed in one teacher-forced pass: greedy decoding produces the
-answer (which ends with its period) exactly when every answer token is the argmax given the
-question and the answer tokens before it.
+answer's tokens (the answer ends with its period) exactly when every answer token is the
+argmax given the question and the answer tokens before it. The match is on tokens: the same
+text spelled in other tokens counts as wrong.
 """
 
 import argparse
@@ -39,6 +40,8 @@ def validate(model, val_tokens, block_size, device, batch_size=32, max_tokens=20
     counts = [torch.zeros(m.n_slots, dtype=torch.long) for m in mems]
     for m in mems:
         m.record_indices = True
+    if len(val_tokens) <= block_size:
+        raise ValueError(f"validation set has {len(val_tokens)} tokens, fewer than one window of {block_size}")
     total, count = 0.0, 0
     try:
         for x, y in val_windows(val_tokens, block_size, batch_size, max_tokens):
@@ -50,12 +53,14 @@ def validate(model, val_tokens, block_size, device, batch_size=32, max_tokens=20
     finally:
         for m in mems:
             m.record_indices, m.last_indices = False, None
-    usage = []
-    for c in counts:
-        p = c.double() / c.sum()
-        nz = p[p > 0]
-        usage.append({"used": float((c > 0).double().mean()), "kl_uniform": float((nz * (nz * len(p)).log()).sum())})
-    return total / max(count, 1), usage
+    return total / count, [usage_stats(c) for c in counts]
+
+
+def usage_stats(counts):
+    """Reads per slot -> fraction of slots read at least once, and KL(p || uniform) in nats."""
+    p = counts.double() / counts.sum()
+    nz = p[p > 0]
+    return {"used": float((counts > 0).double().mean()), "kl_uniform": float((nz * (nz * len(p)).log()).sum())}
 
 
 def qa_items(facts, which="all"):
@@ -67,16 +72,22 @@ def qa_items(facts, which="all"):
     return items
 
 
-@torch.no_grad()
-def qa_accuracy(model, enc, items, device, batch_size=128):
+def qa_accuracy(model, enc, items, device):
     """Fraction of (prompt, answer) pairs that greedy decoding answers exactly."""
+    correct = qa_correct(model, enc, items, device)
+    return sum(correct) / max(len(correct), 1)
+
+
+@torch.no_grad()
+def qa_correct(model, enc, items, device, batch_size=128):
+    """For each (prompt, answer) pair: does greedy decoding produce exactly the answer?"""
     eot = enc.encode(EOT, allowed_special={EOT})
     correct = []
     for i in range(0, len(items), batch_size):
         chunk = [(eot + enc.encode(p), enc.encode(a)) for p, a in items[i:i + batch_size]]
         L = max(len(p) + len(a) for p, a in chunk)
-        x = torch.full((len(chunk), L), eot[0], dtype=torch.long)
-        y = torch.full((len(chunk), L), -1, dtype=torch.long)
+        x = torch.full((len(chunk), L), eot[0], dtype=torch.long)     # (B, L), right-padded
+        y = torch.full((len(chunk), L), -1, dtype=torch.long)          # -1 = not an answer token
         for r, (p, a) in enumerate(chunk):
             x[r, :len(p) + len(a)] = torch.tensor(p + a)
             y[r, len(p) - 1:len(p) + len(a) - 1] = torch.tensor(a)   # predict each answer token
@@ -84,7 +95,7 @@ def qa_accuracy(model, enc, items, device, batch_size=128):
         pred = logits.argmax(-1).cpu()
         mask = y >= 0
         correct += ((pred == y) | ~mask).all(dim=1).tolist()
-    return sum(correct) / max(len(correct), 1)
+    return correct
 
 
 def load_facts(data_dir):
@@ -101,12 +112,15 @@ def main(argv=None):
     device = pick_device(args.device)
     try:
         model, enc, ckpt = load_checkpoint(args.checkpoint, device)
-    except (FileNotFoundError, RuntimeError, ValueError) as e:
+    except (FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     data_dir = ckpt["data_dir"]
-    val = np.memmap(os.path.join(data_dir, "val.bin"), dtype=ckpt["data_meta"]["dtype"], mode="r")
+    try:
+        val = np.memmap(os.path.join(data_dir, "val.bin"), dtype=ckpt["data_meta"]["dtype"], mode="r")
+        kb = load_facts(data_dir)
+    except FileNotFoundError:
+        sys.exit(f"error: the corpus this checkpoint was trained on is no longer in {data_dir}; prepare it there again")
     bs = model.config.block_size
-    kb = load_facts(data_dir)
     loss, usage = validate(model, val, bs, device)
     print(f"val loss {loss:.4f}")
     print(f"background facts {qa_accuracy(model, enc, qa_items(kb['background']), device):.3f}")

@@ -31,8 +31,9 @@ class ProductKeyMemory(nn.Module):
     def __init__(self, d_model, n_keys=128, heads=4, topk=16, k_dim=64, v_dim=None,
                  query_norm="layernorm", sparse_grad=True, values=None):
         super().__init__()
-        assert k_dim % 2 == 0, "k_dim must be even: the query is split into two halves"
-        assert topk <= n_keys, "topk cannot exceed n_keys"
+        if k_dim % 2 or not 0 < topk <= n_keys:
+            raise ValueError(f"memory needs an even k_dim and 0 < topk <= n_keys (got k_dim={k_dim}, "
+                             f"topk={topk}, n_keys={n_keys})")
         v_dim = v_dim or d_model
         self.n_keys, self.heads, self.topk, self.k_dim, self.v_dim = n_keys, heads, topk, k_dim, v_dim
         self.n_slots = n_keys * n_keys
@@ -58,7 +59,8 @@ class ProductKeyMemory(nn.Module):
         # sparse=True makes its gradient touch only the rows read in this batch.
         if values is None:
             values = nn.EmbeddingBag(self.n_slots, v_dim, mode="sum", sparse=sparse_grad)
-        assert values.weight.shape == (self.n_slots, v_dim), "shared value table has the wrong shape"
+        if values.weight.shape != (self.n_slots, v_dim):
+            raise ValueError(f"shared value table is {tuple(values.weight.shape)}, expected {(self.n_slots, v_dim)}")
         self.values = values
         self.gate = nn.Linear(d_model, v_dim, bias=False)   # W_1
         self.proj = nn.Linear(v_dim, d_model, bias=False)   # W_2
@@ -103,12 +105,14 @@ class ProductKeyMemory(nn.Module):
     def forward(self, x):
         B, T, C = x.shape
         flat_x = x.reshape(B * T, C)
-        scores, idx = self.lookup(flat_x)                              # (BT, H, k) each
+        with torch.autocast(x.device.type, enabled=False):           # exact top-k needs fp32 scores
+            scores, idx = self.lookup(flat_x.float())                  # (BT, H, k) each
         w = F.softmax(scores, dim=-1)                                  # fp32, per head
         if self.record_indices:
             self.last_indices = idx.view(B, T, self.heads, self.topk).detach()
         weight = self.values.weight
-        y = self.values(idx.view(B * T, -1), per_sample_weights=w.view(B * T, -1).to(weight.dtype))
+        y = self.values(idx.view(B * T, -1),                           # (BT, H*k) slots per token
+                        per_sample_weights=w.view(B * T, -1).to(weight.dtype))
         y = y.to(x.dtype)                                              # (BT, v_dim)
         out = self.proj(y * F.silu(self.gate(flat_x)))                 # (BT, d)
         return out.view(B, T, C)

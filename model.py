@@ -19,7 +19,7 @@ from memory import ProductKeyMemory
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 4096        # BPE vocabulary of the default corpus (data/prepare.py)
+    vocab_size: int = 2560        # set from the prepared corpus's meta.json by train.py
     block_size: int = 128         # context length in tokens; stories and facts fit in it
     n_layer: int = 4              # transformer blocks
     n_head: int = 4               # attention heads
@@ -43,6 +43,7 @@ class GPTConfig:
             raise ValueError(f"memory_layers {bad} out of range for n_layer={self.n_layer}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        self.mem_v_dim = self.mem_v_dim or self.n_embd
 
 
 class CausalSelfAttention(nn.Module):
@@ -82,7 +83,7 @@ class Block(nn.Module):
         if use_memory:
             self.ffn = ProductKeyMemory(cfg.n_embd, n_keys=cfg.mem_n_keys, heads=cfg.mem_heads,
                                         topk=cfg.mem_topk, k_dim=cfg.mem_k_dim,
-                                        v_dim=cfg.mem_v_dim or cfg.n_embd,
+                                        v_dim=cfg.mem_v_dim,
                                         query_norm=cfg.mem_query_norm,
                                         sparse_grad=cfg.mem_sparse_grad, values=memory_values)
         else:
@@ -103,7 +104,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         shared = None
         if cfg.shared_values and cfg.memory_layers:
-            shared = nn.EmbeddingBag(cfg.mem_n_keys ** 2, cfg.mem_v_dim or cfg.n_embd,
+            shared = nn.EmbeddingBag(cfg.mem_n_keys ** 2, cfg.mem_v_dim,
                                      mode="sum", sparse=cfg.mem_sparse_grad)
         self.blocks = nn.ModuleList(Block(cfg, shared, i in cfg.memory_layers) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)

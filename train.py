@@ -10,9 +10,11 @@ model's args, weights, tokenizer, data meta, optimizer, step and RNG state.
 """
 
 import argparse
+import inspect
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -33,14 +35,14 @@ class TrainConfig:
     out_dir: str = "out"                 # checkpoint folder
     seed: int = 1337                     # model init and batch order
     batch_size: int = 16                 # sequences per step (more, smaller steps learn facts faster)
-    max_iters: int = 900                 # optimizer steps (~4.5 min on 2 CPU cores by default)
+    max_iters: int = 850                 # optimizer steps (~4.5 min on 2 CPU cores by default)
     lr: float = 3e-3                     # peak learning rate of the dense parameters
     min_lr: float = 3e-4                 # end of the cosine decay
     warmup_iters: int = 60               # linear warmup steps
     value_lr: float = 1e-2               # fixed learning rate of memory values (references: 1e-3 at 1B scale)
     weight_decay: float = 0.1            # AdamW decay on dense matrices only
-    grad_clip: float = 1.0               # max grad norm of the dense parameters; 0 = off
-    eval_interval: int = 450             # steps between evaluations (and checkpoints)
+    grad_clip: float = 1.0               # max norm of all dense gradients (values too, unless sparse); 0 = off
+    eval_interval: int = 425             # steps between evaluations (and checkpoints)
     dense: bool = False                  # no memory layers: the dense baseline
     device: str = "auto"                 # auto | cpu | cuda | mps
     compile: bool = False                # torch.compile the model (helps on GPU, not on CPU)
@@ -83,6 +85,8 @@ def load_checkpoint(path, device="cpu"):
     except Exception as e:
         raise RuntimeError(f"could not load checkpoint {path} ({type(e).__name__}); it is corrupt or "
                            "holds pickled objects, which are refused") from None
+    if not isinstance(ckpt, dict) or not {"model", "model_args", "tokenizer"} <= ckpt.keys():
+        raise RuntimeError(f"{path} is not a checkpoint written by train.py (no model args or tokenizer)")
     model = GPT(GPTConfig(**ckpt["model_args"])).to(device)
     model.load_state_dict(ckpt["model"])
     model.eval()
@@ -91,24 +95,25 @@ def load_checkpoint(path, device="cpu"):
     return model, enc, ckpt
 
 
-def config_parser(description, *dataclasses, skip=("vocab_size",)):
-    """argparse over the fields of the given dataclasses, each with its default (the comments
-    beside the defaults in the dataclasses say what each one is)."""
+def config_parser(description, *dataclasses, skip=()):
+    """argparse over the fields of the given dataclasses; each option's help is the comment
+    beside its default in the dataclass's source."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     for dc in dataclasses:
+        comments = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(dc), re.M))
         for f in fields(dc):
             if f.name in skip:
                 continue
-            name = "--" + f.name.replace("_", "-")
+            name, text = "--" + f.name.replace("_", "-"), comments.get(f.name, "")
             if isinstance(f.default, bool):
                 p.add_argument(name, action=argparse.BooleanOptionalAction, default=f.default,
-                               help=f"(default: {f.default})")
+                               help=f"{text} (default: {f.default})")
             elif isinstance(f.default, tuple):
                 p.add_argument(name, type=lambda s: tuple(int(i) for i in s.split(",") if i.strip()),
-                               default=f.default, help="comma-separated block indices, e.g. 1,3; "
-                               f"empty for none (default: {','.join(map(str, f.default))})")
+                               default=f.default, help=f"{text}; comma-separated, e.g. 1,3 "
+                               f"(default: {','.join(map(str, f.default))})")
             else:
-                p.add_argument(name, type=type(f.default), default=f.default, help=f"(default: {f.default})")
+                p.add_argument(name, type=type(f.default), default=f.default, help=f"{text} (default: {f.default})")
     return p
 
 
@@ -142,7 +147,7 @@ def lr_at(it, cfg):
 
 
 def get_batch(data, block_size, batch_size, gen):
-    """Random windows of the training tokens, drawn from a seeded generator."""
+    """Random windows of the training tokens, drawn from a seeded generator: x, y (B, T)."""
     ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=gen).tolist()
     x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
     y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
@@ -159,7 +164,9 @@ def evaluate_all(model, enc, val, kb, device):
 
 
 def train(cfg, mcfg, quiet=False):
-    """Train and return (model, encoding, final metrics). Used by main() and by finetune.py."""
+    """Train and return (model, encoding, final metrics)."""
+    if cfg.eval_interval < 1 or cfg.max_iters < 1 or cfg.batch_size < 1:
+        raise ValueError("--eval-interval, --max-iters and --batch-size must be positive")
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     meta_path = os.path.join(cfg.data_dir, "meta.json")
@@ -175,6 +182,8 @@ def train(cfg, mcfg, quiet=False):
     train_data = np.memmap(os.path.join(cfg.data_dir, "train.bin"), dtype=meta["dtype"], mode="r")
     val_data = np.memmap(os.path.join(cfg.data_dir, "val.bin"), dtype=meta["dtype"], mode="r")
     kb = load_facts(cfg.data_dir)
+    if min(len(train_data), len(val_data)) <= mcfg.block_size + 1:
+        raise ValueError(f"{cfg.data_dir} holds fewer tokens than one window of {mcfg.block_size}; prepare more text")
 
     mcfg.vocab_size = meta["vocab_size"]
     if cfg.dense:
@@ -192,13 +201,15 @@ def train(cfg, mcfg, quiet=False):
         for o, s in zip(opts, ckpt["optimizers"]):
             o.load_state_dict(s)
         start = ckpt["step"]
+        if start >= cfg.max_iters:
+            raise ValueError(f"{ckpt_path} is already at step {start}; raise --max-iters to train on")
         gen.set_state(ckpt["data_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
 
     dense_n, mem_n = model.num_params()
     tokens_per_step = cfg.batch_size * mcfg.block_size
     if not quiet:
-        slots = sum(m.n_slots for m in model.memory_modules) if not mcfg.shared_values else mcfg.mem_n_keys ** 2
+        slots = len(model.value_params()) * mcfg.mem_n_keys ** 2
         print(f"device {device} | params: dense {dense_n / 1e6:.2f}M, memory values {mem_n / 1e6:.2f}M "
               f"({slots:,} slots in {len(mcfg.memory_layers)} layer(s) {list(mcfg.memory_layers)}) | "
               f"{tokens_per_step:,} tokens/step | {len(train_data):,} train tokens")
@@ -248,11 +259,11 @@ def train(cfg, mcfg, quiet=False):
 
 
 def main(argv=None):
-    p = config_parser(__doc__, TrainConfig, GPTConfig)  # vocab_size comes from the corpus
+    p = config_parser(__doc__, TrainConfig, GPTConfig, skip=("vocab_size",))  # it comes from the corpus
     args = p.parse_args(argv)
-    cfg, mcfg = split(args, TrainConfig), split(args, GPTConfig)
     t0 = time.time()
     try:
+        cfg, mcfg = split(args, TrainConfig), split(args, GPTConfig)
         model, enc, m = train(cfg, mcfg)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")

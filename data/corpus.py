@@ -24,13 +24,21 @@ from dataclasses import dataclass, field
 # ----------------------------------------------------------------------------------------
 # word lists (stories)
 
-BOYS = "Tom Ben Max Sam Leo Jack Tim Finn Noah Jake Oliver Luke Adam Dan Eli Henry Joe Owen Ryan Theo".split()
-GIRLS = "Lily Mia Sue Anna Emma Lucy Sara Kate Zoe Ella Amy Rose Grace Molly Ivy Nora Ruby Jane Lisa Maya".split()
+BOYS = ("Tom Ben Max Sam Leo Jack Tim Finn Noah Jake Oliver Luke Adam Dan Eli Henry Joe Owen Ryan Theo "
+        "Alex Billy Bobby Charlie Chris Danny David Eddie Frank Fred George Harry Isaac Jacob James Jimmy "
+        "John Kevin Leon Liam Louis Mark Martin Matt Mike Nick Oscar Paul Peter Philip Robert Ross Roy "
+        "Simon Steve Teddy Timmy Tony Victor Walter Will Zack").split()
+GIRLS = ("Lily Mia Sue Anna Emma Lucy Sara Kate Zoe Ella Amy Rose Grace Molly Ivy Nora Ruby Jane Lisa Maya "
+         "Alice Amber Bella Beth Chloe Clara Daisy Dora Eva Fiona Hannah Hazel Holly Iris Jenny Jess "
+         "Julia Katie Laura Lena Lola Lucy Megan Millie Nina Olivia Penny Polly Rachel Rosie Sally "
+         "Sophie Stella Susan Tina Violet Wendy").split()
 KINDS = {"he": "boy", "she": "girl"}
 ANIMALS = ("cat dog bird rabbit frog duck mouse fox bear owl horse cow pig sheep goat lion tiger "
            "puppy kitten turtle fish bee butterfly squirrel deer hen monkey elephant snake").split()
 PLACES = ("park garden forest beach farm river pond lake hill field village town school kitchen "
-          "playground zoo library market meadow barn yard house shop street woods cave island").split()
+          "playground zoo library market meadow barn yard house shop street woods cave island "
+          "bakery castle circus museum harbor station hospital church theater fair orchard bridge "
+          "lighthouse mountain desert jungle swamp valley city square camp tent attic").split()
 OBJECTS = ("ball kite box book hat toy car boat doll drum stick rock shell cup spoon key map bell "
            "coat shoe sock bag basket blanket pillow crayon pencil flower leaf stone feather ribbon "
            "truck train plane bike sled wagon bucket shovel jar lamp clock mirror ring necklace "
@@ -53,7 +61,7 @@ FINDS = ("under a tree", "behind a rock", "in the grass", "near the water", "in 
 PROBLEMS = ("it was stuck in the mud", "it was too high to reach", "it was broken", "it was very dirty",
             "it was too heavy to carry", "it fell into the water", "the wind took it away",
             "a big dog ran off with it", "it rolled down the hill", "it was lost in the dark")
-FIXES = ("pulled it out together", "used a long stick to get it", "fixed it with some tape",
+FIXES = ("pulled it out with all their might", "used a long stick to get it", "fixed it with some tape",
          "washed it with warm water", "carried it home side by side", "found it near the old tree",
          "climbed up slowly and got it", "asked a tall man for help", "followed the path and found it",
          "lit a lamp and looked everywhere")
@@ -113,6 +121,92 @@ VERBS_I = """laughed smiled cried jumped danced sang played ran walked hopped sk
 rested slept woke waited listened looked shouted whispered giggled clapped sneezed yawned nodded
 shivered wiggled wandered explored hurried rushed tiptoed floated splashed spun twirled""".split()
 PREPS = "near under behind beside above below inside outside across around along past".split()
+# More nouns, verbs and adjectives, so the stories need a vocabulary of a few thousand words.
+THINGS += """album alarm apron armchair attic backpack bagel bakery balcony bandana barn basement
+bathtub battery beach bedroom belt bib binoculars birdhouse blender blocks blouse bookcase boots
+bow bowtie bracelet broomstick bubblegum bulb bunk cabinet calendar cane canvas cap cape carousel
+cassette ceiling cellar cereal chalkboard chandelier checkers cloak closet collar comic computer
+cookbook cooler costume cottage couch counter crate crib cube cupboard dartboard denim diary dice
+dollhouse doorbell doormat dough dresser driveway dustpan earmuffs easel elevator eraser fireplace
+fishbowl flashcard floor flute folder footstool fridge funnel garage garland gazebo glitter goggles
+gown greenhouse grill guitar hairbrush hallway hammock hanger harmonica headband heater highchair
+hive hoodie hourglass igloo inkwell jigsaw jukebox kayak keyboard kiosk ladle laptop lasso lawn
+leash locket lollipop lunchbox mailbox mattress microscope microwave mixer mobile monitor mustard
+nightgown nightlight notepad oven overalls padlock paintbrush pajamas pantry parachute pasta
+patio pedal pendant pepper perfume photo picnic pinwheel placemat planet playhouse plug pogo
+pond popsicle porch postcard poster puppet pyramid quiver radio raft railing raincoat recorder
+refrigerator remote rocket rollercoaster roof sandal sandbox satchel saxophone scale scooter
+seesaw shampoo shed shower skateboard skirt slipper snorkel snowball snowman sofa spatula
+sprinkler staircase stapler steering stethoscope stocking stove strainer straw stroller sunhat
+suspenders sweater tambourine teacup teapot telescope television thermos thimble toaster toolbox
+toothbrush toothpaste torch tractor trampoline treehouse tricycle tripod trowel tuba tulip tutu
+typewriter ukulele unicycle vest vacuum wagon wallet wardrobe washcloth wheelbarrow whiteboard
+windmill workbench wristband xylophone yoyo""".split()
+NATURE += """anthill avalanche bay beehive blossom bog branch breeze brook bud canyon cavern
+cliffside comet coral cove current daybreak dune dusk earth echo eclipse field fireflies flood
+flower forest galaxy garden geyser glacier glade grove gust hail harbor hay hedge horizon iceberg
+inlet jungle lagoon lava leaves marsh meadow mist moonlight nectar oasis ocean orchard pasture
+peak petal plain pollen prairie rainforest ravine reef ridge riverbank rock roots sap seashell
+shadow sky snowflake soil spring starlight stem summit sunlight sunrise sunset swamp thicket
+tide timber trail treetop twig valley waterfall weeds wildflower woodland""".split()
+CREATURES += """alligator antelope armadillo baboon badger beaver bison bluebird buffalo bull
+bumblebee butterfly calf canary caterpillar chameleon chimpanzee cobra cockatoo cougar coyote
+cricket cub dachshund dinosaur dove duckling eel falcon fawn ferret finch firefly flamingo foal
+gazelle gecko gerbil goldfish gopher grasshopper guppy hare hawk heron hummingbird hyena iguana
+jaguar jellyfish kitten kiwi lark lemur lynx magpie manatee meerkat minnow mockingbird mongoose
+moth mule narwhal newt nightingale orca ostrich owlet panther parakeet pheasant piglet pigeon
+platypus poodle porcupine possum pug python quail rabbit ram raven reindeer rhino rooster
+salamander sardine scorpion seagull seahorse sheepdog shrimp skylark snail sparrow squid stallion
+starfish stork swallow tadpole termite terrier tortoise toucan trout tuna turkey vulture walrus
+warthog wasp weasel woodpecker wren yak""".split()
+FOODS_STORY += """apricot avocado bacon blueberry broccoli brownie burrito buttermilk cantaloupe
+caramel cashew casserole cauliflower celery cheesecake chili cinnamon coconut cornbread cranberry
+croissant cupcake custard dates doughnut dumpling eggplant fig fudge garlic gingerbread granola
+grapefruit gravy guava hamburger hazelnut hotdog icecream jelly kiwi lasagna lemonade lentil
+lettuce lime macaroni marshmallow meatball meringue mint mushroom nectarine oatmeal olive omelet
+papaya parsley peanut pecan pickle pineapple pistachio pita plantain pomegranate pretzel prune
+pumpkin quiche radish raisin raspberry ravioli rhubarb salmon scone smoothie spaghetti spinach
+squash stew sundae sushi taco tangerine toffee tortilla turnip vanilla walnut watermelon zucchini""".split()
+ROLES += """acrobat astronaut author barber beekeeper blacksmith butcher carpenter cashier
+cowboy dentist detective diver explorer florist goalkeeper guard hunter inventor janitor jester
+jeweler juggler lifeguard lumberjack magician mechanic merchant miner musician nanny optician
+photographer plumber poet potter professor ranger referee reporter sculptor shepherd sheriff
+soldier surgeon tailor umpire veterinarian waiter weaver zookeeper""".split()
+ADJS_MORE += """adorable adventurous afraid agile alert amused anxious ashamed awake awkward bashful
+bold bored bossy breezy brilliant bubbly calm capable charming cheeky chubby clumsy colorful
+comfortable confident cranky crazy creepy crooked cuddly cute daring dazzling delightful dizzy
+dreamy eager elegant enormous excellent faint faithful famous fantastic fierce filthy flat fragile
+frantic freckled friendly frightened fuzzy generous gigantic glamorous gleaming glorious glossy
+graceful grateful greedy gruff handsome hasty healthy helpless hilarious hollow hopeful humble
+icy immense itchy jealous jumpy kindly knotty lanky lively lonely loyal magnificent marvelous
+massive messy mighty miniature misty mysterious narrow naughty nervous nimble nosy obedient odd
+orange peaceful perky plump polished powerful precious prickly puzzled quick radiant ragged rare
+relieved restless rich ripe rosy rusty scary scruffy selfish serious shaggy shiny skinny sleek
+slimy slippery sloppy sneaky snug soggy sparkling speedy splendid spotless spotted squeaky
+steady sticky stormy striped stubborn sturdy superb swift tender thirsty thoughtful thrilled
+tidy timid tired tough tricky trusty twinkling unusual upbeat vast velvet vivid wandering wary
+weary whimsical wiggly witty wobbly wonderful worried young zany""".split()
+ADVERBS += """boldly busily cheerfully clumsily curiously easily excitedly fiercely gladly gracefully
+greedily hungrily lazily merrily neatly nervously noisily playfully proudly quickly rarely
+shyly silently sleepily smoothly sternly swiftly tenderly thankfully thoughtfully warmly wildly""".split()
+VERBS_T += """admired arranged baked balanced bathed bounced brushed buttoned captured carved
+chopped collected combed copied covered crushed decorated delivered dusted emptied explored
+fetched framed frosted gathered glued grabbed guarded hammered handled hatched hooked ironed
+juggled kneaded knitted labeled launched loaded marked measured melted mixed mopped nibbled
+noticed offered packed peeled pinned placed plucked poured printed protected punched raked
+reached repaired rescued rinsed saved scrubbed sealed searched served sewed shaped shoveled
+signed sketched sliced smashed snapped spotted sprinkled squeezed stamped steered stirred
+stitched stuffed swept tapped tickled tossed traced trimmed tugged twisted unlocked unpacked
+unwrapped weighed whisked wiped zipped""".split()
+VERBS_I += """babbled bowed breathed bustled cheered chuckled coughed crawled cuddled dashed dived
+drifted dripped fluttered frowned gasped glided glowed grinned groaned growled grumbled hiccuped
+hiked hovered howled hummed jogged kneeled leaped lingered marched mumbled paddled panted paused
+peeked pounced pranced raced relaxed roamed rolled sailed scampered screamed scurried shrugged
+sighed skated skidded slid slouched smirked snored sobbed sparkled sprinted squealed stomped
+stumbled strolled struggled stretched sulked surfed trembled trotted tumbled waddled waltzed
+wept whistled winked yelled zoomed""".split()
+THINGS, NATURE, CREATURES, FOODS_STORY, ROLES, ADJS_MORE, ADVERBS, VERBS_T, VERBS_I = (
+    sorted(set(x)) for x in (THINGS, NATURE, CREATURES, FOODS_STORY, ROLES, ADJS_MORE, ADVERBS, VERBS_T, VERBS_I))
 SCENES = (
     "{He} {vt} the {adj} {thing} {adv}.",
     "{name} {vi} {adv} {prep} the {nature}.",
@@ -274,8 +368,8 @@ def make_names(rng, n, taken):
     names = []
     while len(names) < n:
         name = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 2, 3)))).capitalize()
-        if name not in taken:
-            taken.add(name)
+        if name.lower() not in taken:                               # taken is lower-case
+            taken.add(name.lower())
             names.append(name)
     return names
 
@@ -288,7 +382,7 @@ def make_world(seed=1337, n_people=60, n_animals=20, n_towns=20, n_new=1000):
     taken = set(story_words)
     pairs = [a + b for a in TOWN_FIRST for b in TOWN_LAST]
     towns = rng.sample(pairs, n_towns)
-    taken |= set(towns)
+    taken |= {t.lower() for t in towns}
     people = make_names(rng, n_people, taken)
     animals = make_names(rng, n_animals, taken)
     new_names = make_names(rng, n_new, taken)

@@ -48,7 +48,8 @@ def train_bpe(counts, vocab_size):
     Returns the token byte strings in rank order. Deterministic: ties go to the pair whose
     bytes sort first."""
     n_tokens = vocab_size - 1
-    assert n_tokens >= 256, "vocab_size must be at least 257"
+    if n_tokens < 256:
+        raise ValueError(f"vocab_size must be at least 257 (256 bytes + <|endoftext|>), not {vocab_size}")
     words = [[bytes([b]) for b in w.encode("utf-8")] for w in counts]
     freq = list(counts.values())
     pair_count = Counter()                      # (left, right) -> weighted occurrences

@@ -72,6 +72,27 @@ def test_prepare_skips_finished_stages(tiny_corpus):
     stamps = {n: os.path.getmtime(os.path.join(d, n)) for n in os.listdir(d)}
     prepare(tiny_corpus)
     assert stamps == {n: os.path.getmtime(os.path.join(d, n)) for n in os.listdir(d)}
+    from dataclasses import replace
+    with pytest.raises(ValueError, match="other settings"):
+        prepare(replace(tiny_corpus, vocab_size=900))
+
+
+def test_prepare_redoes_only_a_missing_stage(tiny_corpus, tmp_path):
+    import shutil
+    from dataclasses import replace
+    cfg = replace(tiny_corpus, out_dir=str(tmp_path / "c"))
+    shutil.copytree(tiny_corpus.out_dir, cfg.out_dir)
+    os.remove(os.path.join(cfg.out_dir, "meta.json"))              # as if killed in the last stage
+    with open(os.path.join(cfg.out_dir, "meta.json.tmp"), "w") as f:
+        f.write("{half a fi")
+    text_time = os.path.getmtime(os.path.join(cfg.out_dir, "train.txt"))
+    prepare(cfg)
+    assert os.path.getmtime(os.path.join(cfg.out_dir, "train.txt")) == text_time
+    for name in ("train.bin", "facts.json", "meta.json"):
+        with open(os.path.join(cfg.out_dir, name), "rb") as a, open(os.path.join(tiny_corpus.out_dir, name), "rb") as b:
+            assert a.read() == b.read() or name == "meta.json"
+    meta = json.load(open(os.path.join(cfg.out_dir, "meta.json")))
+    assert meta["config"]["out_dir"] == cfg.out_dir
 
 
 @pytest.mark.skipif(not os.path.isdir(SHARED_TINYSTORIES), reason="shared TinyStories sample not present")

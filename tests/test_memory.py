@@ -70,3 +70,22 @@ def test_batchnorm_and_no_norm_variants_run_and_differ():
     assert not torch.allclose(outs[0], outs[2]) and not torch.allclose(outs[1], outs[2])
     with pytest.raises(ValueError):
         ProductKeyMemory(16, query_norm="rms")
+
+
+def test_scores_stay_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    mem = ProductKeyMemory(16, n_keys=16, heads=2, topk=4, k_dim=8)
+    mem.record_indices = True
+    x = torch.randn(1, 30, 16)
+    mem(x)
+    ref = mem.last_indices.clone()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mem(x)
+    assert torch.equal(mem.last_indices, ref)                      # same slots as in fp32
+
+
+def test_bad_memory_shapes_are_refused():
+    with pytest.raises(ValueError, match="even k_dim"):
+        ProductKeyMemory(16, k_dim=7)
+    with pytest.raises(ValueError, match="topk <= n_keys"):
+        ProductKeyMemory(16, n_keys=4, topk=8)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate import qa_accuracy, qa_items, load_facts, validate
+from evaluate import qa_accuracy, qa_correct, qa_items, load_facts, usage_stats, validate
 from model import GPTConfig
 from train import TrainConfig, load_checkpoint, main, train
 
@@ -34,34 +34,61 @@ def test_training_lowers_val_loss_and_saves_loadable_checkpoint(trained):
 
 def test_teacher_forced_accuracy_equals_greedy_decoding(trained, tiny_corpus):
     _, model, enc, _ = trained
-    model.eval()
     kb = load_facts(tiny_corpus.out_dir)
-    items = qa_items(kb["background"][:30], "first")
-    acc = qa_accuracy(model, enc, items, "cpu")
+    items = qa_items(kb["background"][:12], "first")
+    # teach the model the first four answers, so some items are right and some wrong
     eot = enc.eot_token
+    seqs = [[eot] + enc.encode(p + a) for p, a in items[:4]]
+    L = max(map(len, seqs))
+    x = torch.tensor([s + [eot] * (L - len(s)) for s in seqs])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(150):
+        _, loss = model(x[:, :-1], x[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    fast = qa_correct(model, enc, items, "cpu")
     greedy = []
     for p, a in items:
         ids = [eot] + enc.encode(p)
         target = enc.encode(a)
         out = model.generate(torch.tensor([ids]), len(target), temperature=0)[0, len(ids):].tolist()
         greedy.append(out == target)
-    assert acc == sum(greedy) / len(greedy)
+    assert fast == greedy
+    assert any(greedy[:4]) and not all(greedy)
+    assert qa_accuracy(model, enc, items, "cpu") == sum(greedy) / len(greedy)
 
 
-def test_slot_usage_counts_reads():
+def test_usage_stats_on_hand_computed_counts():
+    u = usage_stats(torch.tensor([3, 1, 0, 0]))
+    # p = (3/4, 1/4, 0, 0): KL to uniform = 3/4 log 3 + 1/4 log 1 = 0.824
+    assert u["used"] == 0.5 and abs(u["kl_uniform"] - 0.75 * np.log(3)) < 1e-12
+    assert usage_stats(torch.tensor([2, 2, 2, 2])) == {"used": 1.0, "kl_uniform": 0.0}
+    assert abs(usage_stats(torch.tensor([5, 0, 0, 0]))["kl_uniform"] - np.log(4)) < 1e-12
+
+
+def test_validate_counts_every_read():
     from model import GPT
     torch.manual_seed(0)
     model = GPT(GPTConfig(**{**TINY_MODEL, "vocab_size": 50})).eval()
     tokens = np.arange(200, dtype=np.uint16) % 50
+    mem = model.memory_modules[0]
+    seen = torch.zeros(mem.n_slots, dtype=torch.bool)
+    mem.record_indices = True
+    for r in range(6):                                             # the 6 windows validate reads
+        model(torch.from_numpy(tokens[r * 32:(r + 1) * 32].astype(np.int64))[None])
+        seen[mem.last_indices.flatten()] = True
+    mem.record_indices = False
     loss, usage = validate(model, tokens, 32, "cpu")
-    # 6 windows x 32 tokens x 2 heads x 4 slots = 1,536 reads over 256 slots
-    assert 0 < usage[0]["used"] <= 1 and 0 <= usage[0]["kl_uniform"] <= np.log(256)
-    small = GPT(GPTConfig(**{**TINY_MODEL, "vocab_size": 50, "mem_n_keys": 4, "mem_topk": 4})).eval()
-    _, full = validate(small, tokens, 32, "cpu")
-    assert full[0]["used"] > 0.9                                   # 16 slots, every one read
+    assert usage[0]["used"] == seen.double().mean().item()
+    assert mem.record_indices is False and mem.last_indices is None   # switched off again
     dense = GPT(GPTConfig(**{**TINY_MODEL, "vocab_size": 50, "memory_layers": ()}))
     loss_dense, none = validate(dense, tokens, 32, "cpu")
     assert none == [] and loss_dense > 0
+    with pytest.raises(ValueError, match="fewer than one window"):
+        validate(dense, tokens[:20], 32, "cpu")
 
 
 def test_bad_input_gives_one_line_error(tmp_path, capsys):
@@ -72,3 +99,16 @@ def test_bad_input_gives_one_line_error(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="could not load checkpoint"):
         load_checkpoint(str(bad))
+    torch.save({"weights": torch.zeros(2)}, str(bad))               # loads, but is not ours
+    with pytest.raises(RuntimeError, match="not a checkpoint written by train.py"):
+        load_checkpoint(str(bad))
+    with pytest.raises(SystemExit) as e:
+        main(["--n-head", "3", "--out-dir", str(tmp_path)])
+    assert "not divisible" in str(e.value)
+
+
+def test_resume_of_a_finished_run_is_refused(trained):
+    cfg, _, _, _ = trained
+    from dataclasses import replace
+    with pytest.raises(ValueError, match="already at step 60"):
+        train(replace(cfg, resume=True), GPTConfig(**TINY_MODEL), quiet=True)
