@@ -45,7 +45,7 @@ class DataConfig:
     n_people: int = 40            # background people (5 facts each)
     n_animals: int = 16           # background animals (2 facts each)
     n_towns: int = 16             # towns (2 facts each; also the answers of "lives in")
-    fact_repeats: int = 300       # documents per background entity in the training text
+    fact_repeats: int = 450       # documents per background entity in the training text
     tokenizer: str = "bpe"        # bpe (trained here) | gpt2 (tiktoken's, needs its files)
     vocab_size: int = 2560        # BPE vocabulary, <|endoftext|> included (4096 costs 30% more per step here)
 
