@@ -104,7 +104,7 @@ def config_parser(description, *dataclasses, skip=()):
         for f in fields(dc):
             if f.name in skip:
                 continue
-            name, text = "--" + f.name.replace("_", "-"), comments.get(f.name, "")
+            name, text = "--" + f.name.replace("_", "-"), comments.get(f.name, "").replace("%", "%%")
             if isinstance(f.default, bool):
                 p.add_argument(name, action=argparse.BooleanOptionalAction, default=f.default,
                                help=f"{text} (default: {f.default})")
@@ -122,8 +122,9 @@ def split(args, dc):
 
 
 def make_optimizers(model, cfg):
-    """AdamW on the dense parameters (decay on matrices only); the memory values get their own
-    fixed learning rate and no decay: SparseAdam when their gradients are sparse, else Adam."""
+    """AdamW on the dense parameters, with weight decay on 2-D weights (Linear and embedding
+    matrices) but not on biases, norms or the memory's sub-keys; the memory values get their
+    own fixed learning rate and no decay: SparseAdam when their gradients are sparse, else Adam."""
     values = {id(p) for p in model.value_params()}
     dense = [p for p in model.parameters() if id(p) not in values]
     decay = [p for p in dense if p.dim() == 2]

@@ -6,7 +6,7 @@ import torch
 
 from evaluate import qa_accuracy, qa_correct, qa_items, load_facts, usage_stats, validate
 from model import GPTConfig
-from train import TrainConfig, load_checkpoint, main, train
+from train import TrainConfig, load_checkpoint, lr_at, main, make_optimizers, train
 
 TINY_MODEL = dict(block_size=32, n_layer=2, n_head=2, n_embd=32, memory_layers=(1,), mem_n_keys=16,
                   mem_heads=2, mem_topk=4, mem_k_dim=16)
@@ -112,3 +112,35 @@ def test_resume_of_a_finished_run_is_refused(trained):
     from dataclasses import replace
     with pytest.raises(ValueError, match="already at step 60"):
         train(replace(cfg, resume=True), GPTConfig(**TINY_MODEL), quiet=True)
+
+
+def test_lr_schedule_warms_up_then_decays_to_min():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_iters=10, max_iters=110)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(60, cfg) == pytest.approx(0.55)
+    assert lr_at(110, cfg) == pytest.approx(0.1) and lr_at(500, cfg) == pytest.approx(0.1)
+
+
+def test_optimizer_groups():
+    from model import GPT
+    model = GPT(GPTConfig(**{**TINY_MODEL, "vocab_size": 50}))
+    cfg = TrainConfig(value_lr=0.5, weight_decay=0.1)
+    opts = make_optimizers(model, cfg)
+    values = model.value_params()
+    assert len(opts) == 2 and opts[1].param_groups[0]["params"] == values
+    assert opts[1].param_groups[0]["lr"] == 0.5
+    decayed, plain = opts[0].param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decayed["params"])
+    assert any(p is model.memory_modules[0].keys for p in plain["params"])
+    n_dense = sum(len(g["params"]) for g in opts[0].param_groups)
+    assert n_dense + len(values) == len(list(model.parameters()))
+
+
+def test_command_line_options_come_from_the_dataclasses():
+    from train import config_parser
+    p = config_parser("", TrainConfig, GPTConfig, skip=("vocab_size",))
+    a = p.parse_args(["--dense", "--memory-layers", "1,3", "--lr", "0.01", "--no-compile"])
+    assert a.dense is True and a.memory_layers == (1, 3) and a.lr == 0.01 and a.compile is False
+    assert p.parse_args(["--memory-layers", ""]).memory_layers == ()
+    assert "peak learning rate" in p.format_help() and "--vocab-size" not in p.format_help()
