@@ -36,12 +36,12 @@ def validate(model, val_tokens, block_size, device, batch_size=32, max_tokens=20
     """Mean next-token loss over the validation windows, and per memory layer the slot usage
     on the same pass: the fraction of slots read at least once, and KL(usage || uniform) in
     nats (0 = perfectly even; log(n_slots) = one slot takes every read)."""
+    if len(val_tokens) <= block_size:
+        raise ValueError(f"validation set has {len(val_tokens)} tokens, fewer than one window of {block_size}")
     mems = model.memory_modules
     counts = [torch.zeros(m.n_slots, dtype=torch.long) for m in mems]
     for m in mems:
         m.record_indices = True
-    if len(val_tokens) <= block_size:
-        raise ValueError(f"validation set has {len(val_tokens)} tokens, fewer than one window of {block_size}")
     total, count = 0.0, 0
     try:
         for x, y in val_windows(val_tokens, block_size, batch_size, max_tokens):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 class ProductKeyMemory(nn.Module):
     def __init__(self, d_model, n_keys=128, heads=4, topk=16, k_dim=64, v_dim=None,
-                 query_norm="layernorm", sparse_grad=True, values=None):
+                 query_norm="layernorm", sparse_grad=False, values=None):
         super().__init__()
         if k_dim % 2 or not 0 < topk <= n_keys:
             raise ValueError(f"memory needs an even k_dim and 0 < topk <= n_keys (got k_dim={k_dim}, "

@@ -89,6 +89,9 @@ def test_validate_counts_every_read():
     assert none == [] and loss_dense > 0
     with pytest.raises(ValueError, match="fewer than one window"):
         validate(dense, tokens[:20], 32, "cpu")
+    with pytest.raises(ValueError, match="fewer than one window"):
+        validate(model, tokens[:20], 32, "cpu")
+    assert mem.record_indices is False                             # a refused call leaves it off
 
 
 def test_bad_input_gives_one_line_error(tmp_path, capsys):
