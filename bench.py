@@ -100,7 +100,7 @@ def flops_per_token(model, T):
 
 def train_throughput(dense, r, batch=16):
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=2560, memory_layers=() if dense else (2,))   # default corpus vocabulary
+    cfg = GPTConfig(vocab_size=2560, memory_layers=() if dense else GPTConfig.memory_layers)   # default corpus vocabulary
     model = GPT(cfg)
     opts = make_optimizers(model, TrainConfig())                           # as train.py does
     x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size))

@@ -2,7 +2,8 @@
 Metrics on a checkpoint: validation loss on held-out stories (read in order, so numbers
 repeat), greedy exact-match accuracy on fact questions, and memory slot usage.
 
-    python evaluate.py --checkpoint out/ckpt.pt
+    python evaluate.py --checkpoint out/ckpt.pt      # one checkpoint (pretrained or finetuned)
+    python evaluate.py --compare                     # full vs LoRA vs sparse finetuning: table + figure
 
 Greedy exact match is computed in one teacher-forced pass: greedy decoding produces the
 answer's tokens (the answer ends with its period) exactly when every answer token is the
@@ -103,30 +104,88 @@ def load_facts(data_dir):
         return json.load(f)
 
 
+def plot_compare(results, path):
+    """Learned accuracy against the relative drop in background-fact accuracy, one point per run."""
+    import matplotlib
+    matplotlib.use("Agg")                                          # files only, no display needed
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for r in results:
+        ax.scatter(r["heldout_drop"] * 100, r["learned_acc"] * 100, s=60)
+        ax.annotate(f"{r['mode']} ({r['optimizer']}, lr {r['lr']:g})", (r["heldout_drop"] * 100, r["learned_acc"] * 100),
+                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("forgotten: drop in background-fact accuracy (%)")
+    ax.set_ylabel("learned: new-fact accuracy (%)")
+    ax.set_title(f"{results[0]['facts']} new facts, {results[0]['steps_per_fact']} steps each")
+    ax.set_ylim(0, 105)
+    ax.set_xlim(left=min(0, min(r["heldout_drop"] * 100 for r in results)) - 2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None):
-    from train import load_checkpoint, pick_device  # train imports this module; import late
+    from train import load_checkpoint, pick_device  # train and finetune import this module; import late
+    import finetune as ft
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=os.path.join("out", "ckpt.pt"), help="checkpoint written by train.py")
+    p.add_argument("--checkpoint", default=ft.DEFAULT_CHECKPOINT, help="checkpoint written by train.py or finetune.py --out")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--facts", type=int, default=ft.FinetuneConfig.facts, help="new facts to score (a finetuned "
+                   "checkpoint scores the facts it was taught)")
+    p.add_argument("--compare", action="store_true", help="finetune the checkpoint with full, LoRA and sparse on the "
+                   "same fact stream (each at its README learning rate) and print one table")
+    p.add_argument("--steps-per-fact", type=int, default=ft.FinetuneConfig.steps_per_fact, help="with --compare")
+    p.add_argument("--plot", default=os.path.join("out", "compare.png"), help="with --compare: the figure (PNG)")
+    p.add_argument("--json", default="", help="with --compare: write the results to this JSON file")
     args = p.parse_args(argv)
-    device = pick_device(args.device)
     try:
+        device = pick_device(args.device)
+        if args.compare:
+            return compare(args, device)
         model, enc, ckpt = load_checkpoint(args.checkpoint, device)
-    except (FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
-    data_dir = ckpt["data_dir"]
-    try:
+        data_dir = ckpt["data_dir"]
         val = np.memmap(os.path.join(data_dir, "val.bin"), dtype=ckpt["data_meta"]["dtype"], mode="r")
         kb = load_facts(data_dir)
-    except FileNotFoundError:
-        sys.exit(f"error: the corpus this checkpoint was trained on is no longer in {data_dir}; prepare it there again")
-    bs = model.config.block_size
-    loss, usage = validate(model, val, bs, device)
-    print(f"val loss {loss:.4f}")
-    print(f"background facts {qa_accuracy(model, enc, qa_items(kb['background']), device):.3f}")
-    print(f"new facts (never trained) {qa_accuracy(model, enc, qa_items(kb['new'][:200]), device):.3f}")
+        taught = ckpt.get("finetune", {}).get("facts_taught")
+        facts = taught or ft.corpus_facts(kb["new"][:args.facts])
+        m = ft.measure(model, enc, facts, kb["background"], val, device)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    _, usage = validate(model, val, model.config.block_size, device)
+    print(f"val loss {m['val_loss']:.4f}")
+    print(f"background facts {m['heldout_acc']:.3f}")
+    what = "taught by finetune.py" if taught else "not taught to this checkpoint"
+    unseen = m["learned_acc_unseen_question"]
+    print(f"new facts ({len(facts)}, {what}) {m['learned_acc']:.3f}"
+          + ("" if unseen is None else f", on the held-out question {unseen:.3f}"))
     for i, u in enumerate(usage):
         print(f"memory layer {i}: {u['used']:.1%} of slots used, KL from uniform {u['kl_uniform']:.2f} nats")
+
+
+def compare(args, device):
+    """Full, LoRA and sparse finetuning of one checkpoint on one fact stream."""
+    import finetune as ft
+    cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, facts=args.facts, steps_per_fact=args.steps_per_fact,
+                            device=args.device)
+    model, enc, ckpt = ft.load_base(cfg, device)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    facts = ft.stream_facts(cfg, ckpt)
+    results, before = [], None
+    for mode in ("full", "lora", "sparse"):
+        run = ft.FinetuneConfig(**{**vars(cfg), "mode": mode})
+        ft.resolve(run, model)
+        model.load_state_dict(base)
+        r, before = ft.finetune(run, model, enc, ckpt, facts, before)
+        results.append(r)
+    print(ft.format_table(results))
+    plot_compare(results, args.plot)
+    print(f"figure: {args.plot}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+    return results
 
 
 if __name__ == "__main__":

@@ -8,18 +8,7 @@ from evaluate import qa_accuracy, qa_correct, qa_items, load_facts, usage_stats,
 from model import GPTConfig
 from train import TrainConfig, load_checkpoint, lr_at, main, make_optimizers, train
 
-TINY_MODEL = dict(block_size=32, n_layer=2, n_head=2, n_embd=32, memory_layers=(1,), mem_n_keys=16,
-                  mem_heads=2, mem_topk=4, mem_k_dim=16)
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_corpus, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("run"))
-    cfg = TrainConfig(data_dir=tiny_corpus.out_dir, out_dir=out, batch_size=16, max_iters=60,
-                      warmup_iters=5, eval_interval=60, lr=1e-2)
-    model, enc, metrics = train(cfg, GPTConfig(**TINY_MODEL), quiet=True)
-    return cfg, model, enc, metrics
-
+from conftest import TINY_MODEL
 
 def test_training_lowers_val_loss_and_saves_loadable_checkpoint(trained):
     cfg, model, enc, metrics = trained

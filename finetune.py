@@ -1,0 +1,489 @@
+"""
+Teach a pretrained memory model new facts in a stream, and measure what it learns and
+what it forgets (Lin et al. 2025, arXiv:2510.15103; docs in ../shared/docs/METHOD.md).
+
+    python finetune.py --mode sparse                 # the demo (pretrains first if out/ckpt.pt is missing)
+    python finetune.py --mode full --optimizer adamw --lr 1e-4
+    python finetune.py --mode lora --lora-rank 16
+    python finetune.py --facts-file my_facts.jsonl   # teach your own facts
+    python finetune.py --help                        # every option
+
+The stream: one fact at a time, in a fixed order, never revisited. Each step's batch is
+that fact's paraphrases (its statements and its question/answer lines), repeated for
+--steps-per-fact steps. Modes:
+  full    every parameter is trained
+  lora    low-rank adapters on the attention, FFN and memory gate/output matrices
+          (add_lora below); merged into the weights before evaluation
+  sparse  only memory value rows: per batch, the top-t slots by TF-IDF of their access
+          counts against background document frequencies (slot_scores below)
+
+Facts file (--facts-file): JSON Lines, one fact per line, UTF-8:
+  {"paraphrases": ["Mira lives in Oakton.", "Mira has a house in Oakton."],
+   "question": "Where does Mira live?", "answer": "Oakton.",
+   "heldout_question": "What town is Mira from?"}
+"heldout_question" is optional: it is never trained on and scores learned_acc_unseen_question.
+Each batch holds the paraphrases plus the line "Q: <question> A: <answer>". Scoring is greedy
+exact match of " <answer>" after "Q: <question> A:".
+"""
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from evaluate import load_facts, qa_accuracy, qa_items, validate
+from train import (TrainConfig, config_parser, get_batch, load_checkpoint, pick_device,
+                   save_checkpoint, split, train)
+from model import GPTConfig
+
+DEFAULT_CHECKPOINT = os.path.join(TrainConfig.out_dir, "ckpt.pt")
+# Learning rates chosen by the sweeps in the README ("Choosing the learning rates"); other
+# pairs were not swept, so they have no default and need --lr.
+DEFAULT_LR = {("sparse", "sgd"): 50.0, ("sparse", "adamw"): 0.03,
+              ("full", "adamw"): 1e-5, ("lora", "adamw"): 1e-4}
+
+
+@dataclass
+class FinetuneConfig:
+    checkpoint: str = DEFAULT_CHECKPOINT   # pretrained model; the default one is trained first if missing
+    mode: str = "sparse"                   # full | lora | sparse
+    optimizer: str = ""                    # sgd | adamw; empty = sgd for sparse (paper), adamw otherwise
+    lr: float = 0.0                        # 0 = the sweep's choice for this mode and optimizer (README)
+    facts: int = 100                       # new facts from the corpus's facts.json to stream (up to 1000)
+    facts_file: str = ""                   # JSON Lines file of your own facts instead (format above)
+    steps_per_fact: int = 10               # optimizer steps on each fact's batch (paper: 1, at 1.3B params)
+    top_t: int = 64                        # sparse: value rows trained per step in each memory table (paper: 500)
+    ranking: str = "tfidf"                 # sparse: tfidf | tf (raw access counts, the paper's ablation)
+    background_batches: int = 1000         # sparse: background units for document frequencies (paper: 1000)
+    background_batch_size: int = 1         # sparse: windows of block_size tokens per background unit (README)
+    lora_rank: int = 16                    # lora: rank r of each adapter
+    lora_alpha: float = 32.0               # lora: the adapter's output is scaled by alpha / r
+    weight_decay: float = 0.0              # AdamW decoupled decay of the trained weights (sparse: selected rows only)
+    seed: int = 1337                       # background sampling and LoRA init
+    device: str = "auto"                   # auto | cpu | cuda | mps
+    json: str = ""                         # write the results to this JSON file
+    out: str = ""                          # save the finetuned model here (a checkpoint evaluate.py reads)
+
+
+# ----------------------------------------------------------------------------------------
+# facts and batches
+
+def corpus_facts(entries):
+    """facts.json entries -> stream facts: all statements and the first two questions are
+    trained; the last question is held out (learned_acc_unseen_question)."""
+    return [{"paraphrases": f["statements"], "questions": f["questions"][:-1],
+             "heldout_question": f["questions"][-1], "answer": f["answer"]} for f in entries]
+
+
+def read_facts_file(path):
+    """Read and check a JSON Lines facts file; a bad line raises ValueError naming it."""
+    if not os.path.exists(path):
+        raise ValueError(f"facts file {path} does not exist")
+    keys = {"paraphrases", "question", "answer", "heldout_question"}
+    facts = []
+    with open(path, "r", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path} line {n}"
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(d, dict):
+                raise ValueError(f"{where}: expected an object with paraphrases, question and answer")
+            missing, unknown = {"paraphrases", "question", "answer"} - d.keys(), d.keys() - keys
+            if missing or unknown:
+                raise ValueError(f"{where}: " + (f"missing {sorted(missing)}" if missing else f"unknown keys {sorted(unknown)}")
+                                 + f"; a fact has {sorted(keys)}")
+            p = d["paraphrases"]
+            if not isinstance(p, list) or not p or not all(isinstance(s, str) and s.strip() for s in p):
+                raise ValueError(f"{where}: paraphrases must be a non-empty list of non-empty strings")
+            for k in ("question", "answer", "heldout_question"):
+                if k in d and not (isinstance(d[k], str) and d[k].strip()):
+                    raise ValueError(f"{where}: {k} must be a non-empty string")
+            facts.append({"paraphrases": p, "questions": [d["question"]],
+                          "heldout_question": d.get("heldout_question"), "answer": d["answer"]})
+    if not facts:
+        raise ValueError(f"facts file {path} holds no facts")
+    return facts
+
+
+def fact_texts(fact):
+    return fact["paraphrases"] + [f"Q: {q} A: {fact['answer']}" for q in fact["questions"]]
+
+
+def make_batch(enc, texts, block_size):
+    """Rows "<|endoftext|> text", right-padded. x (B, L) tokens, y (B, L) targets with -1 on
+    padding, count (B, L) True on the text's own tokens (not the leading separator, not padding)."""
+    eot = enc.eot_token
+    rows = [[eot] + enc.encode(t) for t in texts]
+    L = max(len(r) for r in rows)
+    if L > block_size:
+        raise ValueError(f"a fact line is {L} tokens, longer than the model's block_size {block_size}")
+    x = torch.full((len(rows), L), eot, dtype=torch.long)
+    y = torch.full((len(rows), L), -1, dtype=torch.long)
+    count = torch.zeros((len(rows), L), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        x[i, :len(r)] = torch.tensor(r)
+        y[i, :len(r) - 1] = torch.tensor(r[1:])
+        count[i, 1:len(r)] = True
+    return x, y, count
+
+
+# ----------------------------------------------------------------------------------------
+# sparse memory finetuning: which slots to train
+
+def memory_tables(model):
+    """Value tables and the memory layers that read each: [(weight, [modules])]."""
+    tables = {}
+    for m in model.memory_modules:
+        tables.setdefault(id(m.values.weight), (m.values.weight, []))[1].append(m)
+    return list(tables.values())
+
+
+def slot_counts(indices, n_slots):
+    """Accesses per slot: indices holds every (token, head, kept slot) read."""
+    return torch.bincount(indices.reshape(-1).cpu(), minlength=n_slots)
+
+
+def slot_scores(counts, df, n_background, ranking="tfidf"):
+    """tf(i) = c(i) / sum_j c(j); tfidf(i) = tf(i) * log((|B| + 1) / (df(i) + 1))."""
+    tf = counts.double() / counts.sum()
+    if ranking == "tf":
+        return tf
+    return tf * torch.log((n_background + 1) / (df.double() + 1))
+
+
+def top_slots(scores, counts, t):
+    """The t accessed slots with the highest scores (all accessed ones if fewer); sorted."""
+    scores = scores.masked_fill(counts == 0, -math.inf)
+    k = min(t, int((counts > 0).sum()))
+    return scores.topk(k).indices.sort().values
+
+
+@torch.no_grad()
+def background_df(model, train_data, n_units, unit_windows, seed, device):
+    """Per value table, in how many of n_units background units each slot was read; a unit
+    is unit_windows random windows of block_size pretraining tokens."""
+    tables = memory_tables(model)
+    df = [torch.zeros(w.shape[0], dtype=torch.long) for w, _ in tables]
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.memory_modules:
+        m.record_indices = True
+    try:
+        for _ in tqdm(range(n_units), desc="background", leave=False):
+            x, _ = get_batch(train_data, model.config.block_size, unit_windows, gen)
+            model(x.to(device))
+            for d, (w, mods) in zip(df, tables):
+                d += slot_counts(torch.cat([m.last_indices.reshape(-1) for m in mods]), w.shape[0]) > 0
+    finally:
+        for m in model.memory_modules:
+            m.record_indices, m.last_indices = False, None
+    return df
+
+
+def fingerprint(model):
+    """A hash of the model's weights: background statistics belong to one model."""
+    h = hashlib.sha1()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_or_compute_df(cfg, model, ckpt, device):
+    """Background document frequencies, cached beside the checkpoint and reused while the
+    model and the background settings are the same."""
+    path = os.path.splitext(cfg.checkpoint)[0] + ".background.pt"
+    key = {"fingerprint": fingerprint(model), "units": cfg.background_batches,
+           "unit_windows": cfg.background_batch_size, "seed": cfg.seed}
+    if os.path.exists(path):
+        try:
+            cached = torch.load(path, weights_only=True)
+            if cached.get("key") == key:
+                return cached["df"]
+        except Exception:
+            pass                                                        # recompute below
+    meta = ckpt["data_meta"]
+    train_data = np.memmap(os.path.join(ckpt["data_dir"], "train.bin"), dtype=meta["dtype"], mode="r")
+    print(f"background: counting slot reads in {cfg.background_batches} units of "
+          f"{cfg.background_batch_size} x {model.config.block_size} tokens -> {path}")
+    df = background_df(model, train_data, cfg.background_batches, cfg.background_batch_size, cfg.seed, device)
+    save_checkpoint(path, {"key": key, "df": df})
+    return df
+
+
+class RowOptimizer:
+    """SGD or AdamW on chosen rows of one table; every other row stays bit-identical.
+
+    AdamW keeps per-row moments and a per-row step count. A row not selected in this step
+    is neither read nor written: its moments wait, frozen, until the row is selected again,
+    and its bias correction then continues from its own count (as torch.optim.SparseAdam).
+    Weight decay touches selected rows only."""
+
+    def __init__(self, weight, kind, lr, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8):
+        self.weight, self.kind, self.lr, self.wd, self.betas, self.eps = weight, kind, lr, weight_decay, betas, eps
+        if kind == "adamw":
+            self.exp_avg = torch.zeros_like(weight)
+            self.exp_avg_sq = torch.zeros_like(weight)
+            self.steps = torch.zeros(weight.shape[0], dtype=torch.long, device=weight.device)
+
+    @torch.no_grad()
+    def step(self, rows):
+        w, g = self.weight, self.weight.grad[rows]                    # g: (t, v_dim)
+        if self.kind == "sgd":
+            w[rows] = w[rows] - self.lr * g
+            return
+        b1, b2 = self.betas
+        self.steps[rows] += 1
+        n = self.steps[rows].unsqueeze(1).double()                     # (t, 1)
+        m = self.exp_avg[rows].mul(b1).add(g, alpha=1 - b1)
+        v = self.exp_avg_sq[rows].mul(b2).addcmul(g, g, value=1 - b2)
+        self.exp_avg[rows], self.exp_avg_sq[rows] = m, v
+        denom = (v / (1 - b2 ** n)).sqrt().add(self.eps)
+        update = (m / (1 - b1 ** n)) / denom
+        w[rows] = w[rows] * (1 - self.lr * self.wd) - self.lr * update.to(w.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# LoRA, written as functions over an unchanged model
+
+class LoRALinear(nn.Module):
+    """y = base(x) + (alpha / r) * x A^T B^T, with B = 0 at the start."""
+
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base, self.scale = base, alpha / rank
+        self.A = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device))
+        self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.A.t() @ self.B.t()) * self.scale
+
+
+LORA_TARGETS = ("attn.qkv", "attn.proj", "ffn.fc", "ffn.proj", "ffn.gate")
+
+
+def add_lora(model, rank, alpha):
+    """Wrap the attention and FFN matrices of every block (in a memory block: the gate W_1
+    and the output W_2, not the query, whose change would move every lookup) in adapters.
+    Returns the adapter parameters; every base weight is left as it is."""
+    params = []
+    for block in model.blocks:
+        for name in LORA_TARGETS:
+            parent_name, attr = name.split(".")
+            parent = getattr(block, parent_name)
+            base = getattr(parent, attr, None)
+            if isinstance(base, nn.Linear):
+                wrapped = LoRALinear(base, rank, alpha)
+                setattr(parent, attr, wrapped)
+                params += [wrapped.A, wrapped.B]
+    return params
+
+
+@torch.no_grad()
+def merge_lora(model):
+    """Fold every adapter into its base weight and unwrap it: the plain model again."""
+    for block in model.blocks:
+        for name in LORA_TARGETS:
+            parent_name, attr = name.split(".")
+            parent = getattr(block, parent_name)
+            wrapped = getattr(parent, attr, None)
+            if isinstance(wrapped, LoRALinear):
+                wrapped.base.weight += wrapped.scale * (wrapped.B @ wrapped.A)
+                setattr(parent, attr, wrapped.base)
+
+
+# ----------------------------------------------------------------------------------------
+# the stream
+
+def resolve(cfg, model):
+    """Check the options against the model; fill in the defaults that depend on the mode."""
+    if cfg.mode not in ("full", "lora", "sparse"):
+        raise ValueError(f"unknown --mode {cfg.mode!r}: use full, lora or sparse")
+    cfg.optimizer = cfg.optimizer or ("sgd" if cfg.mode == "sparse" else "adamw")
+    if cfg.optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"unknown --optimizer {cfg.optimizer!r}: use sgd or adamw")
+    if not cfg.lr and (cfg.mode, cfg.optimizer) not in DEFAULT_LR:
+        raise ValueError(f"no measured default learning rate for {cfg.mode} with {cfg.optimizer}; pass --lr")
+    cfg.lr = cfg.lr or DEFAULT_LR[(cfg.mode, cfg.optimizer)]
+    if cfg.lr < 0 or cfg.steps_per_fact < 1 or cfg.facts < 1:
+        raise ValueError("--lr must be positive, --steps-per-fact and --facts at least 1")
+    if cfg.mode == "sparse":
+        if not model.memory_modules:
+            raise ValueError("--mode sparse needs a model with memory layers; this one is dense")
+        n_slots = model.memory_modules[0].n_slots
+        if not 0 < cfg.top_t <= n_slots:
+            raise ValueError(f"--top-t must be between 1 and the number of slots ({n_slots:,}), not {cfg.top_t}")
+        if cfg.ranking not in ("tfidf", "tf"):
+            raise ValueError(f"unknown --ranking {cfg.ranking!r}: use tfidf or tf")
+        if cfg.background_batches < 1 or cfg.background_batch_size < 1:
+            raise ValueError("--background-batches and --background-batch-size must be at least 1")
+    if cfg.mode == "lora" and (cfg.lora_rank < 1 or cfg.lora_alpha <= 0):
+        raise ValueError("--lora-rank must be at least 1 and --lora-alpha positive")
+    return cfg
+
+
+def measure(model, enc, facts, background, val, device):
+    """Every number the table reports, on the model as it is now."""
+    model.eval()
+    loss, _ = validate(model, val, model.config.block_size, device)
+    seen = [(f"Q: {q} A:", " " + f["answer"]) for f in facts for q in f["questions"]]
+    unseen = [(f"Q: {f['heldout_question']} A:", " " + f["answer"]) for f in facts if f["heldout_question"]]
+    return {"learned_acc": qa_accuracy(model, enc, seen, device),
+            "learned_acc_unseen_question": qa_accuracy(model, enc, unseen, device) if unseen else None,
+            "heldout_acc": qa_accuracy(model, enc, qa_items(background), device),
+            "val_loss": loss}
+
+
+def run_stream(cfg, model, enc, facts, df=None, quiet=False):
+    """Finetune model in place on the stream of facts; returns the mean loss of each fact's
+    first step (the loss before the model had seen that fact)."""
+    device = next(model.parameters()).device
+    model.eval()                           # no dropout; BatchNorm keeps its pretrained statistics
+    for p in model.parameters():
+        p.requires_grad_(cfg.mode == "full")
+    tables, row_opts = [], []
+    if cfg.mode == "lora":
+        torch.manual_seed(cfg.seed)
+        params = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
+    elif cfg.mode == "full":
+        params = list(model.parameters())
+    else:
+        tables = memory_tables(model)
+        params = [w for w, _ in tables]
+        for w in params:
+            w.requires_grad_(True)
+        row_opts = [RowOptimizer(w, cfg.optimizer, cfg.lr, cfg.weight_decay) for w in params]
+        for m in model.memory_modules:
+            m.record_indices = True
+    opt = None
+    if cfg.mode != "sparse":
+        opt = (torch.optim.SGD(params, lr=cfg.lr) if cfg.optimizer == "sgd"
+               else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
+    n_background = cfg.background_batches
+
+    first_losses = []
+    bar = tqdm(total=len(facts) * cfg.steps_per_fact, desc=f"{cfg.mode} stream", disable=quiet)
+    try:
+        for fact in facts:
+            x, y, count = (t.to(device) for t in make_batch(enc, fact_texts(fact), model.config.block_size))
+            for s in range(cfg.steps_per_fact):
+                _, loss = model(x, y)
+                if not torch.isfinite(loss):
+                    raise ValueError(f"loss became {loss.item()} on fact {len(first_losses)}; lower --lr")
+                if s == 0:
+                    first_losses.append(loss.item())
+                loss.backward()
+                if opt is not None:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                for i, ((w, mods), ro) in enumerate(zip(tables, row_opts)):
+                    reads = torch.cat([m.last_indices[count] for m in mods])     # (tokens, H, k) per layer
+                    c = slot_counts(reads, w.shape[0])
+                    rows = top_slots(slot_scores(c, None if df is None else df[i], n_background, cfg.ranking), c, cfg.top_t)
+                    ro.step(rows.to(w.device))
+                    w.grad = None
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    finally:
+        bar.close()
+        for m in model.memory_modules:
+            m.record_indices, m.last_indices = False, None
+        for p in model.parameters():
+            p.requires_grad_(False)
+    if cfg.mode == "lora":
+        merge_lora(model)
+    return first_losses
+
+
+def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False):
+    """Measure, stream, measure again: the results dict with the --json keys. `before` reuses
+    the measurements of an earlier run on the same model and facts."""
+    device = next(model.parameters()).device
+    data_dir, meta = ckpt["data_dir"], ckpt["data_meta"]
+    val = np.memmap(os.path.join(data_dir, "val.bin"), dtype=meta["dtype"], mode="r")
+    background = load_facts(data_dir)["background"]
+    before = before or measure(model, enc, facts, background, val, device)
+    df = load_or_compute_df(cfg, model, ckpt, device) if cfg.mode == "sparse" and cfg.ranking == "tfidf" else None
+    t0 = time.time()
+    run_stream(cfg, model, enc, facts, df, quiet)
+    seconds = time.time() - t0
+    after = measure(model, enc, facts, background, val, device)
+    sparse = cfg.mode == "sparse"
+    return {"mode": cfg.mode, "optimizer": cfg.optimizer, "lr": cfg.lr,
+            "top_t": cfg.top_t if sparse else None, "ranking": cfg.ranking if sparse else None,
+            "facts": len(facts), "steps_per_fact": cfg.steps_per_fact,
+            "learned_acc": after["learned_acc"], "learned_acc_unseen_question": after["learned_acc_unseen_question"],
+            "heldout_acc_before": before["heldout_acc"], "heldout_acc_after": after["heldout_acc"],
+            "heldout_drop": (before["heldout_acc"] - after["heldout_acc"]) / before["heldout_acc"] if before["heldout_acc"] else 0.0,
+            "val_loss_before": before["val_loss"], "val_loss_after": after["val_loss"],
+            "seconds": seconds}, before
+
+
+def format_table(results):
+    lines = [f"{'mode':<7} {'optimizer':<10} {'lr':<8} {'learned':>7} {'unseen q':>8}   "
+             f"{'heldout facts (before -> after, drop)':<38} val loss (before -> after)"]
+    for r in results:
+        unseen = "-" if r["learned_acc_unseen_question"] is None else f"{r['learned_acc_unseen_question']:.3f}"
+        lines.append(f"{r['mode']:<7} {r['optimizer']:<10} {r['lr']:<8.3g} {r['learned_acc']:>7.3f} {unseen:>8}   "
+                     f"{r['heldout_acc_before']:.3f} -> {r['heldout_acc_after']:.3f}, {r['heldout_drop']:+7.1%}        "
+                     f"{r['val_loss_before']:.4f} -> {r['val_loss_after']:.4f} ({r['val_loss_after'] / r['val_loss_before'] - 1:+.1%})")
+    return "\n".join(lines)
+
+
+def load_base(cfg, device):
+    """The pretrained model: cfg.checkpoint, or the default model trained now if it is missing."""
+    if not os.path.exists(cfg.checkpoint) and os.path.abspath(cfg.checkpoint) == os.path.abspath(DEFAULT_CHECKPOINT):
+        print(f"no checkpoint at {cfg.checkpoint}: pretraining the default model first (python train.py, ~5 min on 2 CPU cores)")
+        train(TrainConfig(device=cfg.device), GPTConfig())
+    model, enc, ckpt = load_checkpoint(cfg.checkpoint, device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, enc, ckpt
+
+
+def stream_facts(cfg, ckpt):
+    if cfg.facts_file:
+        return read_facts_file(cfg.facts_file)
+    new = load_facts(ckpt["data_dir"])["new"]
+    if cfg.facts > len(new):
+        raise ValueError(f"--facts {cfg.facts}: the corpus has {len(new)} new facts")
+    return corpus_facts(new[:cfg.facts])
+
+
+def main(argv=None):
+    args = config_parser(__doc__, FinetuneConfig).parse_args(argv)
+    cfg = split(args, FinetuneConfig)
+    try:
+        device = pick_device(cfg.device)
+        model, enc, ckpt = load_base(cfg, device)
+        resolve(cfg, model)
+        facts = stream_facts(cfg, ckpt)
+        print(f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {len(facts)} facts, "
+              f"{cfg.steps_per_fact} step(s) each" + (f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else ""))
+        result, _ = finetune(cfg, model, enc, ckpt, facts)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
+    print(format_table([result]))
+    print(f"stream took {result['seconds']:.1f}s")
+    if cfg.json:
+        with open(cfg.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+    if cfg.out:
+        save_checkpoint(cfg.out, {**ckpt, "model": model.state_dict(), "optimizers": [],
+                                  "finetune": {**vars(cfg), "facts_taught": facts}})
+
+
+if __name__ == "__main__":
+    main()

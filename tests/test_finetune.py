@@ -1,0 +1,215 @@
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from conftest import TINY_MODEL
+from finetune import (FinetuneConfig, LoRALinear, RowOptimizer, add_lora, background_df, fact_texts,
+                      load_or_compute_df, main, make_batch, merge_lora, read_facts_file, resolve,
+                      run_stream, slot_counts, slot_scores, top_slots)
+from model import GPT, GPTConfig
+from train import load_checkpoint
+
+JSON_KEYS = {"mode", "optimizer", "lr", "top_t", "ranking", "facts", "steps_per_fact", "learned_acc",
+             "learned_acc_unseen_question", "heldout_acc_before", "heldout_acc_after", "heldout_drop",
+             "val_loss_before", "val_loss_after", "seconds"}
+
+
+def tiny_model(**kw):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**{**TINY_MODEL, "vocab_size": 60, **kw})).eval()
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_rows_outside_the_selection_stay_bit_identical(kind):
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(10, 4))
+    opt = RowOptimizer(w, kind, lr=0.1, weight_decay=0.5)
+    for rows in ([1, 3], [5], [1, 7], [2]):                 # rows 1 and 3 carry AdamW moments later
+        before = w.detach().clone()
+        w.grad = torch.randn(10, 4)                          # a gradient on every row, as in the model
+        opt.step(torch.tensor(rows))
+        others = [r for r in range(10) if r not in rows]
+        assert torch.equal(w[others], before[others])       # bit-exact, not approximately
+        assert not torch.equal(w[rows], before[rows])
+
+
+def test_row_adamw_matches_torch_adamw_on_the_selected_row():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(6, 4))
+    ref = torch.nn.Parameter(w[2:3].detach().clone())
+    opt = RowOptimizer(w, "adamw", lr=0.01, weight_decay=0.1)
+    ref_opt = torch.optim.AdamW([ref], lr=0.01, weight_decay=0.1)
+    for _ in range(3):
+        g = torch.randn(6, 4)
+        w.grad, ref.grad = g, g[2:3].clone()
+        opt.step(torch.tensor([2]))
+        ref_opt.step()
+    assert torch.allclose(w[2:3], ref, atol=1e-6)
+
+
+def test_tfidf_scores_on_a_hand_computed_example():
+    counts = torch.tensor([2, 1, 0, 1])
+    df = torch.tensor([0, 3, 1, 1])                           # |B| = 3 background units
+    # tf = (1/2, 1/4, 0, 1/4); idf = log(4/1), log(4/4), log(4/2), log(4/2)
+    expected = torch.tensor([0.5 * math.log(4), 0.0, 0.0, 0.25 * math.log(2)], dtype=torch.double)
+    assert torch.allclose(slot_scores(counts, df, 3), expected)
+    assert torch.equal(top_slots(slot_scores(counts, df, 3), counts, 2), torch.tensor([0, 3]))
+    assert torch.allclose(slot_scores(counts, None, 3, "tf"), torch.tensor([0.5, 0.25, 0, 0.25], dtype=torch.double))
+    # never an unread slot, even when t is larger than the slots read
+    assert torch.equal(top_slots(torch.ones(4, dtype=torch.double), counts, 10), torch.tensor([0, 1, 3]))
+
+
+def test_slot_counts_ignore_padding_and_the_separator(trained):
+    cfg, _, enc, _ = trained
+    model, enc, _ = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+    mem = model.memory_modules[0]
+    texts = ["Tom has a red ball.", "Tom ran.", "Q: Where does Tom live? A: home."]
+    x, y, count = make_batch(enc, texts, model.config.block_size)
+    assert torch.equal(y >= 0, count.roll(-1, 1)) and count.sum() == sum(len(enc.encode(t)) for t in texts)
+    mem.record_indices = True
+    model(x)
+    batch = slot_counts(mem.last_indices[count], mem.n_slots)
+    alone = torch.zeros(mem.n_slots, dtype=torch.long)           # each row on its own, unpadded
+    for t in texts:
+        ids = [enc.eot_token] + enc.encode(t)
+        model(torch.tensor([ids]))
+        alone += slot_counts(mem.last_indices[0, 1:], mem.n_slots)
+    mem.record_indices = False
+    assert torch.equal(batch, alone)
+
+
+def test_lora_starts_at_the_base_and_merges_exactly():
+    model = tiny_model()
+    x = torch.randint(0, 60, (2, 16))
+    base = model(x)[0]
+    params = add_lora(model, rank=4, alpha=8)
+    wrapped = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    assert len(params) == 2 * len(wrapped) == 2 * 8          # 2 blocks: qkv, proj and fc, proj or gate, proj
+    assert not isinstance(model.memory_modules[0].query, LoRALinear)
+    assert torch.equal(model(x)[0], base)                     # B = 0: the same function
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0, 0.1)
+    adapted = model(x)[0]
+    assert not torch.allclose(adapted, base, atol=1e-3)
+    merge_lora(model)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    assert set(model.state_dict()) == set(tiny_model().state_dict())
+    assert torch.allclose(model(x)[0], adapted, atol=1e-5)
+
+
+def test_sparse_stream_changes_only_selected_value_rows(trained):
+    cfg, _, enc, _ = trained
+    model, enc, ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    facts = [{"paraphrases": ["Tom has a red ball.", "The ball of Tom is red."], "questions": ["What does Tom have?"],
+              "heldout_question": None, "answer": "a red ball."}]
+    fc = FinetuneConfig(mode="sparse", optimizer="adamw", lr=0.1, top_t=5, steps_per_fact=3)
+    resolve(fc, model)
+    df = [torch.zeros(model.memory_modules[0].n_slots, dtype=torch.long)]
+    run_stream(fc, model, enc, facts, df, quiet=True)
+    after = model.state_dict()
+    name = [k for k in after if k.endswith("values.weight")][0]
+    changed = (after[name] != before[name]).any(dim=1).sum().item()
+    assert 0 < changed <= 5                                   # the same batch picks the same 5 rows each step
+    assert all(torch.equal(after[k], before[k]) for k in after if k != name)
+
+
+def write_lines(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+GOOD = json.dumps({"paraphrases": ["Tom lives in Oakton."], "question": "Where does Tom live?", "answer": "Oakton."})
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "not valid JSON"),
+    ('["a list"]', "expected an object"),
+    (json.dumps({"paraphrases": ["x"], "answer": "y."}), "missing \\['question'\\]"),
+    (json.dumps({"paraphrases": ["x"], "question": "q?", "answer": "y.", "anser": 1}), "unknown keys \\['anser'\\]"),
+    (json.dumps({"paraphrases": "x", "question": "q?", "answer": "y."}), "paraphrases must be a non-empty list"),
+    (json.dumps({"paraphrases": ["x"], "question": "", "answer": "y."}), "question must be a non-empty string"),
+])
+def test_facts_file_rejects_malformed_lines_with_their_number(tmp_path, line, message):
+    path = write_lines(tmp_path / "facts.jsonl", [GOOD, "", line])
+    with pytest.raises(ValueError, match=f"line 3: {message}"):
+        read_facts_file(path)
+
+
+def test_facts_file_reads_good_lines(tmp_path):
+    extra = json.dumps({"paraphrases": ["A", "B"], "question": "Q?", "answer": "C.", "heldout_question": "H?"})
+    facts = read_facts_file(write_lines(tmp_path / "f.jsonl", [GOOD, extra]))
+    assert facts[0] == {"paraphrases": ["Tom lives in Oakton."], "questions": ["Where does Tom live?"],
+                        "heldout_question": None, "answer": "Oakton."}
+    assert facts[1]["heldout_question"] == "H?"
+
+
+def test_end_to_end_stream_learns_a_fact(trained, tmp_path):
+    cfg, _, _, _ = trained
+    ckpt = os.path.join(cfg.out_dir, "ckpt.pt")
+    fact = {"paraphrases": ["Tom has a red ball.", "The ball of Tom is red.", "Tom plays with a red ball."],
+            "question": "What does Tom have?", "answer": "a red ball."}
+    path = write_lines(tmp_path / "f.jsonl", [json.dumps(fact)])
+    out = tmp_path / "r.json"
+    # The 60-step CI model is too weak for its 256-slot memory alone to learn a 6-token
+    # answer exactly (the README's runs show sparse learning on the real model), so the
+    # exact-match check goes through full finetuning and the sparse check through the loss.
+    main(["--checkpoint", ckpt, "--facts-file", path, "--mode", "full", "--lr", "1e-2",
+          "--steps-per-fact", "60", "--json", str(out), "--device", "cpu"])
+    r = json.loads(out.read_text())
+    assert set(r) == JSON_KEYS
+    assert r["learned_acc"] == 1.0 and r["facts"] == 1 and r["learned_acc_unseen_question"] is None
+    main(["--checkpoint", ckpt, "--facts-file", path, "--mode", "full", "--lr", "1e-9",   # no learning: can fail
+          "--json", str(out), "--device", "cpu"])
+    assert json.loads(out.read_text())["learned_acc"] == 0.0
+
+    model, enc, _ = load_checkpoint(ckpt)
+    facts = read_facts_file(path)
+    x, y, _ = make_batch(enc, fact_texts(facts[0]), model.config.block_size)
+    before = model(x, y)[1].item()
+    fc = resolve(FinetuneConfig(optimizer="adamw", lr=0.1, top_t=100, steps_per_fact=40), model)
+    run_stream(fc, model, enc, facts, [torch.zeros(256, dtype=torch.long)], quiet=True)
+    assert model(x, y)[1].item() < before - 0.05               # 5.64 -> 5.54 when measured
+
+
+def test_background_frequencies_are_cached_per_model(trained, tmp_path, monkeypatch):
+    cfg, _, _, _ = trained
+    model, _, ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+    fc = FinetuneConfig(checkpoint=str(tmp_path / "ckpt.pt"), background_batches=7)
+    df = load_or_compute_df(fc, model, ckpt, "cpu")
+    assert df[0].max() <= 7 and df[0].sum() > 0
+    assert os.path.exists(tmp_path / "ckpt.background.pt")
+    monkeypatch.setattr("finetune.background_df", lambda *a: pytest.fail("recomputed"))
+    assert torch.equal(load_or_compute_df(fc, model, ckpt, "cpu")[0], df[0])
+    with torch.no_grad():
+        model.wte.weight[0, 0] += 1.0                          # another model: computed afresh
+    monkeypatch.setattr("finetune.background_df", lambda *a: [torch.zeros_like(df[0])])
+    assert load_or_compute_df(fc, model, ckpt, "cpu")[0].sum() == 0
+
+
+def test_background_df_counts_units_not_reads():
+    model = tiny_model()
+    import numpy as np
+    data = np.arange(500, dtype=np.uint16) % 60
+    df = background_df(model, data, 4, 2, 0, "cpu")[0]
+    assert df.max() <= 4 and df.min() >= 0 and (df > 0).any()
+
+
+def test_bad_options_give_one_line_errors(trained, tmp_path):
+    cfg, _, _, _ = trained
+    ckpt = os.path.join(cfg.out_dir, "ckpt.pt")
+    for args, message in [(["--mode", "partial"], "unknown --mode"), (["--optimizer", "rmsprop"], "unknown --optimizer"),
+                          (["--top-t", "0"], "--top-t must be between 1"), (["--top-t", "1000"], "--top-t must be between 1"),
+                          (["--facts", "5000"], "the corpus has 1000 new facts"),
+                          (["--facts-file", str(tmp_path / "none.jsonl")], "does not exist"),
+                          (["--checkpoint", str(tmp_path / "none.pt")], "does not exist")]:
+        with pytest.raises(SystemExit) as e:
+            main((["--checkpoint", ckpt] if "--checkpoint" not in args else []) + args + ["--device", "cpu"])
+        assert message in str(e.value), args
+    dense = tiny_model(memory_layers=())
+    with pytest.raises(ValueError, match="needs a model with memory layers"):
+        resolve(FinetuneConfig(mode="sparse"), dense)
