@@ -118,7 +118,8 @@ def plot_compare(results, path):
     ax.set_ylabel("learned: new-fact accuracy (%)")
     ax.set_title(f"{results[0]['facts']} new facts, {results[0]['steps_per_fact']} steps each")
     ax.set_ylim(0, 105)
-    ax.set_xlim(left=min(0, min(r["heldout_drop"] * 100 for r in results)) - 2)
+    drops = [r["heldout_drop"] * 100 for r in results]
+    ax.set_xlim(min(0, min(drops)) - 2, max(drops) * 1.4 + 5)       # room for the labels
     ax.grid(alpha=0.3)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
