@@ -154,14 +154,13 @@ def main(argv=None):
         m = ft.measure(model, enc, facts, kb["background"], val, device)
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         sys.exit(f"error: {e}")
-    _, usage = validate(model, val, model.config.block_size, device)
     print(f"val loss {m['val_loss']:.4f}")
     print(f"background facts {m['heldout_acc']:.3f}")
     what = "taught by finetune.py" if taught else "not taught to this checkpoint"
     unseen = m["learned_acc_unseen_question"]
     print(f"new facts ({len(facts)}, {what}) {m['learned_acc']:.3f}"
           + ("" if unseen is None else f", on the held-out question {unseen:.3f}"))
-    for i, u in enumerate(usage):
+    for i, u in enumerate(m["slots"]):
         print(f"memory layer {i}: {u['used']:.1%} of slots used, KL from uniform {u['kl_uniform']:.2f} nats")
 
 

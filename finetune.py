@@ -337,13 +337,13 @@ def resolve(cfg, model):
 def measure(model, enc, facts, background, val, device):
     """Every number the table reports, on the model as it is now."""
     model.eval()
-    loss, _ = validate(model, val, model.config.block_size, device)
+    loss, usage = validate(model, val, model.config.block_size, device)
     seen = [(f"Q: {q} A:", " " + f["answer"]) for f in facts for q in f["questions"]]
     unseen = [(f"Q: {f['heldout_question']} A:", " " + f["answer"]) for f in facts if f["heldout_question"]]
     return {"learned_acc": qa_accuracy(model, enc, seen, device),
             "learned_acc_unseen_question": qa_accuracy(model, enc, unseen, device) if unseen else None,
             "heldout_acc": qa_accuracy(model, enc, qa_items(background), device),
-            "val_loss": loss}
+            "val_loss": loss, "slots": usage}
 
 
 def run_stream(cfg, model, enc, facts, df=None, quiet=False):
@@ -408,8 +408,8 @@ def run_stream(cfg, model, enc, facts, df=None, quiet=False):
 
 
 def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False):
-    """Measure, stream, measure again: the results dict with the --json keys. `before` reuses
-    the measurements of an earlier run on the same model and facts."""
+    """Measure, stream, measure again. Returns (results with the --json keys, the measurements
+    before); pass those back as `before` to reuse them for another run on the same model and facts."""
     device = next(model.parameters()).device
     data_dir, meta = ckpt["data_dir"], ckpt["data_meta"]
     val = np.memmap(os.path.join(data_dir, "val.bin"), dtype=meta["dtype"], mode="r")

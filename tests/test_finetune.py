@@ -213,3 +213,20 @@ def test_bad_options_give_one_line_errors(trained, tmp_path):
     dense = tiny_model(memory_layers=())
     with pytest.raises(ValueError, match="needs a model with memory layers"):
         resolve(FinetuneConfig(mode="sparse"), dense)
+
+
+def test_finetuned_checkpoint_is_scored_on_the_facts_it_was_taught(trained, tmp_path, capsys):
+    from evaluate import main as evaluate_main
+    cfg, _, _, _ = trained
+    path = write_lines(tmp_path / "f.jsonl", [GOOD])
+    out = str(tmp_path / "ft.pt")
+    main(["--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts-file", path, "--mode", "full",
+          "--lr", "1e-3", "--steps-per-fact", "5", "--out", out, "--json", str(tmp_path / "r.json"), "--device", "cpu"])
+    r = json.loads((tmp_path / "r.json").read_text())
+    capsys.readouterr()
+    evaluate_main(["--checkpoint", out, "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert f"new facts (1, taught by finetune.py) {r['learned_acc']:.3f}" in printed
+    assert f"val loss {r['val_loss_after']:.4f}" in printed and f"background facts {r['heldout_acc_after']:.3f}" in printed
+    _, _, ckpt = load_checkpoint(out)
+    assert ckpt["finetune"]["mode"] == "full" and ckpt["finetune"]["facts_taught"][0]["answer"] == "Oakton."
