@@ -230,3 +230,9 @@ def test_finetuned_checkpoint_is_scored_on_the_facts_it_was_taught(trained, tmp_
     assert f"val loss {r['val_loss_after']:.4f}" in printed and f"background facts {r['heldout_acc_after']:.3f}" in printed
     _, _, ckpt = load_checkpoint(out)
     assert ckpt["finetune"]["mode"] == "full" and ckpt["finetune"]["facts_taught"][0]["answer"] == "Oakton."
+
+
+def test_the_example_facts_file_is_valid():
+    from conftest import ROOT
+    facts = read_facts_file(os.path.join(ROOT, "data", "example_facts.jsonl"))
+    assert len(facts) == 3 and all(f["heldout_question"] for f in facts)
