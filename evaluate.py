@@ -104,6 +104,17 @@ def load_facts(data_dir):
         return json.load(f)
 
 
+def checkpoint_corpus(ckpt):
+    """(validation tokens, facts.json) of the corpus a checkpoint was trained on."""
+    data_dir = ckpt["data_dir"]
+    try:
+        val = np.memmap(os.path.join(data_dir, "val.bin"), dtype=ckpt["data_meta"]["dtype"], mode="r")
+        return val, load_facts(data_dir)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"the corpus this checkpoint was trained on is no longer in {data_dir}; "
+                                "prepare it there again") from None
+
+
 def plot_compare(results, path):
     """Learned accuracy against the relative drop in background-fact accuracy, one point per run."""
     import matplotlib
@@ -146,9 +157,7 @@ def main(argv=None):
         if args.compare:
             return compare(args, device)
         model, enc, ckpt = load_checkpoint(args.checkpoint, device)
-        data_dir = ckpt["data_dir"]
-        val = np.memmap(os.path.join(data_dir, "val.bin"), dtype=ckpt["data_meta"]["dtype"], mode="r")
-        kb = load_facts(data_dir)
+        val, kb = checkpoint_corpus(ckpt)
         taught = ckpt.get("finetune", {}).get("facts_taught")
         facts = taught or ft.corpus_facts(kb["new"][:args.facts])
         m = ft.measure(model, enc, facts, kb["background"], val, device)

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from evaluate import load_facts, qa_accuracy, qa_items, validate
+from evaluate import checkpoint_corpus, qa_accuracy, qa_items, validate
 from train import (TrainConfig, config_parser, get_batch, load_checkpoint, pick_device,
                    save_checkpoint, split, train)
 from model import GPTConfig
@@ -411,9 +411,8 @@ def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False):
     """Measure, stream, measure again. Returns (results with the --json keys, the measurements
     before); pass those back as `before` to reuse them for another run on the same model and facts."""
     device = next(model.parameters()).device
-    data_dir, meta = ckpt["data_dir"], ckpt["data_meta"]
-    val = np.memmap(os.path.join(data_dir, "val.bin"), dtype=meta["dtype"], mode="r")
-    background = load_facts(data_dir)["background"]
+    val, kb = checkpoint_corpus(ckpt)
+    background = kb["background"]
     before = before or measure(model, enc, facts, background, val, device)
     df = load_or_compute_df(cfg, model, ckpt, device) if cfg.mode == "sparse" and cfg.ranking == "tfidf" else None
     t0 = time.time()
@@ -456,7 +455,7 @@ def load_base(cfg, device):
 def stream_facts(cfg, ckpt):
     if cfg.facts_file:
         return read_facts_file(cfg.facts_file)
-    new = load_facts(ckpt["data_dir"])["new"]
+    new = checkpoint_corpus(ckpt)[1]["new"]
     if cfg.facts > len(new):
         raise ValueError(f"--facts {cfg.facts}: the corpus has {len(new)} new facts")
     return corpus_facts(new[:cfg.facts])

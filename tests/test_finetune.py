@@ -236,3 +236,17 @@ def test_the_example_facts_file_is_valid():
     from conftest import ROOT
     facts = read_facts_file(os.path.join(ROOT, "data", "example_facts.jsonl"))
     assert len(facts) == 3 and all(f["heldout_question"] for f in facts)
+
+
+def test_a_checkpoint_whose_corpus_is_gone_gives_one_line(trained, tmp_path):
+    from evaluate import main as evaluate_main
+    from train import save_checkpoint
+    cfg, _, _, _ = trained
+    ckpt = torch.load(os.path.join(cfg.out_dir, "ckpt.pt"), weights_only=True)
+    moved = str(tmp_path / "moved.pt")
+    save_checkpoint(moved, {**ckpt, "data_dir": str(tmp_path / "gone")})
+    for run in (lambda: evaluate_main(["--checkpoint", moved, "--device", "cpu"]),
+                lambda: main(["--checkpoint", moved, "--device", "cpu"])):
+        with pytest.raises(SystemExit) as e:
+            run()
+        assert "is no longer in" in str(e.value) and "prepare it there again" in str(e.value)
