@@ -161,7 +161,7 @@ def main(argv=None):
         taught = ckpt.get("finetune", {}).get("facts_taught")
         facts = taught or ft.corpus_facts(kb["new"][:args.facts])
         m = ft.measure(model, enc, facts, kb["background"], val, device)
-    except (FileNotFoundError, RuntimeError, ValueError) as e:
+    except (OSError, RuntimeError, ValueError) as e:
         sys.exit(f"error: {e}")
     print(f"val loss {m['val_loss']:.4f}")
     print(f"background facts {m['heldout_acc']:.3f}")
@@ -181,6 +181,7 @@ def compare(args, device):
     model, enc, ckpt = ft.load_base(cfg, device)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     facts = ft.stream_facts(cfg, ckpt)
+    ft.check_lengths(enc, facts, model.config.block_size)
     results, before = [], None
     for mode in ("full", "lora", "sparse"):
         run = ft.FinetuneConfig(**{**vars(cfg), "mode": mode})

@@ -80,7 +80,8 @@ def corpus_facts(entries):
     """facts.json entries -> stream facts: all statements and the first two questions are
     trained; the last question is held out (learned_acc_unseen_question)."""
     return [{"paraphrases": f["statements"], "questions": f["questions"][:-1],
-             "heldout_question": f["questions"][-1], "answer": f["answer"]} for f in entries]
+             "heldout_question": f["questions"][-1], "answer": f["answer"], "where": f"new fact {i + 1}"}
+            for i, f in enumerate(entries)]
 
 
 def read_facts_file(path):
@@ -89,6 +90,8 @@ def read_facts_file(path):
         raise ValueError(f"facts file {path} does not exist")
     keys = {"paraphrases", "question", "answer", "heldout_question"}
     facts = []
+    if not os.path.isfile(path):
+        raise ValueError(f"facts file {path} is not a file")
     with open(path, "r", encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -111,7 +114,7 @@ def read_facts_file(path):
                 if k in d and not (isinstance(d[k], str) and d[k].strip()):
                     raise ValueError(f"{where}: {k} must be a non-empty string")
             facts.append({"paraphrases": p, "questions": [d["question"]],
-                          "heldout_question": d.get("heldout_question"), "answer": d["answer"]})
+                          "heldout_question": d.get("heldout_question"), "answer": d["answer"], "where": where})
     if not facts:
         raise ValueError(f"facts file {path} holds no facts")
     return facts
@@ -121,9 +124,23 @@ def fact_texts(fact):
     return fact["paraphrases"] + [f"Q: {q} A: {fact['answer']}" for q in fact["questions"]]
 
 
+def check_lengths(enc, facts, block_size):
+    """Every trained line and every scored question must fit the model's context."""
+    for f in facts:
+        lines = fact_texts(f) + ([f"Q: {f['heldout_question']} A: {f['answer']}"] if f["heldout_question"] else [])
+        for t in lines:
+            n = 1 + len(enc.encode(t))                                 # with the leading separator
+            if n > block_size:
+                raise ValueError(f"{f.get('where', 'a fact')}: {t[:40]!r}... is {n} tokens, more than the "
+                                 f"model's block_size {block_size}; shorten it")
+
+
 def make_batch(enc, texts, block_size):
     """Rows "<|endoftext|> text", right-padded. x (B, L) tokens, y (B, L) targets with -1 on
-    padding, count (B, L) True on the text's own tokens (not the leading separator, not padding)."""
+    padding, count (B, L) True on the text's own tokens, whose slot reads are counted: not the
+    padding, and not the leading separator, which reads the same slots in every row of every
+    fact (same token, position 0); TF-IDF would rank those as fact-specific and retrain them
+    for every fact, although every question prompt starts with them."""
     eot = enc.eot_token
     rows = [[eot] + enc.encode(t) for t in texts]
     L = max(len(r) for r in rows)
@@ -196,7 +213,7 @@ def fingerprint(model):
     h = hashlib.sha1()
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -226,9 +243,10 @@ class RowOptimizer:
     """SGD or AdamW on chosen rows of one table; every other row stays bit-identical.
 
     AdamW keeps per-row moments and a per-row step count. A row not selected in this step
-    is neither read nor written: its moments wait, frozen, until the row is selected again,
-    and its bias correction then continues from its own count (as torch.optim.SparseAdam).
-    Weight decay touches selected rows only."""
+    is neither read nor written: its moments wait, frozen, until the row is selected again
+    (lazily, as in torch.optim.SparseAdam), and its bias correction then continues from its
+    own count of updates (SparseAdam keeps one count per table). Weight decay touches
+    selected rows only."""
 
     def __init__(self, weight, kind, lr, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8):
         self.weight, self.kind, self.lr, self.wd, self.betas, self.eps = weight, kind, lr, weight_decay, betas, eps
@@ -353,6 +371,9 @@ def run_stream(cfg, model, enc, facts, df=None, quiet=False):
     model.eval()                           # no dropout; BatchNorm keeps its pretrained statistics
     for p in model.parameters():
         p.requires_grad_(cfg.mode == "full")
+    sparse_grad = [m.values.sparse for m in model.memory_modules]
+    for m in model.memory_modules:         # dense value gradients, whatever pretraining used:
+        m.values.sparse = False            # row selection and torch's optimizers need them
     tables, row_opts = [], []
     if cfg.mode == "lora":
         torch.manual_seed(cfg.seed)
@@ -398,8 +419,8 @@ def run_stream(cfg, model, enc, facts, df=None, quiet=False):
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     finally:
         bar.close()
-        for m in model.memory_modules:
-            m.record_indices, m.last_indices = False, None
+        for m, was in zip(model.memory_modules, sparse_grad):
+            m.record_indices, m.last_indices, m.values.sparse = False, None, was
         for p in model.parameters():
             p.requires_grad_(False)
     if cfg.mode == "lora":
@@ -469,19 +490,23 @@ def main(argv=None):
         model, enc, ckpt = load_base(cfg, device)
         resolve(cfg, model)
         facts = stream_facts(cfg, ckpt)
+        check_lengths(enc, facts, model.config.block_size)
         print(f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {len(facts)} facts, "
               f"{cfg.steps_per_fact} step(s) each" + (f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else ""))
         result, _ = finetune(cfg, model, enc, ckpt, facts)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     print(format_table([result]))
     print(f"stream took {result['seconds']:.1f}s")
-    if cfg.json:
-        with open(cfg.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
-    if cfg.out:
-        save_checkpoint(cfg.out, {**ckpt, "model": model.state_dict(), "optimizers": [],
-                                  "finetune": {**vars(cfg), "facts_taught": facts}})
+    try:
+        if cfg.json:
+            with open(cfg.json, "w", encoding="utf-8") as f:
+                json.dump(result, f, indent=1)
+        if cfg.out:
+            save_checkpoint(cfg.out, {**ckpt, "model": model.state_dict(), "optimizers": [],
+                                      "finetune": {**vars(cfg), "facts_taught": facts}})
+    except OSError as e:
+        sys.exit(f"error: could not write the results ({e})")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
-from finetune import (FinetuneConfig, LoRALinear, RowOptimizer, add_lora, background_df, fact_texts,
+from finetune import (FinetuneConfig, LoRALinear, RowOptimizer, add_lora, background_df, fact_texts, fingerprint,
                       load_or_compute_df, main, make_batch, merge_lora, read_facts_file, resolve,
                       run_stream, slot_counts, slot_scores, top_slots)
 from model import GPT, GPTConfig
@@ -48,6 +48,23 @@ def test_row_adamw_matches_torch_adamw_on_the_selected_row():
         opt.step(torch.tensor([2]))
         ref_opt.step()
     assert torch.allclose(w[2:3], ref, atol=1e-6)
+
+
+def test_row_adamw_bias_correction_counts_each_rows_own_updates():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(6, 4))
+    ref = torch.nn.Parameter(w[4:5].detach().clone())           # row 4: selected at steps 1 and 3 only
+    opt = RowOptimizer(w, "adamw", lr=0.01)
+    ref_opt = torch.optim.AdamW([ref], lr=0.01, weight_decay=0.0)
+    for rows in ([4, 0], [0], [4, 1]):
+        g = torch.randn(6, 4)
+        w.grad = g
+        opt.step(torch.tensor(rows))
+        if 4 in rows:
+            ref.grad = g[4:5].clone()
+            ref_opt.step()                                       # AdamW's own step 1, then step 2
+    assert opt.steps.tolist() == [2, 1, 0, 0, 2, 0]
+    assert torch.allclose(w[4:5], ref, atol=1e-6)
 
 
 def test_tfidf_scores_on_a_hand_computed_example():
@@ -107,14 +124,23 @@ def test_sparse_stream_changes_only_selected_value_rows(trained):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     facts = [{"paraphrases": ["Tom has a red ball.", "The ball of Tom is red."], "questions": ["What does Tom have?"],
               "heldout_question": None, "answer": "a red ball."}]
-    fc = FinetuneConfig(mode="sparse", optimizer="adamw", lr=0.1, top_t=5, steps_per_fact=3)
+    fc = FinetuneConfig(mode="sparse", optimizer="adamw", lr=0.1, top_t=5, steps_per_fact=3, background_batches=50)
     resolve(fc, model)
-    df = [torch.zeros(model.memory_modules[0].n_slots, dtype=torch.long)]
+    mem = model.memory_modules[0]
+    df = [torch.randint(0, 51, (mem.n_slots,), generator=torch.Generator().manual_seed(0))]
+    x, _, count = make_batch(enc, fact_texts(facts[0]), model.config.block_size)
+    mem.record_indices = True
+    model(x)                                                  # the rows TF-IDF should pick, by hand
+    c = torch.bincount(mem.last_indices[count].flatten(), minlength=mem.n_slots).double()
+    mem.record_indices = False
+    score = c / c.sum() * torch.log(51 / (df[0].double() + 1))
+    fifth = score.topk(5).values[-1]
+    expected = set((score >= fifth).nonzero().flatten().tolist())  # the top 5, and any tie with the 5th
     run_stream(fc, model, enc, facts, df, quiet=True)
     after = model.state_dict()
     name = [k for k in after if k.endswith("values.weight")][0]
-    changed = (after[name] != before[name]).any(dim=1).sum().item()
-    assert 0 < changed <= 5                                   # the same batch picks the same 5 rows each step
+    changed = set((after[name] != before[name]).any(dim=1).nonzero().flatten().tolist())
+    assert len(changed) == 5 and changed <= expected          # the same batch picks the same 5 rows each step
     assert all(torch.equal(after[k], before[k]) for k in after if k != name)
 
 
@@ -144,7 +170,7 @@ def test_facts_file_reads_good_lines(tmp_path):
     extra = json.dumps({"paraphrases": ["A", "B"], "question": "Q?", "answer": "C.", "heldout_question": "H?"})
     facts = read_facts_file(write_lines(tmp_path / "f.jsonl", [GOOD, extra]))
     assert facts[0] == {"paraphrases": ["Tom lives in Oakton."], "questions": ["Where does Tom live?"],
-                        "heldout_question": None, "answer": "Oakton."}
+                        "heldout_question": None, "answer": "Oakton.", "where": f"{tmp_path / 'f.jsonl'} line 1"}
     assert facts[1]["heldout_question"] == "H?"
 
 
@@ -250,3 +276,32 @@ def test_a_checkpoint_whose_corpus_is_gone_gives_one_line(trained, tmp_path):
         with pytest.raises(SystemExit) as e:
             run()
         assert "is no longer in" in str(e.value) and "prepare it there again" in str(e.value)
+
+
+def test_batchnorm_and_sparse_gradient_models_can_be_finetuned(trained):
+    cfg, _, enc, _ = trained
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**TINY_MODEL, "vocab_size": enc.n_vocab, "mem_query_norm": "batchnorm",
+                              "mem_sparse_grad": True})).eval()
+    assert len(fingerprint(model)) == 40                     # BatchNorm's 0-dim counter hashes too
+    facts = [{"paraphrases": ["Tom ran."], "questions": ["Who ran?"], "heldout_question": None, "answer": "Tom."}]
+    for mode in ("sparse", "full"):
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        fc = resolve(FinetuneConfig(mode=mode, optimizer="adamw", lr=0.01, top_t=3, steps_per_fact=2), model)
+        run_stream(fc, model, enc, facts, [torch.zeros(256, dtype=torch.long)], quiet=True)
+        after = model.state_dict()
+        assert model.memory_modules[0].values.sparse is True      # the model's own setting is back
+        assert any(not torch.equal(after[k], before[k]) for k in after)
+        assert torch.equal(after["blocks.1.ffn.query_norm.running_mean"], before["blocks.1.ffn.query_norm.running_mean"])
+
+
+def test_a_fact_longer_than_the_context_is_refused_up_front(trained, tmp_path):
+    cfg, _, _, _ = trained
+    long = json.dumps({"paraphrases": ["Tom ran."], "question": "Who ran " + "very " * 40 + "far?", "answer": "Tom."})
+    path = write_lines(tmp_path / "f.jsonl", [GOOD, long])
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts-file", path, "--device", "cpu"])
+    assert "f.jsonl line 2" in str(e.value) and "block_size 32" in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts-file", str(tmp_path), "--device", "cpu"])
+    assert "is not a file" in str(e.value)
