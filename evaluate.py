@@ -39,21 +39,15 @@ def validate(model, val_tokens, block_size, device, batch_size=32, max_tokens=20
     nats (0 = perfectly even; log(n_slots) = one slot takes every read)."""
     if len(val_tokens) <= block_size:
         raise ValueError(f"validation set has {len(val_tokens)} tokens, fewer than one window of {block_size}")
-    mems = model.memory_modules
-    counts = [torch.zeros(m.n_slots, dtype=torch.long) for m in mems]
-    for m in mems:
-        m.record_indices = True
     total, count = 0.0, 0
-    try:
+    with model.recording_slots() as mems:
+        counts = [torch.zeros(m.n_slots, dtype=torch.long) for m in mems]
         for x, y in val_windows(val_tokens, block_size, batch_size, max_tokens):
             _, loss = model(x.to(device), y.to(device))
             total += loss.item() * len(x)
             count += len(x)
             for c, m in zip(counts, mems):
                 c += torch.bincount(m.last_indices.flatten().cpu(), minlength=m.n_slots)
-    finally:
-        for m in mems:
-            m.record_indices, m.last_indices = False, None
     return total / count, [usage_stats(c) for c in counts]
 
 
@@ -64,12 +58,17 @@ def usage_stats(counts):
     return {"used": float((counts > 0).double().mean()), "kl_uniform": float((nz * (nz * len(p)).log()).sum())}
 
 
+def qa_pair(question, answer):
+    """The (prompt, answer) a question is scored on; joined, they are the line trained on."""
+    return f"Q: {question} A:", " " + answer
+
+
 def qa_items(facts, which="all"):
     """(prompt, answer) pairs from facts.json entries; which = all | first | last question."""
     items = []
     for f in facts:
         qs = {"all": f["questions"], "first": f["questions"][:1], "last": f["questions"][-1:]}[which]
-        items += [(f"Q: {q} A:", " " + f["answer"]) for q in qs]
+        items += [qa_pair(q, f["answer"]) for q in qs]
     return items
 
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from evaluate import checkpoint_corpus, qa_accuracy, qa_items, validate
+from evaluate import checkpoint_corpus, qa_accuracy, qa_items, qa_pair, validate
 from train import (TrainConfig, config_parser, get_batch, load_checkpoint, pick_device,
                    save_checkpoint, split, train)
 from model import GPTConfig
@@ -121,13 +121,13 @@ def read_facts_file(path):
 
 
 def fact_texts(fact):
-    return fact["paraphrases"] + [f"Q: {q} A: {fact['answer']}" for q in fact["questions"]]
+    return fact["paraphrases"] + ["".join(qa_pair(q, fact["answer"])) for q in fact["questions"]]
 
 
 def check_lengths(enc, facts, block_size):
     """Every trained line and every scored question must fit the model's context."""
     for f in facts:
-        lines = fact_texts(f) + ([f"Q: {f['heldout_question']} A: {f['answer']}"] if f["heldout_question"] else [])
+        lines = fact_texts(f) + (["".join(qa_pair(f["heldout_question"], f["answer"]))] if f["heldout_question"] else [])
         for t in lines:
             n = 1 + len(enc.encode(t))                                 # with the leading separator
             if n > block_size:
@@ -194,17 +194,12 @@ def background_df(model, train_data, n_units, unit_windows, seed, device):
     tables = memory_tables(model)
     df = [torch.zeros(w.shape[0], dtype=torch.long) for w, _ in tables]
     gen = torch.Generator().manual_seed(seed)
-    for m in model.memory_modules:
-        m.record_indices = True
-    try:
+    with model.recording_slots():
         for _ in tqdm(range(n_units), desc="background", leave=False):
             x, _ = get_batch(train_data, model.config.block_size, unit_windows, gen)
             model(x.to(device))
             for d, (w, mods) in zip(df, tables):
                 d += slot_counts(torch.cat([m.last_indices.reshape(-1) for m in mods]), w.shape[0]) > 0
-    finally:
-        for m in model.memory_modules:
-            m.record_indices, m.last_indices = False, None
     return df
 
 
@@ -356,8 +351,8 @@ def measure(model, enc, facts, background, val, device):
     """Every number the table reports, on the model as it is now."""
     model.eval()
     loss, usage = validate(model, val, model.config.block_size, device)
-    seen = [(f"Q: {q} A:", " " + f["answer"]) for f in facts for q in f["questions"]]
-    unseen = [(f"Q: {f['heldout_question']} A:", " " + f["answer"]) for f in facts if f["heldout_question"]]
+    seen = [qa_pair(q, f["answer"]) for f in facts for q in f["questions"]]
+    unseen = [qa_pair(f["heldout_question"], f["answer"]) for f in facts if f["heldout_question"]]
     return {"learned_acc": qa_accuracy(model, enc, seen, device),
             "learned_acc_unseen_question": qa_accuracy(model, enc, unseen, device) if unseen else None,
             "heldout_acc": qa_accuracy(model, enc, qa_items(background), device),
@@ -365,8 +360,8 @@ def measure(model, enc, facts, background, val, device):
 
 
 def run_stream(cfg, model, enc, facts, df=None, quiet=False):
-    """Finetune model in place on the stream of facts; returns the mean loss of each fact's
-    first step (the loss before the model had seen that fact)."""
+    """Finetune model in place on the stream of facts (in sparse mode, df holds the background
+    document frequencies of each value table)."""
     device = next(model.parameters()).device
     model.eval()                           # no dropout; BatchNorm keeps its pretrained statistics
     for p in model.parameters():
@@ -386,46 +381,41 @@ def run_stream(cfg, model, enc, facts, df=None, quiet=False):
         for w in params:
             w.requires_grad_(True)
         row_opts = [RowOptimizer(w, cfg.optimizer, cfg.lr, cfg.weight_decay) for w in params]
-        for m in model.memory_modules:
-            m.record_indices = True
     opt = None
     if cfg.mode != "sparse":
         opt = (torch.optim.SGD(params, lr=cfg.lr) if cfg.optimizer == "sgd"
                else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
     n_background = cfg.background_batches
 
-    first_losses = []
     bar = tqdm(total=len(facts) * cfg.steps_per_fact, desc=f"{cfg.mode} stream", disable=quiet)
     try:
-        for fact in facts:
-            x, y, count = (t.to(device) for t in make_batch(enc, fact_texts(fact), model.config.block_size))
-            for s in range(cfg.steps_per_fact):
-                _, loss = model(x, y)
-                if not torch.isfinite(loss):
-                    raise ValueError(f"loss became {loss.item()} on fact {len(first_losses)}; lower --lr")
-                if s == 0:
-                    first_losses.append(loss.item())
-                loss.backward()
-                if opt is not None:
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                for i, ((w, mods), ro) in enumerate(zip(tables, row_opts)):
-                    reads = torch.cat([m.last_indices[count] for m in mods])     # (tokens, H, k) per layer
-                    c = slot_counts(reads, w.shape[0])
-                    rows = top_slots(slot_scores(c, None if df is None else df[i], n_background, cfg.ranking), c, cfg.top_t)
-                    ro.step(rows.to(w.device))
-                    w.grad = None
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+        with model.recording_slots():
+            for n, fact in enumerate(facts, 1):
+                x, y, count = (t.to(device) for t in make_batch(enc, fact_texts(fact), model.config.block_size))
+                for _ in range(cfg.steps_per_fact):
+                    _, loss = model(x, y)
+                    if not torch.isfinite(loss):
+                        raise ValueError(f"loss became {loss.item()} on fact {n}; lower --lr")
+                    loss.backward()
+                    if opt is not None:
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
+                    for i, ((w, mods), ro) in enumerate(zip(tables, row_opts)):
+                        reads = torch.cat([m.last_indices[count] for m in mods])   # (tokens, H, k) per layer
+                        c = slot_counts(reads, w.shape[0])
+                        rows = top_slots(slot_scores(c, None if df is None else df[i], n_background, cfg.ranking), c, cfg.top_t)
+                        ro.step(rows.to(w.device))
+                        w.grad = None
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
     finally:
         bar.close()
         for m, was in zip(model.memory_modules, sparse_grad):
-            m.record_indices, m.last_indices, m.values.sparse = False, None, was
+            m.values.sparse = was
         for p in model.parameters():
             p.requires_grad_(False)
     if cfg.mode == "lora":
         merge_lora(model)
-    return first_losses
 
 
 def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False):

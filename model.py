@@ -8,6 +8,7 @@ so the two compare fairly.
 """
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, asdict
 
 import torch
@@ -130,6 +131,19 @@ class GPT(nn.Module):
     @property
     def memory_modules(self):
         return [b.ffn for b in self.blocks if isinstance(b.ffn, ProductKeyMemory)]
+
+    @contextmanager
+    def recording_slots(self):
+        """Inside the block every memory layer keeps, in `last_indices` (B, T, heads, k), the
+        slots each token read in the latest forward; switched off again on the way out."""
+        mems = self.memory_modules
+        for m in mems:
+            m.record_indices = True
+        try:
+            yield mems
+        finally:
+            for m in mems:
+                m.record_indices, m.last_indices = False, None
 
     def value_params(self):
         """The memory value tables (one per memory layer, or one if shared)."""
