@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import torch
 
-from data.tokenizer import EOT
+from data.tokenizer import EOT, read_tokenizer
 
 
 def val_windows(val_tokens, block_size, batch_size, max_tokens):
@@ -103,10 +103,28 @@ def load_facts(data_dir):
         return json.load(f)
 
 
+def read_corpus_meta(data_dir):
+    """(meta.json, Encoding, tokenizer text) of a prepared corpus."""
+    with open(os.path.join(data_dir, "meta.json"), "r", encoding="utf-8") as f:
+        meta = json.load(f)
+    name = meta["tokenizer"] if meta["tokenizer"] == "gpt2" else os.path.join(data_dir, meta["tokenizer"])
+    enc, text = read_tokenizer(name)
+    return meta, enc, text
+
+
+def check_same_corpus(ckpt, tok_text, meta, data_dir):
+    """A checkpoint only reads text cut by its own tokenizer."""
+    if ckpt["tokenizer"] != tok_text or ckpt["model_args"]["vocab_size"] != meta["vocab_size"]:
+        raise ValueError(f"the checkpoint's tokenizer (vocab {ckpt['model_args']['vocab_size']}) does not match the "
+                         f"corpus in {data_dir} (vocab {meta['vocab_size']}); use the corpus it was trained on")
+
+
 def checkpoint_corpus(ckpt):
     """(validation tokens, facts.json) of the corpus a checkpoint was trained on."""
     data_dir = ckpt["data_dir"]
     try:
+        meta, _, tok_text = read_corpus_meta(data_dir)
+        check_same_corpus(ckpt, tok_text, meta, data_dir)
         val = np.memmap(os.path.join(data_dir, "val.bin"), dtype=ckpt["data_meta"]["dtype"], mode="r")
         return val, load_facts(data_dir)
     except FileNotFoundError:

@@ -11,7 +11,6 @@ model's args, weights, tokenizer, data meta, optimizer, step and RNG state.
 
 import argparse
 import inspect
-import json
 import math
 import os
 import re
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 from data.prepare import DataConfig, prepare
 from data.tokenizer import encoding_from_text, read_tokenizer
-from evaluate import load_facts, qa_accuracy, qa_items, validate
+from evaluate import check_same_corpus, load_facts, read_corpus_meta, qa_accuracy, qa_items, validate
 from model import GPT, GPTConfig, config_dict
 
 
@@ -46,7 +45,9 @@ class TrainConfig:
     dense: bool = False                  # no memory layers: the dense baseline
     device: str = "auto"                 # auto | cpu | cuda | mps
     compile: bool = False                # torch.compile the model (helps on GPU, not on CPU)
-    resume: bool = False                 # continue from out_dir/ckpt.pt
+    resume: bool = False                 # continue exactly from out_dir/ckpt.pt (weights, optimizers, data order)
+    stop_at: int = 0                     # end this run at this step with a checkpoint (the lr schedule still
+                                         # runs to max_iters; go on with --resume); 0 = max_iters
 
 
 def pick_device(name="auto"):
@@ -66,14 +67,24 @@ def pick_device(name="auto"):
 
 
 def save_checkpoint(path, obj):
-    """Atomic: write a temporary file, fsync, rename. A kill leaves the old file intact."""
+    """Atomic: write a temporary file, fsync, rename. A kill at any moment leaves the old file intact."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):                         # a failed write leaves no half file behind
+            os.remove(tmp)
+    if os.name == "posix":                              # make the rename itself survive a power cut
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def load_checkpoint(path, device="cpu"):
@@ -83,8 +94,11 @@ def load_checkpoint(path, device="cpu"):
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        raise RuntimeError(f"could not load checkpoint {path} ({type(e).__name__}); it is corrupt or "
-                           "holds pickled objects, which are refused") from None
+        if "GLOBAL" in str(e):                            # torch names the global it refused to import
+            raise RuntimeError(f"refused to load {path}: it holds pickled Python objects, which could run "
+                               "code; only tensors and plain data are accepted") from None
+        raise RuntimeError(f"could not load checkpoint {path} ({type(e).__name__}): the file is corrupt "
+                           "or not a PyTorch checkpoint") from None
     if not isinstance(ckpt, dict) or not {"model", "model_args", "tokenizer"} <= ckpt.keys():
         raise RuntimeError(f"{path} is not a checkpoint written by train.py (no model args or tokenizer)")
     model = GPT(GPTConfig(**ckpt["model_args"])).to(device)
@@ -168,6 +182,9 @@ def train(cfg, mcfg, quiet=False):
     """Train and return (model, encoding, final metrics)."""
     if cfg.eval_interval < 1 or cfg.max_iters < 1 or cfg.batch_size < 1:
         raise ValueError("--eval-interval, --max-iters and --batch-size must be positive")
+    stop = cfg.stop_at or cfg.max_iters
+    if not 0 < stop <= cfg.max_iters:
+        raise ValueError(f"--stop-at {cfg.stop_at} must be between 1 and --max-iters {cfg.max_iters} (0 = max_iters)")
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     meta_path = os.path.join(cfg.data_dir, "meta.json")
@@ -176,10 +193,7 @@ def train(cfg, mcfg, quiet=False):
             raise SystemExit(f"error: {cfg.data_dir} holds no prepared corpus; run python -m data.prepare --out-dir {cfg.data_dir}")
         print("preparing the default corpus (data/prepare.py) ...")
         prepare(DataConfig())
-    with open(meta_path, "r", encoding="utf-8") as f:
-        meta = json.load(f)
-    tok_name = meta["tokenizer"] if meta["tokenizer"] == "gpt2" else os.path.join(cfg.data_dir, meta["tokenizer"])
-    enc, tok_text = read_tokenizer(tok_name)
+    meta, enc, tok_text = read_corpus_meta(cfg.data_dir)
     train_data = np.memmap(os.path.join(cfg.data_dir, "train.bin"), dtype=meta["dtype"], mode="r")
     val_data = np.memmap(os.path.join(cfg.data_dir, "val.bin"), dtype=meta["dtype"], mode="r")
     kb = load_facts(cfg.data_dir)
@@ -193,6 +207,7 @@ def train(cfg, mcfg, quiet=False):
     if cfg.resume:  # the checkpoint's own model args win over the command line's
         model, _, ckpt = load_checkpoint(ckpt_path, device)
         mcfg = model.config
+        check_same_corpus(ckpt, tok_text, meta, cfg.data_dir)
     else:
         model = GPT(mcfg).to(device)
     opts = make_optimizers(model, cfg)
@@ -202,8 +217,8 @@ def train(cfg, mcfg, quiet=False):
         for o, s in zip(opts, ckpt["optimizers"]):
             o.load_state_dict(s)
         start = ckpt["step"]
-        if start >= cfg.max_iters:
-            raise ValueError(f"{ckpt_path} is already at step {start}; raise --max-iters to train on")
+        if start >= stop:
+            raise ValueError(f"{ckpt_path} is already at step {start}; raise --max-iters (or --stop-at) to train on")
         gen.set_state(ckpt["data_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
 
@@ -221,7 +236,7 @@ def train(cfg, mcfg, quiet=False):
 
     metrics = {}
     model.train()
-    bar = tqdm(range(start, cfg.max_iters), initial=start, total=cfg.max_iters, disable=quiet, desc="train")
+    bar = tqdm(range(start, stop), initial=start, total=stop, disable=quiet, desc="train")
     train_time, tokens_seen = 0.0, 0                  # tokens/s counts training steps only
     for it in bar:
         t0 = time.time()
@@ -244,9 +259,10 @@ def train(cfg, mcfg, quiet=False):
         train_time += time.time() - t0
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_seen / train_time:.0f}")
         step = it + 1
-        if step % cfg.eval_interval == 0 or step == cfg.max_iters:
+        if step % cfg.eval_interval == 0 or step == stop:
             metrics = evaluate_all(model, enc, val_data, kb, device)
             metrics["tokens_per_s"] = tokens_seen / train_time
+            metrics["train_loss"] = loss.item()
             if not quiet:
                 usage = "".join(f" | slots used {u['used']:.1%}, KL {u['kl_uniform']:.2f}" for u in metrics["slots"])
                 tqdm.write(f"step {step}: train loss {loss.item():.3f} | val loss {metrics['val_loss']:.3f} | "

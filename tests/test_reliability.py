@@ -1,0 +1,175 @@
+"""Never lose work, never run untrusted code, one clear line for bad input, same seed same numbers."""
+import json
+import os
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+
+import evaluate
+import finetune
+import model as model_module
+import train as train_module
+from conftest import TINY_MODEL
+from model import GPTConfig
+from train import TrainConfig, load_checkpoint, save_checkpoint, train
+
+
+def tiny_run(corpus, out, **kw):
+    cfg = TrainConfig(data_dir=corpus.out_dir, out_dir=str(out), batch_size=8, max_iters=20, warmup_iters=3,
+                      eval_interval=10, lr=1e-2, device="cpu", **kw)
+    return cfg, train(cfg, GPTConfig(**TINY_MODEL), quiet=True)
+
+
+def weights(out):
+    return torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_continues_exactly(tiny_corpus, tmp_path):
+    _, (_, _, whole) = tiny_run(tiny_corpus, tmp_path / "whole")
+    tiny_run(tiny_corpus, tmp_path / "halves", stop_at=10)
+    assert weights(tmp_path / "halves")["step"] == 10
+    _, (_, _, resumed) = tiny_run(tiny_corpus, tmp_path / "halves", resume=True)
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "halves")
+    assert a["step"] == b["step"] == 20
+    assert_same_state(a["model"], b["model"])
+    for oa, ob in zip(a["optimizers"], b["optimizers"]):            # Adam moments and step counts too
+        for sa, sb in zip(oa["state"].values(), ob["state"].values()):
+            assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    for k in ("train_loss", "val_loss", "fact_acc"):
+        assert whole[k] == resumed[k], k
+
+
+def test_same_seed_same_numbers(tiny_corpus, tmp_path, trained):
+    _, (_, _, m1) = tiny_run(tiny_corpus, tmp_path / "a")
+    _, (_, _, m2) = tiny_run(tiny_corpus, tmp_path / "b")
+    assert_same_state(weights(tmp_path / "a")["model"], weights(tmp_path / "b")["model"])
+    assert [m1[k] for k in ("train_loss", "val_loss", "fact_acc")] == [m2[k] for k in ("train_loss", "val_loss", "fact_acc")]
+    cfg = trained[0]
+    results = []
+    for name in ("r1.json", "r2.json"):
+        finetune.main(["--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "3", "--steps-per-fact", "3",
+                       "--top-t", "8", "--background-batches", "20", "--device", "cpu", "--json", str(tmp_path / name)])
+        r = json.loads((tmp_path / name).read_text())
+        r.pop("seconds")
+        results.append(r)
+    assert results[0] == results[1]
+
+
+class RunsCode:
+    """Unpickling this would create a folder: the kind of side effect a hostile checkpoint could have."""
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def test_a_checkpoint_carrying_a_pickled_object_is_refused(trained, tmp_path):
+    marker = str(tmp_path / "code_ran")
+    ckpt = weights(trained[0].out_dir)
+    evil = str(tmp_path / "evil.pt")
+    torch.save({**ckpt, "extra": RunsCode(marker)}, evil)
+    with pytest.raises(RuntimeError, match="holds pickled Python objects"):
+        load_checkpoint(evil)
+    for cli in (finetune.main, evaluate.main):
+        with pytest.raises(SystemExit) as e:
+            cli(["--checkpoint", evil, "--device", "cpu"])
+        assert "refused to load" in str(e.value)
+    assert not os.path.exists(marker)
+
+
+def test_a_write_killed_midway_leaves_the_last_good_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint(path, {"x": torch.arange(3)})
+
+    def dies_midway(obj, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt                                   # the user presses Ctrl-C
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"x": torch.arange(5)})
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.arange(3))
+    assert os.listdir(tmp_path) == ["ckpt.pt"]                     # no half-written temporary file left
+
+
+def test_a_nan_loss_stops_with_its_step_and_keeps_the_last_checkpoint(tiny_corpus, tmp_path, monkeypatch):
+    forward, calls = model_module.GPT.forward, []
+
+    def poisoned(self, idx, targets=None):
+        logits, loss = forward(self, idx, targets)
+        if self.training:
+            calls.append(1)
+            if len(calls) == 15:                                   # training step 14 (0-based)
+                loss = loss * float("nan")
+        return logits, loss
+    monkeypatch.setattr(model_module.GPT, "forward", poisoned)
+    with pytest.raises(SystemExit) as e:
+        tiny_run(tiny_corpus, tmp_path)
+    assert "loss became nan at step 14" in str(e.value)
+    ckpt = weights(tmp_path)
+    assert ckpt["step"] == 10 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_corrupt_checkpoint_gives_one_line(tmp_path):
+    bad = str(tmp_path / "ckpt.pt")
+    with open(bad, "wb") as f:
+        f.write(b"\x80\x02 not a checkpoint")
+    for cli in (finetune.main, evaluate.main):
+        with pytest.raises(SystemExit) as e:
+            cli(["--checkpoint", bad, "--device", "cpu"])
+        assert "is corrupt or not a PyTorch checkpoint" in str(e.value)
+
+
+def test_a_corpus_with_another_tokenizer_is_refused(trained, tiny_corpus, tmp_path):
+    other = str(tmp_path / "other")
+    shutil.copytree(tiny_corpus.out_dir, other)
+    meta = json.loads(open(os.path.join(other, "meta.json")).read())
+    tok = os.path.join(other, meta["tokenizer"])
+    lines = open(tok).read().splitlines()
+    open(tok, "w").write("\n".join(lines[:-1]) + "\n")               # one merge fewer: another tokenizer
+    meta["vocab_size"] -= 1
+    open(os.path.join(other, "meta.json"), "w").write(json.dumps(meta))
+    cfg = trained[0]
+    with pytest.raises(ValueError, match="does not match the corpus"):
+        train(replace(cfg, data_dir=other, resume=True, max_iters=100), GPTConfig(**TINY_MODEL), quiet=True)
+    moved = str(tmp_path / "moved.pt")
+    save_checkpoint(moved, {**weights(cfg.out_dir), "data_dir": other})
+    for cli in (finetune.main, evaluate.main):
+        with pytest.raises(SystemExit) as e:
+            cli(["--checkpoint", moved, "--device", "cpu"])
+        assert "does not match the corpus" in str(e.value)
+
+
+def test_sparse_finetuning_of_a_dense_checkpoint_gives_one_line(tiny_corpus, tmp_path):
+    cfg = TrainConfig(data_dir=tiny_corpus.out_dir, out_dir=str(tmp_path), batch_size=4, max_iters=2,
+                      eval_interval=2, dense=True, device="cpu")
+    train(cfg, GPTConfig(**TINY_MODEL), quiet=True)
+    with pytest.raises(SystemExit) as e:
+        finetune.main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--mode", "sparse", "--device", "cpu"])
+    assert "needs a model with memory layers" in str(e.value)
+
+
+@pytest.mark.parametrize("device, message", [("tpu", "unknown device 'tpu'"), ("cuda", "no CUDA device"),
+                                             ("mps", "MPS is not available")])
+def test_a_device_that_is_not_there_gives_one_line(trained, tmp_path, device, message):
+    if device == "cuda" and torch.cuda.is_available() or device == "mps" and torch.backends.mps.is_available():
+        pytest.skip(f"this machine has {device}")
+    ckpt = os.path.join(trained[0].out_dir, "ckpt.pt")
+    for cli, args in ((train_module.main, ["--out-dir", str(tmp_path), "--data-dir", trained[0].data_dir]),
+                      (finetune.main, ["--checkpoint", ckpt]), (evaluate.main, ["--checkpoint", ckpt])):
+        with pytest.raises(SystemExit) as e:
+            cli(args + ["--device", device])
+        assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_stop_at_out_of_range_is_refused(tiny_corpus, tmp_path):
+    with pytest.raises(ValueError, match="--stop-at 30 must be between 1 and --max-iters 20"):
+        tiny_run(tiny_corpus, tmp_path, stop_at=30)
