@@ -4,6 +4,7 @@ Pretrain the memory-layer GPT (or the dense one) on the prepared corpus.
     python train.py                 # default corpus and model, about 5 minutes on 2 CPU cores
     python train.py --dense         # same architecture with an FFN in every block
     python train.py --help          # every option
+    torchrun --standalone --nproc_per_node=2 train.py    # data parallel: nccl on GPUs, gloo on CPU
 
 Prepares the data first when it is missing (data/prepare.py). Writes out/ckpt.pt holding the
 model's args, weights, tokenizer, data meta, optimizer, step and RNG state.
@@ -20,6 +21,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data.prepare import DataConfig, prepare
@@ -64,6 +67,22 @@ def pick_device(name="auto"):
     if name not in ("cpu", "cuda", "mps"):
         raise SystemExit(f"error: unknown device {name!r}: use auto, cpu, cuda or mps")
     return name
+
+
+def setup_ddp(device_name):
+    """(rank, world size, device). Under torchrun (which sets RANK) this process joins the group:
+    nccl with one GPU per process on CUDA, gloo on CPU. Run plainly, it is (0, 1, the device)."""
+    device = pick_device(device_name)
+    if "RANK" not in os.environ:
+        return 0, 1, device
+    if device == "mps":
+        raise ValueError("torchrun is not supported on MPS; run python train.py as one process")
+    if device == "cuda":
+        local = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 def save_checkpoint(path, obj):
@@ -161,9 +180,13 @@ def lr_at(it, cfg):
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (cfg.lr - cfg.min_lr)
 
 
-def get_batch(data, block_size, batch_size, gen):
-    """Random windows of the training tokens, drawn from a seeded generator: x, y (B, T)."""
+def get_batch(data, block_size, batch_size, gen, rank=0, world=1):
+    """Random windows of the training tokens, drawn from a seeded generator: x, y (B / world, T).
+    Every process draws the same batch_size offsets and reads only its own share of them, so
+    N processes together see exactly the batch one process would."""
     ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=gen).tolist()
+    share = batch_size // world
+    ix = ix[rank * share:(rank + 1) * share]
     x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
     y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
     return x, y
@@ -186,13 +209,21 @@ def train(cfg, mcfg, quiet=False):
     if not 0 < stop <= cfg.max_iters:
         raise ValueError(f"--stop-at {cfg.stop_at} must be between 1 and --max-iters {cfg.max_iters} (0 = max_iters)")
     torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
+    rank, world, device = setup_ddp(cfg.device)
+    if cfg.batch_size % world:
+        raise ValueError(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes")
+    if world > 1 and mcfg.mem_sparse_grad:
+        raise ValueError("--mem-sparse-grad is not supported with torchrun; use dense value gradients")
+    quiet = quiet or rank > 0                        # one process prints, one writes checkpoints
     meta_path = os.path.join(cfg.data_dir, "meta.json")
     if not os.path.exists(meta_path):
         if os.path.abspath(cfg.data_dir) != os.path.abspath(DataConfig.out_dir):
             raise SystemExit(f"error: {cfg.data_dir} holds no prepared corpus; run python -m data.prepare --out-dir {cfg.data_dir}")
-        print("preparing the default corpus (data/prepare.py) ...")
-        prepare(DataConfig())
+        if rank == 0:
+            print("preparing the default corpus (data/prepare.py) ...")
+            prepare(DataConfig())
+        if world > 1:
+            dist.barrier()                           # the others wait for it
     meta, enc, tok_text = read_corpus_meta(cfg.data_dir)
     train_data = np.memmap(os.path.join(cfg.data_dir, "train.bin"), dtype=meta["dtype"], mode="r")
     val_data = np.memmap(os.path.join(cfg.data_dir, "val.bin"), dtype=meta["dtype"], mode="r")
@@ -226,11 +257,15 @@ def train(cfg, mcfg, quiet=False):
     tokens_per_step = cfg.batch_size * mcfg.block_size
     if not quiet:
         slots = len(model.value_params()) * mcfg.mem_n_keys ** 2
-        print(f"device {device} | params: dense {dense_n / 1e6:.2f}M, memory values {mem_n / 1e6:.2f}M "
+        print(f"device {device}" + (f" x {world} processes" if world > 1 else "") + f" | params: dense {dense_n / 1e6:.2f}M, memory values {mem_n / 1e6:.2f}M "
               f"({slots:,} slots in {len(mcfg.memory_layers)} layer(s) {list(mcfg.memory_layers)}) | "
               f"{tokens_per_step:,} tokens/step | {len(train_data):,} train tokens")
-    run_model = torch.compile(model) if cfg.compile else model
-    use_bf16 = device == "cuda"
+    run_model = model
+    if world > 1:                                    # averages gradients over the processes in backward
+        run_model = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if device.startswith("cuda") else None)
+    if cfg.compile:
+        run_model = torch.compile(run_model)
+    use_bf16 = device.startswith("cuda")
     sparse = {id(p) for p in model.value_params()} if mcfg.mem_sparse_grad else set()
     grad_params = [p for p in model.parameters() if id(p) not in sparse]   # clip_grad_norm_ wants dense grads
 
@@ -243,12 +278,18 @@ def train(cfg, mcfg, quiet=False):
         lr = lr_at(it, cfg)
         for g in opts[0].param_groups:
             g["lr"] = lr
-        x, y = get_batch(train_data, mcfg.block_size, cfg.batch_size, gen)
+        x, y = get_batch(train_data, mcfg.block_size, cfg.batch_size, gen, rank, world)
         x, y = x.to(device), y.to(device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
             _, loss = run_model(x, y)
-        if not torch.isfinite(loss):
-            raise SystemExit(f"error: loss became {loss.item()} at step {it}; the last good checkpoint is kept")
+        if world > 1:                                # the whole batch's loss, the same on every process
+            loss_all = loss.detach().clone()
+            dist.all_reduce(loss_all)
+            loss_all /= world
+        else:
+            loss_all = loss.detach()
+        if not torch.isfinite(loss_all):
+            raise SystemExit(f"error: loss became {loss_all.item()} at step {it}; the last good checkpoint is kept")
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(grad_params, cfg.grad_clip)
@@ -257,21 +298,23 @@ def train(cfg, mcfg, quiet=False):
             o.zero_grad(set_to_none=True)
         tokens_seen += tokens_per_step
         train_time += time.time() - t0
-        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_seen / train_time:.0f}")
+        bar.set_postfix(loss=f"{loss_all.item():.3f}", tok_s=f"{tokens_seen / train_time:.0f}")
         step = it + 1
-        if step % cfg.eval_interval == 0 or step == stop:
+        if rank == 0 and (step % cfg.eval_interval == 0 or step == stop):
             metrics = evaluate_all(model, enc, val_data, kb, device)
             metrics["tokens_per_s"] = tokens_seen / train_time
-            metrics["train_loss"] = loss.item()
+            metrics["train_loss"] = loss_all.item()
             if not quiet:
                 usage = "".join(f" | slots used {u['used']:.1%}, KL {u['kl_uniform']:.2f}" for u in metrics["slots"])
-                tqdm.write(f"step {step}: train loss {loss.item():.3f} | val loss {metrics['val_loss']:.3f} | "
+                tqdm.write(f"step {step}: train loss {loss_all.item():.3f} | val loss {metrics['val_loss']:.3f} | "
                            f"fact acc {metrics['fact_acc']:.3f}{usage}")
             save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "model_args": config_dict(mcfg), "step": step,
                 "optimizers": [o.state_dict() for o in opts], "data_rng": gen.get_state(),
                 "torch_rng": torch.get_rng_state(), "tokenizer": tok_text, "data_meta": meta,
                 "data_dir": os.path.abspath(cfg.data_dir), "train_config": vars(cfg).copy(), "metrics": metrics})
+    if world > 1:
+        dist.destroy_process_group()
     return model, enc, metrics
 
 
@@ -284,6 +327,8 @@ def main(argv=None):
         model, enc, m = train(cfg, mcfg)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")
+    if not m:                                        # a torchrun process other than rank 0
+        return
     print(f"done in {time.time() - t0:.0f}s | {m['tokens_per_s']:.0f} tokens/s | val loss {m['val_loss']:.3f} | "
           f"background fact accuracy {m['fact_acc']:.3f}")
     model.eval()
