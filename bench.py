@@ -1,33 +1,47 @@
 """
 Benchmarks that print figures for this machine (not tests; nothing here asserts a speed).
 
-    python bench.py              # all sections, about 2 minutes on 2 CPU cores
-    python bench.py --quick      # fewer repeats
+    python bench.py                  # all sections, about 3 minutes on 2 CPU cores
+    python bench.py --quick          # fewer repeats
+    python bench.py --glibc-default  # without train.keep_freed_memory, to see what it gains
 
 1. float32 matmul peak of this machine (the yardstick for everything else)
-2. memory layer forward+backward vs the dense FFN it replaces, same width and tokens
+2. memory layer forward+backward vs the dense FFN it replaces, same width and tokens,
+   up to a 1M-slot layer at d = 512, with the peak memory (RSS) of this process
 3. product-key lookup vs exhaustive scoring of all N keys, N = 64^2, 256^2, 1024^2
 4. memory value updates: dense Adam vs sparse gradients + SparseAdam, 64k and 1M slots
 5. training tokens/s and achieved GFLOP/s of the default model (memory and dense)
+6. one finetuning step on the pretrained default checkpoint (out/ckpt.pt): full, LoRA and
+   sparse, with the optimizer state each keeps
+
+Every time is the median of single calls after a warm-up call: this shared CPU's speed
+varies from minute to minute, and the median ignores the slow outliers.
 """
 
 import argparse
+import os
+import resource
+import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
+import finetune as ft
+from evaluate import checkpoint_corpus
 from memory import ProductKeyMemory
 from model import GPT, GPTConfig, MLP
-from train import TrainConfig, make_optimizers
+from train import TrainConfig, keep_freed_memory, make_optimizers
 
 
 def timeit(fn, repeats):
     fn()                                                   # warm-up
-    t = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        t = time.perf_counter()
         fn()
-    return (time.perf_counter() - t) / repeats
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 def matmul_peak(r):
@@ -35,18 +49,29 @@ def matmul_peak(r):
     return 2 * 1024 ** 3 / timeit(lambda: a @ b, 10 * r) / 1e9
 
 
-def layer_vs_ffn(d, tokens, r):
+def layer_vs_ffn(d, tokens, r, n_keys=GPTConfig.mem_n_keys, sparse=False):
+    """Forward+backward of the FFN and of a memory layer (default heads and top-k) at width d."""
     x = torch.randn(tokens // 128, 128, d, requires_grad=True)
-    cfg = GPTConfig(n_embd=d)                              # default memory shape
-    n_keys, heads, topk = cfg.mem_n_keys, cfg.mem_heads, cfg.mem_topk
+    cfg = GPTConfig(n_embd=d)
+    heads, topk = cfg.mem_heads, cfg.mem_topk
+    grads = "sparse" if sparse else "dense"
     out = {}
-    for name, layer in (("FFN (4d hidden)", MLP(cfg)),
-                        (f"memory {n_keys}^2 slots, {heads} heads x top-{topk}", ProductKeyMemory(d, n_keys=n_keys, heads=heads, topk=topk, sparse_grad=False))):
+    for name, make in (("FFN (4d hidden)", lambda: MLP(cfg)),
+                       (f"memory {n_keys}^2 slots ({grads} value grads)",
+                        lambda: ProductKeyMemory(d, n_keys=n_keys, heads=heads, topk=topk, sparse_grad=sparse))):
+        layer = make()
         def step():
             layer(x).sum().backward()
             layer.zero_grad(set_to_none=True)
         out[name] = timeit(step, r)
+        del layer
     return out
+
+
+def peak_rss_gib():
+    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 30 if os.uname().sysname == "Darwin" else peak / 2 ** 20
 
 
 def lookup_vs_exhaustive(n_keys, tokens, r, heads=4, k_dim=64, topk=16):
@@ -99,6 +124,9 @@ def flops_per_token(model, T):
 
 
 def train_throughput(dense, r, batch=16):
+    """(tokens/s, GFLOP/s, fraction of the matmul peak). The peak is measured again right
+    before every step and the fraction is the median over steps, so a CPU that changes
+    speed during the benchmark does not skew it."""
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=2560, memory_layers=() if dense else GPTConfig.memory_layers)   # default corpus vocabulary
     model = GPT(cfg)
@@ -110,24 +138,56 @@ def train_throughput(dense, r, batch=16):
         for o in opts:
             o.step()
             o.zero_grad(set_to_none=True)
-    dt = timeit(step, 3 * r)
-    tok_s = batch * cfg.block_size / dt
-    return tok_s, tok_s * flops_per_token(model, cfg.block_size) / 1e9
+    step()                                                                  # warm-up
+    flops = batch * cfg.block_size * flops_per_token(model, cfg.block_size)
+    times, fractions = [], []
+    for _ in range(3 * r):
+        peak = matmul_peak(1)
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+        fractions.append(flops / times[-1] / 1e9 / peak)
+    dt = statistics.median(times)
+    return batch * cfg.block_size / dt, flops / dt / 1e9, statistics.median(fractions)
+
+
+def finetune_steps(path, n_facts=10):
+    """ms per step and optimizer-state bytes of each finetuning method on a real fact stream
+    (run_stream itself: batch, forward, backward, slot ranking, update)."""
+    out = {}
+    for mode, opt in (("full", "adamw"), ("lora", "adamw"), ("sparse", "sgd"), ("sparse", "adamw")):
+        cfg = ft.FinetuneConfig(checkpoint=path, mode=mode, optimizer=opt, device="cpu")
+        model, enc, ckpt = ft.load_base(cfg, "cpu")
+        cfg = ft.resolve(cfg, model)
+        facts = ft.corpus_facts(checkpoint_corpus(ckpt)[1]["new"][:n_facts])
+        df = ft.load_or_compute_df(cfg, model, ckpt, "cpu") if mode == "sparse" else None
+        t = time.perf_counter()
+        state = ft.run_stream(cfg, model, enc, facts, df, quiet=True)
+        out[f"{mode} {opt}"] = ((time.perf_counter() - t) / (n_facts * cfg.steps_per_fact), state)
+    return out
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats")
-    r = 2 if p.parse_args(argv).quick else 5
+    p.add_argument("--glibc-default", action="store_true", help="leave glibc's malloc settings as they are")
+    p.add_argument("--checkpoint", default=os.path.join("out", "ckpt.pt"), help="pretrained model for section 6")
+    args = p.parse_args(argv)
+    r = 2 if args.quick else 5
+    if not args.glibc_default:
+        keep_freed_memory()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+          + (", glibc's default malloc settings" if args.glibc_default else ", freed memory kept (train.keep_freed_memory)"))
     peak = matmul_peak(r)
     print(f"\n1. float32 matmul 1024^3: {peak:.1f} GFLOP/s")
 
-    print("\n2. forward+backward, 4096 tokens (ms)")
-    for d in (128, 512):
-        t = layer_vs_ffn(d, 4096, r)
-        print(f"   d={d}: " + " | ".join(f"{k} {v * 1e3:.1f}" for k, v in t.items()))
+    print(f"\n2. forward+backward, 4096 tokens, {GPTConfig.mem_heads} heads x top-{GPTConfig.mem_topk} (ms)")
+    for d, n_keys, sparse in ((128, 256, False), (512, 256, False), (512, 1024, True)):
+        t = layer_vs_ffn(d, 4096, r, n_keys, sparse)
+        (ffn, a), (mem, b) = t.items()
+        print(f"   d={d}: {ffn} {a * 1e3:.1f} | {mem} {b * 1e3:.1f} | {b / a:.2f}x the FFN")
+    print(f"   peak RSS so far {peak_rss_gib():.2f} GiB (the 1024^2 x 512 float32 value table alone is 2 GiB)")
 
     print("\n3. top-16 of N keys, 4 heads, k_dim 64, 256 tokens (ms)")
     for n_keys in (64, 256, 1024):
@@ -141,9 +201,16 @@ def main(argv=None):
 
     print("\n5. training step, default model, 16 x 128 tokens, optimizers as in train.py")
     for dense in (False, True):
-        tok_s, gflops = train_throughput(dense, r)
+        tok_s, gflops, fraction = train_throughput(dense, r)
         print(f"   {'dense ' if dense else 'memory'}: {tok_s:,.0f} tokens/s, {gflops:.1f} GFLOP/s "
-              f"({gflops / peak:.0%} of the matmul peak)")
+              f"({fraction:.0%} of the matmul peak measured beside each step)")
+
+    print(f"\n6. finetuning, default settings, 10 facts x {ft.FinetuneConfig.steps_per_fact} steps on {args.checkpoint}")
+    if not os.path.exists(args.checkpoint):
+        print("   skipped: no checkpoint there (python train.py makes one)")
+        return
+    for name, (sec, state) in finetune_steps(args.checkpoint).items():
+        print(f"   {name:<13} {sec * 1e3:6.1f} ms/step | optimizer state {state / 2 ** 20:7.2f} MiB")
 
 
 if __name__ == "__main__":

@@ -156,7 +156,7 @@ def plot_compare(results, path):
 
 
 def main(argv=None):
-    from train import load_checkpoint, pick_device  # train and finetune import this module; import late
+    from train import keep_freed_memory, load_checkpoint, pick_device  # train imports this module; import late
     import finetune as ft
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=ft.DEFAULT_CHECKPOINT, help="checkpoint written by train.py or finetune.py --out")
@@ -169,6 +169,7 @@ def main(argv=None):
     p.add_argument("--plot", default=os.path.join("out", "compare.png"), help="with --compare: the figure (PNG)")
     p.add_argument("--json", default="", help="with --compare: write the results to this JSON file")
     args = p.parse_args(argv)
+    keep_freed_memory()
     try:
         device = pick_device(args.device)
         if args.compare:

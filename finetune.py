@@ -40,8 +40,8 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from evaluate import checkpoint_corpus, qa_accuracy, qa_items, qa_pair, validate
-from train import (TrainConfig, config_parser, get_batch, load_checkpoint, pick_device,
-                   save_checkpoint, split, train)
+from train import (TrainConfig, config_parser, get_batch, keep_freed_memory, load_checkpoint,
+                   pick_device, save_checkpoint, split, train)
 from model import GPTConfig
 
 DEFAULT_CHECKPOINT = os.path.join(TrainConfig.out_dir, "ckpt.pt")
@@ -237,18 +237,25 @@ def load_or_compute_df(cfg, model, ckpt, device):
 class RowOptimizer:
     """SGD or AdamW on chosen rows of one table; every other row stays bit-identical.
 
-    AdamW keeps per-row moments and a per-row step count. A row not selected in this step
-    is neither read nor written: its moments wait, frozen, until the row is selected again
-    (lazily, as in torch.optim.SparseAdam), and its bias correction then continues from its
-    own count of updates (SparseAdam keeps one count per table). Weight decay touches
-    selected rows only."""
+    AdamW keeps moments and a step count only for rows that have been selected at least once
+    (stored compactly, in the order rows were first selected), so its state grows with the
+    rows a stream touches, not with the table. A row not selected in this step is neither
+    read nor written: its moments wait, frozen, until the row is selected again (lazily, as in
+    torch.optim.SparseAdam), and its bias correction then continues from its own count of
+    updates (SparseAdam keeps one count per table). Weight decay touches selected rows only."""
 
     def __init__(self, weight, kind, lr, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8):
         self.weight, self.kind, self.lr, self.wd, self.betas, self.eps = weight, kind, lr, weight_decay, betas, eps
         if kind == "adamw":
-            self.exp_avg = torch.zeros_like(weight)
-            self.exp_avg_sq = torch.zeros_like(weight)
-            self.steps = torch.zeros(weight.shape[0], dtype=torch.long, device=weight.device)
+            self.where = torch.full((weight.shape[0],), -1, dtype=torch.long, device=weight.device)  # row -> state index
+            self.exp_avg = weight.new_zeros(0, weight.shape[1])          # (rows selected so far, v_dim)
+            self.exp_avg_sq = weight.new_zeros(0, weight.shape[1])
+            self.steps = torch.zeros(0, dtype=torch.long, device=weight.device)
+
+    def state_bytes(self):
+        if self.kind == "sgd":
+            return 0
+        return sum(t.numel() * t.element_size() for t in (self.where, self.exp_avg, self.exp_avg_sq, self.steps))
 
     @torch.no_grad()
     def step(self, rows):
@@ -256,12 +263,19 @@ class RowOptimizer:
         if self.kind == "sgd":
             w[rows] = w[rows] - self.lr * g
             return
+        new = rows[self.where[rows] < 0]                               # selected for the first time
+        if len(new):
+            self.where[new] = torch.arange(len(self.steps), len(self.steps) + len(new), device=w.device)
+            self.exp_avg = torch.cat([self.exp_avg, w.new_zeros(len(new), w.shape[1])])
+            self.exp_avg_sq = torch.cat([self.exp_avg_sq, w.new_zeros(len(new), w.shape[1])])
+            self.steps = torch.cat([self.steps, self.steps.new_zeros(len(new))])
+        i = self.where[rows]                                           # (t,) positions in the state
         b1, b2 = self.betas
-        self.steps[rows] += 1
-        n = self.steps[rows].unsqueeze(1).double()                     # (t, 1)
-        m = self.exp_avg[rows].mul(b1).add(g, alpha=1 - b1)
-        v = self.exp_avg_sq[rows].mul(b2).addcmul(g, g, value=1 - b2)
-        self.exp_avg[rows], self.exp_avg_sq[rows] = m, v
+        self.steps[i] += 1
+        n = self.steps[i].unsqueeze(1).double()                        # (t, 1)
+        m = self.exp_avg[i].mul(b1).add(g, alpha=1 - b1)
+        v = self.exp_avg_sq[i].mul(b2).addcmul(g, g, value=1 - b2)
+        self.exp_avg[i], self.exp_avg_sq[i] = m, v
         denom = (v / (1 - b2 ** n)).sqrt().add(self.eps)
         update = (m / (1 - b1 ** n)) / denom
         w[rows] = w[rows] * (1 - self.lr * self.wd) - self.lr * update.to(w.dtype)
@@ -361,7 +375,7 @@ def measure(model, enc, facts, background, val, device):
 
 def run_stream(cfg, model, enc, facts, df=None, quiet=False):
     """Finetune model in place on the stream of facts (in sparse mode, df holds the background
-    document frequencies of each value table)."""
+    document frequencies of each value table). Returns the bytes of optimizer state kept."""
     device = next(model.parameters()).device
     model.eval()                           # no dropout; BatchNorm keeps its pretrained statistics
     for p in model.parameters():
@@ -416,6 +430,9 @@ def run_stream(cfg, model, enc, facts, df=None, quiet=False):
             p.requires_grad_(False)
     if cfg.mode == "lora":
         merge_lora(model)
+    if opt is None:
+        return sum(ro.state_bytes() for ro in row_opts)
+    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
 
 
 def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False):
@@ -475,6 +492,7 @@ def stream_facts(cfg, ckpt):
 def main(argv=None):
     args = config_parser(__doc__, FinetuneConfig).parse_args(argv)
     cfg = split(args, FinetuneConfig)
+    keep_freed_memory()
     try:
         device = pick_device(cfg.device)
         model, enc, ckpt = load_base(cfg, device)

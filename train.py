@@ -11,6 +11,7 @@ model's args, weights, tokenizer, data meta, optimizer, step and RNG state.
 """
 
 import argparse
+import ctypes
 import inspect
 import math
 import os
@@ -67,6 +68,20 @@ def pick_device(name="auto"):
     if name not in ("cpu", "cuda", "mps"):
         raise SystemExit(f"error: unknown device {name!r}: use auto, cpu, cuda or mps")
     return name
+
+
+def keep_freed_memory():
+    """On Linux with glibc, keep freed memory for reuse instead of handing it back to the OS.
+    By default glibc returns every freed block over 32 MiB at once, so each step page-faults
+    its big buffers in again. Measured (README, bench): a 1M-slot layer at d = 512 1.6x
+    faster, a full finetuning step 1.4x, the default training step about the same.
+    Elsewhere (macOS, Windows, musl) this does nothing."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 1 << 30)    # M_MMAP_THRESHOLD: blocks up to 1 GiB come from the reusable heap
+    libc.mallopt(-1, 1 << 30)    # M_TRIM_THRESHOLD: keep up to 1 GiB of free heap
 
 
 def setup_ddp(device_name):
@@ -321,6 +336,7 @@ def train(cfg, mcfg, quiet=False):
 def main(argv=None):
     p = config_parser(__doc__, TrainConfig, GPTConfig, skip=("vocab_size",))  # it comes from the corpus
     args = p.parse_args(argv)
+    keep_freed_memory()
     t0 = time.time()
     try:
         cfg, mcfg = split(args, TrainConfig), split(args, GPTConfig)

@@ -63,7 +63,9 @@ def test_row_adamw_bias_correction_counts_each_rows_own_updates():
         if 4 in rows:
             ref.grad = g[4:5].clone()
             ref_opt.step()                                       # AdamW's own step 1, then step 2
-    assert opt.steps.tolist() == [2, 1, 0, 0, 2, 0]
+    counts = [opt.steps[opt.where[r]].item() if opt.where[r] >= 0 else 0 for r in range(6)]
+    assert counts == [2, 1, 0, 0, 2, 0]
+    assert opt.exp_avg.shape == (3, 4) and opt.steps.shape == (3,)   # state for the 3 rows ever selected, no more
     assert torch.allclose(w[4:5], ref, atol=1e-6)
 
 
@@ -136,11 +138,13 @@ def test_sparse_stream_changes_only_selected_value_rows(trained):
     score = c / c.sum() * torch.log(51 / (df[0].double() + 1))
     fifth = score.topk(5).values[-1]
     expected = set((score >= fifth).nonzero().flatten().tolist())  # the top 5, and any tie with the 5th
-    run_stream(fc, model, enc, facts, df, quiet=True)
+    state = run_stream(fc, model, enc, facts, df, quiet=True)
     after = model.state_dict()
     name = [k for k in after if k.endswith("values.weight")][0]
     changed = set((after[name] != before[name]).any(dim=1).nonzero().flatten().tolist())
     assert len(changed) == 5 and changed <= expected          # the same batch picks the same 5 rows each step
+    v_dim = after[name].shape[1]                              # AdamW state: 2 moments + a count for 5 rows, and the row map
+    assert state == 5 * (2 * v_dim * 4 + 8) + mem.n_slots * 8
     assert all(torch.equal(after[k], before[k]) for k in after if k != name)
 
 
