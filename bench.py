@@ -14,6 +14,12 @@ Benchmarks that print figures for this machine (not tests; nothing here asserts 
 6. one finetuning step on the pretrained default checkpoint (out/ckpt.pt): full, LoRA and
    sparse, with the optimizer state each keeps
 
+    python bench.py --large --device cuda
+
+7. instead of 1-6: a d = 768, 12-layer model with a 1M-slot memory layer in block 6 (4 heads
+   x top-32, the references' shape) in bf16 autocast: training tokens/s, MFU against the
+   bf16 matmul peak measured on the same device, and the value gather's memory bandwidth
+
 Every time is the median of single calls after a warm-up call: this shared CPU's speed
 varies from minute to minute, and the median ignores the slow outliers.
 """
@@ -31,22 +37,29 @@ import finetune as ft
 from evaluate import checkpoint_corpus
 from memory import ProductKeyMemory
 from model import GPT, GPTConfig, MLP
-from train import TrainConfig, keep_freed_memory, make_optimizers
+from train import TrainConfig, keep_freed_memory, make_optimizers, pick_device
 
 
-def timeit(fn, repeats):
+def sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()                           # GPU work is asynchronous: wait for it
+
+
+def timeit(fn, repeats, device="cpu"):
     fn()                                                   # warm-up
+    sync(device)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
+        sync(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
-def matmul_peak(r):
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    return 2 * 1024 ** 3 / timeit(lambda: a @ b, 10 * r) / 1e9
+def matmul_peak(r, device="cpu", dtype=torch.float32, n=1024):
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n ** 3 / timeit(lambda: a @ b, 10 * r, device) / 1e9
 
 
 def layer_vs_ffn(d, tokens, r, n_keys=GPTConfig.mem_n_keys, sparse=False):
@@ -167,11 +180,46 @@ def finetune_steps(path, n_facts=10):
     return out
 
 
+LARGE = dict(vocab_size=2560, n_layer=12, n_head=12, n_embd=768, memory_layers=(6,), mem_n_keys=1024,
+             mem_heads=4, mem_topk=32)
+
+
+def large_model(device, r, batch):
+    """Section 7: (tokens/s, GFLOP/s, MFU, value gather GB/s) of the LARGE model on device."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(**LARGE)
+    model = GPT(cfg).to(device)
+    opts = make_optimizers(model, TrainConfig())
+    T, bf16 = cfg.block_size, str(device).startswith("cuda")              # as train.py does
+    x = torch.randint(0, cfg.vocab_size, (batch, T), device=device)
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            _, loss = model(x, x)
+        loss.backward()
+        for o in opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
+    dt = timeit(step, r, device)
+    flops = batch * T * flops_per_token(model, T) / dt / 1e9
+    peak = matmul_peak(r, device, torch.bfloat16 if bf16 else torch.float32, n=4096 if bf16 else 1024)
+    # the gather alone: every token reads heads x top-k rows of the fp32 value table
+    mem, n = model.memory_modules[0], batch * T
+    idx = torch.randint(0, mem.n_slots, (n, mem.heads * mem.topk), device=device)
+    w = torch.rand(n, mem.heads * mem.topk, device=device)
+    with torch.no_grad():
+        t = timeit(lambda: mem.values(idx, per_sample_weights=w), r, device)
+    moved = idx.numel() * (mem.v_dim * 4 + 8 + 4) + n * mem.v_dim * 4      # rows, indices, weights read; output written
+    return batch * T / dt, flops, flops / peak, moved / t / 1e9
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats")
     p.add_argument("--glibc-default", action="store_true", help="leave glibc's malloc settings as they are")
     p.add_argument("--checkpoint", default=os.path.join("out", "ckpt.pt"), help="pretrained model for section 6")
+    p.add_argument("--large", action="store_true", help="only section 7, the d=768 12-layer 1M-slot model")
+    p.add_argument("--device", default="auto", help="with --large: auto | cpu | cuda | mps")
+    p.add_argument("--batch-size", type=int, default=32, help="with --large: sequences of 128 tokens per step")
     args = p.parse_args(argv)
     r = 2 if args.quick else 5
     if not args.glibc_default:
@@ -179,6 +227,14 @@ def main(argv=None):
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads"
           + (", glibc's default malloc settings" if args.glibc_default else ", freed memory kept (train.keep_freed_memory)"))
+    if args.large:
+        device = pick_device(args.device)
+        name = torch.cuda.get_device_name() if device == "cuda" else device
+        print(f"\n7. d=768, 12 layers, 1M-slot memory (4 heads x top-32) in block 6, {args.batch_size} x 128 tokens, on {name}")
+        tok_s, gflops, mfu, gbs = large_model(device, r, args.batch_size)
+        print(f"   {tok_s:,.0f} tokens/s, {gflops:,.0f} GFLOP/s, MFU {mfu:.0%} of the measured "
+              f"{'bf16' if device == 'cuda' else 'float32'} matmul peak | value gather {gbs:,.0f} GB/s")
+        return
     peak = matmul_peak(r)
     print(f"\n1. float32 matmul 1024^3: {peak:.1f} GFLOP/s")
 
