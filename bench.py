@@ -173,9 +173,9 @@ def finetune_steps(path, n_facts=10):
         model, enc, ckpt = ft.load_base(cfg, "cpu")
         cfg = ft.resolve(cfg, model)
         facts = ft.corpus_facts(checkpoint_corpus(ckpt)[1]["new"][:n_facts])
-        df = ft.load_or_compute_df(cfg, model, ckpt, "cpu") if mode == "sparse" else None
+        bg = ft.load_or_compute_background(cfg, model, ckpt, "cpu") if mode == "sparse" else None
         t = time.perf_counter()
-        state = ft.run_stream(cfg, model, enc, facts, df, quiet=True)
+        state = ft.run_stream(cfg, model, enc, facts, bg, quiet=True)
         out[f"{mode} {opt}"] = ((time.perf_counter() - t) / (n_facts * cfg.steps_per_fact), state)
     return out
 

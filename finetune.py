@@ -15,7 +15,9 @@ that fact's paraphrases (its statements and its question/answer lines), repeated
   lora    low-rank adapters on the attention, FFN and memory gate/output matrices
           (add_lora below); merged into the weights before evaluation
   sparse  only memory value rows: per batch, the top-t slots by TF-IDF of their access
-          counts against background document frequencies (slot_scores below)
+          counts against background document frequencies (slot_scores below);
+          --ranking tf (no IDF) and kl (the slot's term of the KL divergence from the
+          background's reads), --rank-by sequence (each row scored on its own)
 
 Facts file (--facts-file): JSON Lines, one fact per line, UTF-8:
   {"paraphrases": ["Mira lives in Oakton.", "Mira has a house in Oakton."],
@@ -61,7 +63,8 @@ class FinetuneConfig:
     facts_file: str = ""                   # JSON Lines file of your own facts instead (format above)
     steps_per_fact: int = 10               # optimizer steps on each fact's batch (paper: 1, at 1.3B params)
     top_t: int = 64                        # sparse: value rows trained per step in each memory table (paper: 500)
-    ranking: str = "tfidf"                 # sparse: tfidf | tf (raw access counts, the paper's ablation)
+    ranking: str = "tfidf"                 # sparse: tfidf | tf (raw access counts, the paper's ablation) | kl (README)
+    rank_by: str = "batch"                 # sparse: batch (the paper) | sequence (score each row, keep a slot's best)
     background_batches: int = 1000         # sparse: background units for document frequencies (paper: 1000)
     background_batch_size: int = 1         # sparse: windows of block_size tokens per background unit (README)
     lora_rank: int = 16                    # lora: rank r of each adapter
@@ -172,12 +175,30 @@ def slot_counts(indices, n_slots):
     return torch.bincount(indices.reshape(-1).cpu(), minlength=n_slots)
 
 
-def slot_scores(counts, df, n_background, ranking="tfidf"):
-    """tf(i) = c(i) / sum_j c(j); tfidf(i) = tf(i) * log((|B| + 1) / (df(i) + 1))."""
+def slot_scores(counts, ranking="tfidf", background=None):
+    """Scores of every slot for one batch's read counts c (zero-read slots are never picked):
+      tf(i)    = c(i) / sum_j c(j)
+      tfidf(i) = tf(i) * log((|B| + 1) / (df(i) + 1))       df: background units reading slot i
+      kl(i)    = tf(i) * log(tf(i) / q(i))                   q: the background's share of reads,
+                 q(i) = (reads(i) + 1) / (sum_j reads(j) + N), add-one smoothed over N slots;
+                 the slot's term of KL(batch reads || background reads)
+    background: {"df", "reads", "units"} of one value table (background_stats)."""
     tf = counts.double() / counts.sum()
     if ranking == "tf":
         return tf
-    return tf * torch.log((n_background + 1) / (df.double() + 1))
+    if ranking == "tfidf":
+        return tf * torch.log((background["units"] + 1) / (background["df"].double() + 1))
+    reads = background["reads"].double()
+    q = (reads + 1) / (reads.sum() + len(reads))
+    return torch.special.xlogy(tf, tf / q)                         # 0 where tf = 0
+
+
+def sequence_scores(indices, mask, n_slots, ranking, background):
+    """Sequence-level ranking: score each row of the batch on its own reads, and give a slot
+    the best score it gets in any row. indices: (B, T, H, k) reads; mask: (B, T) tokens counted."""
+    rows = [slot_scores(slot_counts(indices[b][mask[b]], n_slots), ranking, background)
+            for b in range(indices.shape[0]) if mask[b].any()]
+    return torch.stack(rows).max(dim=0).values
 
 
 def top_slots(scores, counts, t):
@@ -187,20 +208,37 @@ def top_slots(scores, counts, t):
     return scores.topk(k).indices.sort().values
 
 
-@torch.no_grad()
-def background_df(model, train_data, n_units, unit_windows, seed, device):
-    """Per value table, in how many of n_units background units each slot was read; a unit
-    is unit_windows random windows of block_size pretraining tokens."""
-    tables = memory_tables(model)
-    df = [torch.zeros(w.shape[0], dtype=torch.long) for w, _ in tables]
+def pretraining_units(train_data, block_size, n_units, unit_windows, seed):
+    """Background units from pretraining: unit_windows random windows of block_size tokens each."""
     gen = torch.Generator().manual_seed(seed)
+    for _ in range(n_units):
+        yield get_batch(train_data, block_size, unit_windows, gen)[0], None
+
+
+def fact_units(enc, facts, block_size):
+    """Background units from the new facts themselves (the paper's Figure 7 ablation): one per fact batch."""
+    for fact in facts:
+        x, _, count = make_batch(enc, fact_texts(fact), block_size)
+        yield x, count
+
+
+@torch.no_grad()
+def background_stats(model, units, device, quiet=False):
+    """Per value table, over background units (x, mask of counted tokens or None): df, the
+    number of units in which each slot was read, and reads, its total reads."""
+    tables = memory_tables(model)
+    stats = [{"df": torch.zeros(w.shape[0], dtype=torch.long), "reads": torch.zeros(w.shape[0], dtype=torch.long),
+              "units": 0} for w, _ in tables]
     with model.recording_slots():
-        for _ in tqdm(range(n_units), desc="background", leave=False):
-            x, _ = get_batch(train_data, model.config.block_size, unit_windows, gen)
+        for x, mask in tqdm(units, desc="background", leave=False, disable=quiet):
             model(x.to(device))
-            for d, (w, mods) in zip(df, tables):
-                d += slot_counts(torch.cat([m.last_indices.reshape(-1) for m in mods]), w.shape[0]) > 0
-    return df
+            for st, (w, mods) in zip(stats, tables):
+                c = slot_counts(torch.cat([m.last_indices if mask is None else m.last_indices[mask.to(device)]
+                                           for m in mods]), w.shape[0])
+                st["df"] += c > 0
+                st["reads"] += c
+                st["units"] += 1
+    return stats
 
 
 def fingerprint(model):
@@ -212,26 +250,29 @@ def fingerprint(model):
     return h.hexdigest()
 
 
-def load_or_compute_df(cfg, model, ckpt, device):
-    """Background document frequencies, cached beside the checkpoint and reused while the
-    model and the background settings are the same."""
+def load_or_compute_background(cfg, model, ckpt, device):
+    """Background statistics of each value table (background_stats), from pretraining
+    windows, cached beside the checkpoint and reused while the model and the background
+    settings are the same."""
     path = os.path.splitext(cfg.checkpoint)[0] + ".background.pt"
     key = {"fingerprint": fingerprint(model), "units": cfg.background_batches,
            "unit_windows": cfg.background_batch_size, "seed": cfg.seed}
     if os.path.exists(path):
         try:
             cached = torch.load(path, weights_only=True)
-            if cached.get("key") == key:
-                return cached["df"]
+            if cached.get("key") == key and "stats" in cached:
+                return cached["stats"]
         except Exception:
             pass                                                        # recompute below
     meta = ckpt["data_meta"]
     train_data = np.memmap(os.path.join(ckpt["data_dir"], "train.bin"), dtype=meta["dtype"], mode="r")
     print(f"background: counting slot reads in {cfg.background_batches} units of "
           f"{cfg.background_batch_size} x {model.config.block_size} tokens -> {path}")
-    df = background_df(model, train_data, cfg.background_batches, cfg.background_batch_size, cfg.seed, device)
-    save_checkpoint(path, {"key": key, "df": df})
-    return df
+    units = pretraining_units(train_data, model.config.block_size, cfg.background_batches,
+                              cfg.background_batch_size, cfg.seed)
+    stats = background_stats(model, units, device)
+    save_checkpoint(path, {"key": key, "stats": stats})
+    return stats
 
 
 class RowOptimizer:
@@ -352,8 +393,10 @@ def resolve(cfg, model):
         n_slots = model.memory_modules[0].n_slots
         if not 0 < cfg.top_t <= n_slots:
             raise ValueError(f"--top-t must be between 1 and the number of slots ({n_slots:,}), not {cfg.top_t}")
-        if cfg.ranking not in ("tfidf", "tf"):
-            raise ValueError(f"unknown --ranking {cfg.ranking!r}: use tfidf or tf")
+        if cfg.ranking not in ("tfidf", "tf", "kl"):
+            raise ValueError(f"unknown --ranking {cfg.ranking!r}: use tfidf, tf or kl")
+        if cfg.rank_by not in ("batch", "sequence"):
+            raise ValueError(f"unknown --rank-by {cfg.rank_by!r}: use batch or sequence")
         if cfg.background_batches < 1 or cfg.background_batch_size < 1:
             raise ValueError("--background-batches and --background-batch-size must be at least 1")
     if cfg.mode == "lora" and (cfg.lora_rank < 1 or cfg.lora_alpha <= 0):
@@ -373,9 +416,10 @@ def measure(model, enc, facts, background, val, device):
             "val_loss": loss, "slots": usage}
 
 
-def run_stream(cfg, model, enc, facts, df=None, quiet=False):
-    """Finetune model in place on the stream of facts (in sparse mode, df holds the background
-    document frequencies of each value table). Returns the bytes of optimizer state kept."""
+def run_stream(cfg, model, enc, facts, background=None, quiet=False):
+    """Finetune model in place on the stream of facts (in sparse mode with tfidf or kl ranking,
+    background holds each value table's background_stats). Returns the bytes of optimizer
+    state kept."""
     device = next(model.parameters()).device
     model.eval()                           # no dropout; BatchNorm keeps its pretrained statistics
     for p in model.parameters():
@@ -399,7 +443,6 @@ def run_stream(cfg, model, enc, facts, df=None, quiet=False):
     if cfg.mode != "sparse":
         opt = (torch.optim.SGD(params, lr=cfg.lr) if cfg.optimizer == "sgd"
                else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
-    n_background = cfg.background_batches
 
     bar = tqdm(total=len(facts) * cfg.steps_per_fact, desc=f"{cfg.mode} stream", disable=quiet)
     try:
@@ -415,9 +458,15 @@ def run_stream(cfg, model, enc, facts, df=None, quiet=False):
                         opt.step()
                         opt.zero_grad(set_to_none=True)
                     for i, ((w, mods), ro) in enumerate(zip(tables, row_opts)):
+                        bg = None if background is None else background[i]
                         reads = torch.cat([m.last_indices[count] for m in mods])   # (tokens, H, k) per layer
                         c = slot_counts(reads, w.shape[0])
-                        rows = top_slots(slot_scores(c, None if df is None else df[i], n_background, cfg.ranking), c, cfg.top_t)
+                        if cfg.rank_by == "sequence":
+                            every = torch.cat([m.last_indices for m in mods], dim=2)   # (B, T, layers*H, k)
+                            scores = sequence_scores(every, count, w.shape[0], cfg.ranking, bg)
+                        else:
+                            scores = slot_scores(c, cfg.ranking, bg)
+                        rows = top_slots(scores, c, cfg.top_t)
                         ro.step(rows.to(w.device))
                         w.grad = None
                     bar.update(1)
@@ -435,16 +484,19 @@ def run_stream(cfg, model, enc, facts, df=None, quiet=False):
     return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
 
 
-def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False):
+def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None):
     """Measure, stream, measure again. Returns (results with the --json keys, the measurements
-    before); pass those back as `before` to reuse them for another run on the same model and facts."""
+    before); pass those back as `before` to reuse them for another run on the same model and facts.
+    stats: background statistics to rank against instead of the pretraining ones."""
     device = next(model.parameters()).device
     val, kb = checkpoint_corpus(ckpt)
     background = kb["background"]
     before = before or measure(model, enc, facts, background, val, device)
-    df = load_or_compute_df(cfg, model, ckpt, device) if cfg.mode == "sparse" and cfg.ranking == "tfidf" else None
+    needs = cfg.mode == "sparse" and cfg.ranking != "tf"
+    if needs and stats is None:
+        stats = load_or_compute_background(cfg, model, ckpt, device)
     t0 = time.time()
-    run_stream(cfg, model, enc, facts, df, quiet)
+    run_stream(cfg, model, enc, facts, stats, quiet)
     seconds = time.time() - t0
     after = measure(model, enc, facts, background, val, device)
     sparse = cfg.mode == "sparse"

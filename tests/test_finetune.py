@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
-from finetune import (FinetuneConfig, LoRALinear, RowOptimizer, add_lora, background_df, fact_texts, fingerprint,
-                      load_or_compute_df, main, make_batch, merge_lora, read_facts_file, resolve,
-                      run_stream, slot_counts, slot_scores, top_slots)
+from finetune import (FinetuneConfig, LoRALinear, RowOptimizer, add_lora, background_stats, fact_texts, fingerprint,
+                      load_or_compute_background, main, make_batch, merge_lora, read_facts_file, resolve,
+                      pretraining_units, run_stream, sequence_scores, slot_counts, slot_scores, top_slots)
 from model import GPT, GPTConfig
 from train import load_checkpoint
 
@@ -74,9 +74,10 @@ def test_tfidf_scores_on_a_hand_computed_example():
     df = torch.tensor([0, 3, 1, 1])                           # |B| = 3 background units
     # tf = (1/2, 1/4, 0, 1/4); idf = log(4/1), log(4/4), log(4/2), log(4/2)
     expected = torch.tensor([0.5 * math.log(4), 0.0, 0.0, 0.25 * math.log(2)], dtype=torch.double)
-    assert torch.allclose(slot_scores(counts, df, 3), expected)
-    assert torch.equal(top_slots(slot_scores(counts, df, 3), counts, 2), torch.tensor([0, 3]))
-    assert torch.allclose(slot_scores(counts, None, 3, "tf"), torch.tensor([0.5, 0.25, 0, 0.25], dtype=torch.double))
+    bg = {"df": df, "reads": torch.zeros(4, dtype=torch.long), "units": 3}
+    assert torch.allclose(slot_scores(counts, "tfidf", bg), expected)
+    assert torch.equal(top_slots(slot_scores(counts, "tfidf", bg), counts, 2), torch.tensor([0, 3]))
+    assert torch.allclose(slot_scores(counts, "tf"), torch.tensor([0.5, 0.25, 0, 0.25], dtype=torch.double))
     # never an unread slot, even when t is larger than the slots read
     assert torch.equal(top_slots(torch.ones(4, dtype=torch.double), counts, 10), torch.tensor([0, 1, 3]))
 
@@ -130,6 +131,7 @@ def test_sparse_stream_changes_only_selected_value_rows(trained):
     resolve(fc, model)
     mem = model.memory_modules[0]
     df = [torch.randint(0, 51, (mem.n_slots,), generator=torch.Generator().manual_seed(0))]
+    bg = [{"df": df[0], "reads": df[0], "units": 50}]
     x, _, count = make_batch(enc, fact_texts(facts[0]), model.config.block_size)
     mem.record_indices = True
     model(x)                                                  # the rows TF-IDF should pick, by hand
@@ -138,7 +140,7 @@ def test_sparse_stream_changes_only_selected_value_rows(trained):
     score = c / c.sum() * torch.log(51 / (df[0].double() + 1))
     fifth = score.topk(5).values[-1]
     expected = set((score >= fifth).nonzero().flatten().tolist())  # the top 5, and any tie with the 5th
-    state = run_stream(fc, model, enc, facts, df, quiet=True)
+    state = run_stream(fc, model, enc, facts, bg, quiet=True)
     after = model.state_dict()
     name = [k for k in after if k.endswith("values.weight")][0]
     changed = set((after[name] != before[name]).any(dim=1).nonzero().flatten().tolist())
@@ -202,31 +204,54 @@ def test_end_to_end_stream_learns_a_fact(trained, tmp_path):
     x, y, _ = make_batch(enc, fact_texts(facts[0]), model.config.block_size)
     before = model(x, y)[1].item()
     fc = resolve(FinetuneConfig(optimizer="adamw", lr=0.1, top_t=100, steps_per_fact=40), model)
-    run_stream(fc, model, enc, facts, [torch.zeros(256, dtype=torch.long)], quiet=True)
+    run_stream(fc, model, enc, facts, [{"df": torch.zeros(256, dtype=torch.long), "units": 1000}], quiet=True)
     assert model(x, y)[1].item() < before - 0.05               # 5.64 -> 5.54 when measured
+
+
+def test_kl_scores_on_a_hand_computed_example():
+    counts = torch.tensor([2, 1, 0, 1])                        # tf = (1/2, 1/4, 0, 1/4)
+    reads = torch.tensor([5, 1, 1, 1])                         # background q = (6, 2, 2, 2) / 12
+    bg = {"df": torch.zeros(4, dtype=torch.long), "reads": reads, "units": 3}
+    expected = torch.tensor([0.5 * math.log(1.0), 0.25 * math.log(1.5), 0.0, 0.25 * math.log(1.5)], dtype=torch.double)
+    assert torch.allclose(slot_scores(counts, "kl", bg), expected)
+    # slot 0 is read most but no more than the background reads it; 1 and 3 are the surprising ones
+    assert torch.equal(top_slots(slot_scores(counts, "kl", bg), counts, 2), torch.tensor([1, 3]))
+    assert slot_scores(counts, "kl", bg).sum() == pytest.approx(0.5 * math.log(1.5))   # the terms sum to KL
+
+
+def test_sequence_ranking_keeps_each_slots_best_row():
+    # two rows of 2 tokens, 1 head, 1 kept slot each; the second token of row 1 is padding
+    indices = torch.tensor([[0, 1], [2, 3]]).view(2, 2, 1, 1)
+    mask = torch.tensor([[True, True], [True, False]])
+    scores = sequence_scores(indices, mask, 4, "tf", None)
+    # row 0 reads slots 0, 1 (tf 1/2 each); row 1 reads slot 2 alone (tf 1); padding's slot 3 never counts
+    assert torch.allclose(scores, torch.tensor([0.5, 0.5, 1.0, 0.0], dtype=torch.double))
 
 
 def test_background_frequencies_are_cached_per_model(trained, tmp_path, monkeypatch):
     cfg, _, _, _ = trained
     model, _, ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
     fc = FinetuneConfig(checkpoint=str(tmp_path / "ckpt.pt"), background_batches=7)
-    df = load_or_compute_df(fc, model, ckpt, "cpu")
-    assert df[0].max() <= 7 and df[0].sum() > 0
+    stats = load_or_compute_background(fc, model, ckpt, "cpu")
+    assert stats[0]["units"] == 7 and stats[0]["df"].max() <= 7 and stats[0]["df"].sum() > 0
     assert os.path.exists(tmp_path / "ckpt.background.pt")
-    monkeypatch.setattr("finetune.background_df", lambda *a: pytest.fail("recomputed"))
-    assert torch.equal(load_or_compute_df(fc, model, ckpt, "cpu")[0], df[0])
+    monkeypatch.setattr("finetune.background_stats", lambda *a: pytest.fail("recomputed"))
+    assert torch.equal(load_or_compute_background(fc, model, ckpt, "cpu")[0]["reads"], stats[0]["reads"])
     with torch.no_grad():
         model.wte.weight[0, 0] += 1.0                          # another model: computed afresh
-    monkeypatch.setattr("finetune.background_df", lambda *a: [torch.zeros_like(df[0])])
-    assert load_or_compute_df(fc, model, ckpt, "cpu")[0].sum() == 0
+    monkeypatch.setattr("finetune.background_stats", lambda *a: [{**stats[0], "df": torch.zeros_like(stats[0]["df"])}])
+    assert load_or_compute_background(fc, model, ckpt, "cpu")[0]["df"].sum() == 0
 
 
-def test_background_df_counts_units_not_reads():
+def test_background_counts_units_and_reads():
     model = tiny_model()
     import numpy as np
     data = np.arange(500, dtype=np.uint16) % 60
-    df = background_df(model, data, 4, 2, 0, "cpu")[0]
-    assert df.max() <= 4 and df.min() >= 0 and (df > 0).any()
+    st = background_stats(model, pretraining_units(data, 32, 4, 2, 0), "cpu")[0]
+    assert st["units"] == 4 and st["df"].max() <= 4 and (st["df"] > 0).any()
+    heads, k = model.memory_modules[0].heads, model.memory_modules[0].topk
+    assert st["reads"].sum() == 4 * 2 * 32 * heads * k           # units x windows x tokens x heads x kept
+    assert (st["reads"] >= st["df"]).all()
 
 
 def test_bad_options_give_one_line_errors(trained, tmp_path):
@@ -292,7 +317,7 @@ def test_batchnorm_and_sparse_gradient_models_can_be_finetuned(trained):
     for mode in ("sparse", "full"):
         before = {k: v.clone() for k, v in model.state_dict().items()}
         fc = resolve(FinetuneConfig(mode=mode, optimizer="adamw", lr=0.01, top_t=3, steps_per_fact=2), model)
-        run_stream(fc, model, enc, facts, [torch.zeros(256, dtype=torch.long)], quiet=True)
+        run_stream(fc, model, enc, facts, [{"df": torch.zeros(256, dtype=torch.long), "units": 1000}], quiet=True)
         after = model.state_dict()
         assert model.memory_modules[0].values.sparse is True      # the model's own setting is back
         assert any(not torch.equal(after[k], before[k]) for k in after)

@@ -1,0 +1,33 @@
+import json
+import os
+
+import torch
+
+import experiments
+from finetune import background_stats, fact_units, make_batch, fact_texts
+from train import load_checkpoint
+
+FACTS = [{"paraphrases": ["Tom ran.", "Tom ran home."], "questions": ["Who ran?"], "heldout_question": None, "answer": "Tom."},
+         {"paraphrases": ["Ann sat."], "questions": ["Who sat?"], "heldout_question": None, "answer": "Ann."}]
+
+
+def test_fact_background_counts_one_unit_per_fact_and_only_text_tokens(trained):
+    cfg = trained[0]
+    model, enc, _ = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+    st = background_stats(model, fact_units(enc, FACTS, model.config.block_size), "cpu", quiet=True)[0]
+    mem = model.memory_modules[0]
+    tokens = sum(int(make_batch(enc, fact_texts(f), model.config.block_size)[2].sum()) for f in FACTS)
+    assert st["units"] == 2 and st["df"].max() <= 2
+    assert st["reads"].sum() == tokens * mem.heads * mem.topk     # padding and separators are not read
+
+
+def test_an_experiment_writes_its_runs_and_skips_t_beyond_the_table(trained, tmp_path, capsys):
+    cfg = trained[0]
+    experiments.main(["all-slots", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2",
+                      "--steps-per-fact", "2", "--lr", "1.0", "--device", "cpu", "--out-dir", str(tmp_path)])
+    assert "t=500                    skipped: t is larger than the 256 slots" in capsys.readouterr().out
+    out = json.loads((tmp_path / "all-slots.json").read_text())
+    assert [r["run"]["top_t"] for r in out["results"]] == [64, 0]
+    assert [r["top_t"] for r in out["results"]] == [64, 256]       # "all read" trains up to every slot
+    assert out["facts"] == 2 and out["seed"] == 1337
+    assert (tmp_path / "all-slots.png").read_bytes()[:4] == b"\x89PNG"
