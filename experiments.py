@@ -2,16 +2,21 @@
 The paper's experiments at small scale, each one command that prints a table and writes
 out/experiments/<name>.json (every number) and <name>.png (the figure).
 
+    python experiments.py pareto        # learning-rate sweep of full, LoRA and sparse (paper Figure 5)
     python experiments.py topt          # top-t sweep, TF-IDF vs TF vs KL ranking (paper Figure 6)
-    python experiments.py sequence      # batch-level vs sequence-level ranking over the same t's
+    python experiments.py optimizer     # SGD vs AdamW for sparse, full and LoRA
     python experiments.py background    # IDF from pretraining text vs from the new facts (Figure 7)
     python experiments.py all-slots     # train every slot the batch read vs the top-t
+    python experiments.py curves        # learned and forgotten after every 10 facts, per method
+    python experiments.py slots         # which slots a fact selects, and which tokens read them
+    python experiments.py sequence      # batch-level vs sequence-level ranking over the same t's
     python experiments.py topt --facts 1000 --steps-per-fact 1   # the paper-sized stream
 
 Every run starts from the same pretrained checkpoint (out/ckpt.pt; made first if missing),
-streams the same facts with sparse SGD at the README's learning rate, and is scored like
-finetune.py: learned = exact-match accuracy on the taught facts' questions; forgotten = the
-relative drop in background-fact accuracy; val loss before and after.
+streams the same facts, and is scored like finetune.py: learned = exact-match accuracy on
+the taught facts' questions; forgotten = the relative drop in background-fact accuracy;
+val loss before and after. Unless a run says otherwise it is sparse SGD at finetune.py's
+default learning rate and t.
 """
 
 import argparse
@@ -20,58 +25,229 @@ import os
 import sys
 import time
 
+import torch
+
 import finetune as ft
+from evaluate import qa_accuracy, qa_items, qa_pair
 from train import keep_freed_memory, pick_device
 
 T_SWEEP = (25, 50, 100, 200, 500, 1000)
+LRS = {"full": (3e-6, 1e-5, 3e-5, 1e-4), "lora": (3e-5, 1e-4, 3e-4, 1e-3), "sparse": (10, 20, 50, 100, 200)}
 
 
-def runs_topt():
-    return [{"ranking": r, "top_t": t} for r in ("tfidf", "tf", "kl") for t in T_SWEEP]
+# Each sweep: (its runs, the field that names a line in the figure, the field that labels a point).
+# A run overrides FinetuneConfig fields; "background": "facts" takes IDF from the new facts;
+# "top_t": 0 trains every slot the batch read.
+SWEEPS = {
+    "pareto": (lambda: [{"mode": m, "lr": lr} for m in ("full", "lora", "sparse") for lr in LRS[m]], "mode", "lr"),
+    "topt": (lambda: [{"ranking": r, "top_t": t} for r in ("tfidf", "tf", "kl") for t in T_SWEEP], "ranking", "top_t"),
+    "optimizer": (lambda: [{"mode": m, "optimizer": o, "lr": lr} for m, o, lrs in (
+        ("sparse", "sgd", (20, 50, 100)), ("sparse", "adamw", (0.01, 0.03, 0.1)),
+        ("full", "sgd", (1e-3, 1e-2)), ("full", "adamw", (1e-5, 3e-5)),
+        ("lora", "sgd", (1e-2, 1e-1)), ("lora", "adamw", (1e-4, 3e-4))) for lr in lrs], "method", "lr"),
+    "background": (lambda: [{"top_t": t, "background": b} for b in ("pretraining", "facts") for t in (64, 500)],
+                   "background", "top_t"),
+    "all-slots": (lambda: [{"top_t": t} for t in (64, 500, 0)], None, "top_t"),
+    "sequence": (lambda: [{"rank_by": b, "top_t": t} for b in ("batch", "sequence") for t in T_SWEEP], "rank_by", "top_t"),
+}
 
 
-def runs_sequence():
-    return [{"rank_by": b, "top_t": t} for b in ("batch", "sequence") for t in T_SWEEP]
+def group(run, key):
+    if key == "method":
+        return f"{run['mode']} {run['optimizer']}"
+    return run.get(key, "sparse") if key else "sparse"
 
 
-def runs_background():
-    return [{"top_t": t, "background": b} for b in ("pretraining", "facts") for t in (64, 500)]
+def point(run, field):
+    v = run.get(field)
+    return "all read" if field == "top_t" and v == 0 else f"{v:g}"
 
 
-def runs_all_slots():
-    return [{"top_t": t} for t in (64, 500)] + [{"top_t": 0}]   # 0: every slot the batch read
+def line(name, r):
+    unseen = r["learned_acc_unseen_question"]
+    return (f"{name:<26} learned {r['learned_acc']:.3f}  unseen q {'-' if unseen is None else f'{unseen:.3f}'}  "
+            f"background {r['heldout_acc_before']:.3f} -> {r['heldout_acc_after']:.3f} ({r['heldout_drop']:+.1%})  "
+            f"val loss {r['val_loss_before']:.4f} -> {r['val_loss_after']:.4f}  [{r['seconds']:.0f}s]")
 
 
-EXPERIMENTS = {"topt": (runs_topt, "ranking"), "sequence": (runs_sequence, "rank_by"),
-               "background": (runs_background, "background"), "all-slots": (runs_all_slots, None)}
+def setup(args):
+    """(model, enc, ckpt, facts, base config, device) as every experiment starts."""
+    device = pick_device(args.device)
+    cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, facts=args.facts, steps_per_fact=args.steps_per_fact,
+                            lr=args.lr, device=args.device)
+    model, enc, ckpt = ft.load_base(cfg, device)
+    facts = ft.stream_facts(cfg, ckpt)
+    ft.check_lengths(enc, facts, model.config.block_size)
+    return model, enc, ckpt, facts, cfg, device
 
 
-def label(run, key):
-    t = "all read" if run["top_t"] == 0 else f"t={run['top_t']}"
-    return t if key is None else f"{run[key]} {t}"
+def sweep(args, runs, key, field):
+    """Finetune a fresh copy of the base model for each run; one result dict per run."""
+    model, enc, ckpt, facts, base_cfg, device = setup(args)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    n_slots = model.memory_modules[0].n_slots
+    results, before = [], None
+    for run in runs:
+        name = f"{group(run, key)} {field.replace('top_', '')}={point(run, field)}"
+        settings = {k: v for k, v in run.items() if k != "background"}
+        if settings.get("top_t", 0) > n_slots:
+            print(f"{name:<26} skipped: t is larger than the {n_slots} slots")
+            continue
+        if "top_t" in settings:
+            settings["top_t"] = settings["top_t"] or n_slots            # 0: every accessed slot
+        cfg = ft.resolve(ft.FinetuneConfig(**{**vars(base_cfg), **settings}), model)
+        model.load_state_dict(base)
+        stats = None
+        if run.get("background") == "facts":                            # IDF from the new facts themselves
+            stats = ft.background_stats(model, ft.fact_units(enc, facts, model.config.block_size), device, quiet=True)
+        r, before = ft.finetune(cfg, model, enc, ckpt, facts, before, quiet=True, stats=stats)
+        r["run"] = run
+        results.append(r)
+        print(line(name, r), flush=True)
+    return {"results": results}
 
 
-def plot(results, key, path, title):
-    """Learned vs forgotten, one line per value of key (points labelled by t)."""
+def curves(args, every=10):
+    """Learned-so-far and background accuracy after every `every` facts, for each method."""
+    model, enc, ckpt, facts, base_cfg, device = setup(args)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    background = qa_items(ft.checkpoint_corpus(ckpt)[1]["background"])
+    out = {}
+    for mode in ("full", "lora", "sparse"):
+        cfg = ft.resolve(ft.FinetuneConfig(**{**vars(base_cfg), "mode": mode, "lr": 0.0}), model)
+        model.load_state_dict(base)
+        points = [{"facts": 0, "learned_so_far": None, "first_facts": None,
+                   "background": qa_accuracy(model, enc, background, device)}]
+
+        def measure(n):
+            if n % every and n != len(facts):
+                return
+            seen = [qa_pair(q, f["answer"]) for f in facts[:n] for q in f["questions"]]
+            first = [qa_pair(q, f["answer"]) for f in facts[:every] for q in f["questions"]]
+            points.append({"facts": n, "learned_so_far": qa_accuracy(model, enc, seen, device),
+                           "first_facts": qa_accuracy(model, enc, first, device),
+                           "background": qa_accuracy(model, enc, background, device)})
+            p = points[-1]
+            print(f"{mode:<7} after {n:>4} facts: learned so far {p['learned_so_far']:.3f} | first {every} facts "
+                  f"{p['first_facts']:.3f} | background {p['background']:.3f}", flush=True)
+        stats = ft.load_or_compute_background(cfg, model, ckpt, device) if mode == "sparse" else None
+        ft.run_stream(cfg, model, enc, facts, stats, quiet=True, on_fact=measure)
+        out[mode] = {"lr": cfg.lr, "optimizer": cfg.optimizer, "points": points}
+    return {"curves": out, "every": every}
+
+
+def token_spans(enc, text):
+    """(start, end) character span of each token of text."""
+    spans, at = [], 0
+    for tok in enc.encode(text):
+        n = len(enc.decode([tok]))
+        spans.append((at, at + n))
+        at += n
+    return spans
+
+
+@torch.no_grad()
+def slots(args, t=ft.FinetuneConfig.top_t, show=3):
+    """For each fact: the core set (slots read by every row of its batch), how many of the
+    top-t fall in it, and which tokens read the top-t; over all facts, the share of top-t
+    reads at entity tokens (the subject's name and the answer) against their share of tokens."""
+    model, enc, ckpt, facts, base_cfg, device = setup(args)
+    entries = ft.checkpoint_corpus(ckpt)[1]["new"][:len(facts)]
+    stats = ft.load_or_compute_background(ft.resolve(base_cfg, model), model, ckpt, device)
+    mem = model.memory_modules[0]
+    per_fact, totals = [], {"entity_reads": 0, "selected_reads": 0, "entity_tokens": 0, "tokens": 0}
+    for n, (fact, entry) in enumerate(zip(facts, entries)):
+        texts = ft.fact_texts(fact)
+        x, _, count = ft.make_batch(enc, texts, model.config.block_size)
+        with model.recording_slots():
+            model(x.to(device))
+            reads = mem.last_indices.cpu()                                # (B, T, H, k)
+        c = ft.slot_counts(reads[count], mem.n_slots)
+        selected = ft.top_slots(ft.slot_scores(c, "tfidf", stats[0]), c, t)
+        is_selected = torch.zeros(mem.n_slots, dtype=torch.bool)
+        is_selected[selected] = True
+        core = set.intersection(*(set(reads[b][count[b]].flatten().tolist()) for b in range(len(texts))))
+        marked = []
+        for b, text in enumerate(texts):
+            entity = [(text.find(w), text.find(w) + len(w)) for w in (entry["subject"], entry["answer"].rstrip("."))
+                      if w in text]
+            pieces = []
+            for j, (s, e) in enumerate(token_spans(enc, text)):
+                hits = int(is_selected[reads[b, j + 1].flatten()].sum())   # +1: the leading separator
+                is_entity = any(s < ee and e > ss for ss, ee in entity)
+                totals["tokens"] += 1
+                totals["entity_tokens"] += is_entity
+                totals["selected_reads"] += hits
+                totals["entity_reads"] += hits * is_entity
+                pieces.append(f"[{text[s:e]}]{hits}" if hits else text[s:e])
+            marked.append("".join(pieces))
+        per_fact.append({"fact": texts[0], "subject": entry["subject"], "answer": entry["answer"],
+                         "slots_read": int((c > 0).sum()), "core": len(core),
+                         "top_t_in_core": len(core & set(selected.tolist())), "marked": marked})
+        if n < show:
+            f = per_fact[-1]
+            print(f"fact {n + 1}: subject {f['subject']}, answer {f['answer']}")
+            print(f"  slots read by its batch {f['slots_read']} | core set (read by every row) {f['core']} | "
+                  f"top-{t} slots in the core {f['top_t_in_core']}")
+            print("  tokens that read top-t slots, [token]count of top-t reads:")
+            for m in marked:
+                print("    " + m)
+    mean = lambda k: sum(f[k] for f in per_fact) / len(per_fact)
+    summary = {"facts": len(per_fact), "t": t, "mean_slots_read": mean("slots_read"), "mean_core": mean("core"),
+               "mean_top_t_in_core": mean("top_t_in_core"),
+               "entity_share_of_tokens": totals["entity_tokens"] / totals["tokens"],
+               "entity_share_of_top_t_reads": totals["entity_reads"] / max(totals["selected_reads"], 1)}
+    print(f"over {len(per_fact)} facts: {summary['mean_slots_read']:.0f} slots read per batch, core set "
+          f"{summary['mean_core']:.1f}, top-{t} in the core {summary['mean_top_t_in_core']:.1f}; entity tokens are "
+          f"{summary['entity_share_of_tokens']:.1%} of tokens and take {summary['entity_share_of_top_t_reads']:.1%} "
+          f"of the top-{t} slots' reads")
+    return {"summary": summary, "per_fact": per_fact}
+
+
+def plot(name, data, path, title):
     import matplotlib
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")                                              # files only, no display needed
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    groups = {}
-    for r in results:
-        groups.setdefault(r["run"].get(key, "sparse") if key else "sparse", []).append(r)
-    for name, rs in groups.items():
-        xs, ys = [r["heldout_drop"] * 100 for r in rs], [r["learned_acc"] * 100 for r in rs]
-        ax.plot(xs, ys, "o-", label=name)
-        for r, x, y in zip(rs, xs, ys):
-            ax.annotate("all" if r["run"]["top_t"] == 0 else str(r["run"]["top_t"]), (x, y),
-                        textcoords="offset points", xytext=(4, 3), fontsize=7)
-    ax.set_xlabel("forgotten: drop in background-fact accuracy (%)")
-    ax.set_ylabel("learned: new-fact accuracy (%)")
-    ax.set_title(title, fontsize=9)
-    ax.set_ylim(0, 105)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if name == "curves":
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+        for mode, c in data["curves"].items():
+            pts = c["points"]
+            axes[0].plot([p["facts"] for p in pts[1:]], [p["learned_so_far"] * 100 for p in pts[1:]], "o-", label=mode)
+            axes[1].plot([p["facts"] for p in pts], [p["background"] * 100 for p in pts], "o-", label=mode)
+        for ax, y in zip(axes, ("learned: accuracy on the facts so far (%)", "background-fact accuracy (%)")):
+            ax.set_xlabel("facts streamed")
+            ax.set_ylabel(y)
+            ax.set_ylim(0, 105)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    elif name == "slots":
+        s = data["summary"]
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        ax.bar(["all tokens", f"reads of the top-{s['t']} slots"],
+               [s["entity_share_of_tokens"] * 100, s["entity_share_of_top_t_reads"] * 100], color=["#999", "#1f77b4"])
+        ax.set_ylabel("at entity tokens: subject name or answer (%)")
+        ax.set_ylim(0, 100)
+    else:
+        _, key, field = SWEEPS[name]
+        panels = 2 if name == "pareto" else 1
+        fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), squeeze=False)
+        groups = {}
+        for r in data["results"]:
+            groups.setdefault(group(r["run"], key), []).append(r)
+        for g, rs in groups.items():
+            for i, ax in enumerate(axes[0]):
+                xs = [r["heldout_drop"] * 100 if i == 0 else (r["val_loss_after"] / r["val_loss_before"] - 1) * 100 for r in rs]
+                ys = [r["learned_acc"] * 100 for r in rs]
+                ax.plot(xs, ys, "o-", label=g)
+                for r, x, y in zip(rs, xs, ys):
+                    ax.annotate(point(r["run"], field), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        for i, ax in enumerate(axes[0]):
+            ax.set_xlabel("forgotten: drop in background-fact accuracy (%)" if i == 0 else "val loss change (%)")
+            ax.set_ylabel("learned: new-fact accuracy (%)")
+            ax.set_ylim(0, 105)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -79,54 +255,33 @@ def plot(results, key, path, title):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    p.add_argument("experiment", choices=sorted([*SWEEPS, "curves", "slots"]))
     p.add_argument("--checkpoint", default=ft.DEFAULT_CHECKPOINT, help="pretrained model (made first if it is the default and missing)")
     p.add_argument("--facts", type=int, default=50, help="new facts in the stream (50 keeps each experiment under 15 min on 2 CPU cores)")
     p.add_argument("--steps-per-fact", type=int, default=ft.FinetuneConfig.steps_per_fact, help="steps on each fact's batch")
-    p.add_argument("--lr", type=float, default=0.0, help="sparse SGD learning rate; 0 = finetune.py's default")
+    p.add_argument("--lr", type=float, default=0.0, help="learning rate where a run does not set one; 0 = finetune.py's default")
     p.add_argument("--out-dir", default=os.path.join("out", "experiments"), help="where the JSON and PNG go")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     args = p.parse_args(argv)
     keep_freed_memory()
-    make_runs, key = EXPERIMENTS[args.experiment]
     t0 = time.time()
     try:
-        device = pick_device(args.device)
-        base_cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, facts=args.facts, steps_per_fact=args.steps_per_fact,
-                                     lr=args.lr, device=args.device)
-        model, enc, ckpt = ft.load_base(base_cfg, device)
-        facts = ft.stream_facts(base_cfg, ckpt)
-        ft.check_lengths(enc, facts, model.config.block_size)
-        base = {k: v.clone() for k, v in model.state_dict().items()}
-        results, before = [], None
-        for run in make_runs():
-            settings = {k: v for k, v in run.items() if k != "background"}
-            n_slots = model.memory_modules[0].n_slots
-            if settings["top_t"] > n_slots:
-                print(f"{label(run, key):<24} skipped: t is larger than the {n_slots} slots")
-                continue
-            settings["top_t"] = settings["top_t"] or n_slots          # 0: every accessed slot
-            cfg = ft.resolve(ft.FinetuneConfig(**{**vars(base_cfg), **settings}), model)
-            model.load_state_dict(base)
-            stats = None
-            if run.get("background") == "facts":                     # IDF from the new facts themselves
-                stats = ft.background_stats(model, ft.fact_units(enc, facts, model.config.block_size), device,
-                                             quiet=True)
-            r, before = ft.finetune(cfg, model, enc, ckpt, facts, before, quiet=True, stats=stats)
-            r["run"] = run
-            results.append(r)
-            print(f"{label(run, key):<24} learned {r['learned_acc']:.3f}  unseen q {r['learned_acc_unseen_question']:.3f}  "
-                  f"background {r['heldout_acc_before']:.3f} -> {r['heldout_acc_after']:.3f} ({r['heldout_drop']:+.1%})  "
-                  f"val loss {r['val_loss_before']:.4f} -> {r['val_loss_after']:.4f}  [{r['seconds']:.0f}s]", flush=True)
+        if args.experiment == "curves":
+            data = curves(args)
+        elif args.experiment == "slots":
+            data = slots(args)
+        else:
+            runs, key, field = SWEEPS[args.experiment]
+            data = sweep(args, runs(), key, field)
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, args.experiment)
+    data = {"experiment": args.experiment, "checkpoint": args.checkpoint, "facts": args.facts,
+            "steps_per_fact": args.steps_per_fact, "seed": ft.FinetuneConfig.seed, **data, "seconds": time.time() - t0}
     with open(path + ".json", "w", encoding="utf-8") as f:
-        json.dump({"experiment": args.experiment, "checkpoint": args.checkpoint, "facts": len(facts),
-                   "steps_per_fact": args.steps_per_fact, "seed": base_cfg.seed, "results": results,
-                   "seconds": time.time() - t0}, f, indent=1)
-    plot(results, key, path + ".png", f"{args.experiment}: {len(facts)} facts x {args.steps_per_fact} steps, sparse SGD")
+        json.dump(data, f, indent=1)
+    plot(args.experiment, data, path + ".png", f"{args.experiment}: {args.facts} facts x {args.steps_per_fact} steps")
     print(f"{time.time() - t0:.0f}s | wrote {path}.json and {path}.png")
 
 

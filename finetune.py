@@ -416,10 +416,11 @@ def measure(model, enc, facts, background, val, device):
             "val_loss": loss, "slots": usage}
 
 
-def run_stream(cfg, model, enc, facts, background=None, quiet=False):
+def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=None):
     """Finetune model in place on the stream of facts (in sparse mode with tfidf or kl ranking,
-    background holds each value table's background_stats). Returns the bytes of optimizer
-    state kept."""
+    background holds each value table's background_stats). on_fact(n), if given, is called
+    after the n-th fact's last step (experiments.py measures learning curves with it).
+    Returns the bytes of optimizer state kept."""
     device = next(model.parameters()).device
     model.eval()                           # no dropout; BatchNorm keeps its pretrained statistics
     for p in model.parameters():
@@ -471,6 +472,8 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False):
                         w.grad = None
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss.item():.3f}")
+                if on_fact is not None:
+                    on_fact(n)
     finally:
         bar.close()
         for m, was in zip(model.memory_modules, sparse_grad):

@@ -25,9 +25,25 @@ def test_an_experiment_writes_its_runs_and_skips_t_beyond_the_table(trained, tmp
     cfg = trained[0]
     experiments.main(["all-slots", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2",
                       "--steps-per-fact", "2", "--lr", "1.0", "--device", "cpu", "--out-dir", str(tmp_path)])
-    assert "t=500                    skipped: t is larger than the 256 slots" in capsys.readouterr().out
+    printed = [l for l in capsys.readouterr().out.splitlines() if "skipped" in l]
+    assert len(printed) == 1 and printed[0].startswith("sparse t=500 ") and printed[0].endswith("larger than the 256 slots")
     out = json.loads((tmp_path / "all-slots.json").read_text())
     assert [r["run"]["top_t"] for r in out["results"]] == [64, 0]
     assert [r["top_t"] for r in out["results"]] == [64, 256]       # "all read" trains up to every slot
     assert out["facts"] == 2 and out["seed"] == 1337
     assert (tmp_path / "all-slots.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_slot_analysis_marks_the_tokens_that_read_selected_slots(trained, tmp_path, capsys):
+    import re
+    cfg = trained[0]
+    experiments.main(["slots", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "3",
+                      "--device", "cpu", "--out-dir", str(tmp_path)])
+    out = json.loads((tmp_path / "slots.json").read_text())
+    for f in out["per_fact"]:
+        assert 0 < f["core"] <= f["slots_read"] and f["top_t_in_core"] <= min(64, f["core"])
+        plain = [re.sub(r"\[([^\]]*)\]\d+", r"\1", m) for m in f["marked"]]
+        assert plain[0] == f["fact"]                              # the marks only annotate the text
+        assert any("]" in m for m in f["marked"])                 # some token reads a selected slot
+    s = out["summary"]
+    assert 0 < s["entity_share_of_tokens"] < 1 and 0 <= s["entity_share_of_top_t_reads"] <= 1
