@@ -10,6 +10,8 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py curves        # learned and forgotten after every 10 facts, per method
     python experiments.py slots         # which slots a fact selects, and which tokens read them
     python experiments.py sequence      # batch-level vs sequence-level ranking over the same t's
+    python experiments.py long          # sparse: a stream of 500 facts, then 500 more (--facts 1000: 1000 + 1000)
+    python experiments.py real-text     # pretrain on real TinyStories text, then full vs LoRA vs sparse
     python experiments.py topt --facts 1000 --steps-per-fact 1   # the paper-sized stream
 
 Every run starts from the same pretrained checkpoint (out/ckpt.pt; made first if missing),
@@ -25,10 +27,14 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 
 import finetune as ft
-from evaluate import qa_accuracy, qa_items, qa_pair
+from data.prepare import DataConfig, new_fact_entries, prepare
+from model import GPTConfig
+from train import TrainConfig, train
+from evaluate import checkpoint_corpus, qa_accuracy, qa_items, qa_pair
 from train import keep_freed_memory, pick_device
 
 T_SWEEP = (25, 50, 100, 200, 500, 1000)
@@ -60,7 +66,9 @@ def group(run, key):
 
 def point(run, field):
     v = run.get(field)
-    return "all read" if field == "top_t" and v == 0 else f"{v:g}"
+    if field == "top_t" and v == 0:
+        return "all read"
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
 def line(name, r):
@@ -88,7 +96,7 @@ def sweep(args, runs, key, field):
     n_slots = model.memory_modules[0].n_slots
     results, before = [], None
     for run in runs:
-        name = f"{group(run, key)} {field.replace('top_', '')}={point(run, field)}"
+        name = group(run, key) if field == key else f"{group(run, key)} {field.replace('top_', '')}={point(run, field)}"
         settings = {k: v for k, v in run.items() if k != "background"}
         if settings.get("top_t", 0) > n_slots:
             print(f"{name:<26} skipped: t is larger than the {n_slots} slots")
@@ -111,7 +119,7 @@ def curves(args, every=10):
     """Learned-so-far and background accuracy after every `every` facts, for each method."""
     model, enc, ckpt, facts, base_cfg, device = setup(args)
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    background = qa_items(ft.checkpoint_corpus(ckpt)[1]["background"])
+    background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
     out = {}
     for mode in ("full", "lora", "sparse"):
         cfg = ft.resolve(ft.FinetuneConfig(**{**vars(base_cfg), "mode": mode, "lr": 0.0}), model)
@@ -136,6 +144,67 @@ def curves(args, every=10):
     return {"curves": out, "every": every}
 
 
+def new_facts(ckpt, enc, n):
+    """The first n new-fact entries: facts.json's, continued by the corpus generator when
+    more are asked (the same prefix; data.prepare.new_fact_entries)."""
+    entries = checkpoint_corpus(ckpt)[1]["new"]
+    if n <= len(entries):
+        return entries[:n]
+    meta = ckpt["data_meta"]
+    train = np.memmap(os.path.join(ckpt["data_dir"], "train.bin"), dtype=meta["dtype"], mode="r")
+    return new_fact_entries(DataConfig(**meta["config"]), enc, set(np.unique(train).tolist()), n)
+
+
+def long_stream(args, points=5):
+    """Sparse finetuning on a stream of --facts facts, then a second stream of as many more:
+    after every fifth of each stream, accuracy on both streams' facts and the background."""
+    device = pick_device(args.device)
+    cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, steps_per_fact=args.steps_per_fact, lr=args.lr, device=args.device)
+    model, enc, ckpt = ft.load_base(cfg, device)
+    cfg = ft.resolve(cfg, model)
+    entries = new_facts(ckpt, enc, 2 * args.facts)
+    streams = [ft.corpus_facts(entries[:args.facts]), ft.corpus_facts(entries[args.facts:])]
+    for s in streams:
+        ft.check_lengths(enc, s, model.config.block_size)
+    background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
+    items = [[qa_pair(q, f["answer"]) for f in s for q in f["questions"]] for s in streams]
+    stats = ft.load_or_compute_background(cfg, model, ckpt, device)
+    trace = [{"facts": 0, "first": qa_accuracy(model, enc, items[0], device), "second": None,
+              "background": qa_accuracy(model, enc, background, device)}]
+    every = max(1, args.facts // points)
+    for k, stream in enumerate(streams):
+        def measure(n):
+            if n % every and n != len(stream):
+                return
+            p = {"facts": k * args.facts + n, "first": qa_accuracy(model, enc, items[0], device),
+                 "second": qa_accuracy(model, enc, items[1], device) if k else None,
+                 "background": qa_accuracy(model, enc, background, device)}
+            trace.append(p)
+            print(f"after {p['facts']:>5} facts: first stream {p['first']:.3f}"
+                  + ("" if p["second"] is None else f" | second stream {p['second']:.3f}")
+                  + f" | background {p['background']:.3f}", flush=True)
+        ft.run_stream(cfg, model, enc, stream, stats, quiet=True, on_fact=measure)
+    return {"lr": cfg.lr, "top_t": cfg.top_t, "stream": args.facts, "trace": trace}
+
+
+SHARED_TINYSTORIES = os.path.join("..", "shared", "data", "tinystories", "tinystories_v1_train_head_2MiB.txt")
+
+
+def real_text(args):
+    """Prepare a corpus of real TinyStories text (with the same background-fact documents),
+    pretrain the default model on it, then run full, LoRA and sparse on its new facts."""
+    data = DataConfig(source="tinystories", out_dir=os.path.join("data", "tinystories"),
+                      tinystories_file=args.tinystories_file)
+    ckpt = os.path.join("out", "tinystories", "ckpt.pt")
+    if not os.path.exists(ckpt):
+        prepare(data)
+        print(f"pretraining the default model on {data.out_dir} -> {ckpt} (about 5 min on 2 CPU cores)")
+        train(TrainConfig(data_dir=data.out_dir, out_dir=os.path.dirname(ckpt), device=args.device), GPTConfig())
+    args.checkpoint = ckpt
+    out = sweep(args, [{"mode": m} for m in ("full", "lora", "sparse")], "mode", "mode")
+    return {**out, "corpus": data.out_dir, "tinystories_file": args.tinystories_file}
+
+
 def token_spans(enc, text):
     """(start, end) character span of each token of text."""
     spans, at = [], 0
@@ -152,7 +221,7 @@ def slots(args, t=ft.FinetuneConfig.top_t, show=3):
     top-t fall in it, and which tokens read the top-t; over all facts, the share of top-t
     reads at entity tokens (the subject's name and the answer) against their share of tokens."""
     model, enc, ckpt, facts, base_cfg, device = setup(args)
-    entries = ft.checkpoint_corpus(ckpt)[1]["new"][:len(facts)]
+    entries = checkpoint_corpus(ckpt)[1]["new"][:len(facts)]
     stats = ft.load_or_compute_background(ft.resolve(base_cfg, model), model, ckpt, device)
     mem = model.memory_modules[0]
     per_fact, totals = [], {"entity_reads": 0, "selected_reads": 0, "entity_tokens": 0, "tokens": 0}
@@ -220,6 +289,19 @@ def plot(name, data, path, title):
             ax.set_ylim(0, 105)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
+    elif name == "long":
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        tr = data["trace"]
+        ax.plot([p["facts"] for p in tr], [p["first"] * 100 for p in tr], "o-", label="first stream's facts")
+        second = [p for p in tr if p["second"] is not None]
+        ax.plot([p["facts"] for p in second], [p["second"] * 100 for p in second], "o-", label="second stream's facts")
+        ax.plot([p["facts"] for p in tr], [p["background"] * 100 for p in tr], "o-", label="background facts")
+        ax.axvline(data["stream"], color="#999", lw=1)
+        ax.set_xlabel("facts streamed (sparse finetuning)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 105)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     elif name == "slots":
         s = data["summary"]
         fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -228,8 +310,8 @@ def plot(name, data, path, title):
         ax.set_ylabel("at entity tokens: subject name or answer (%)")
         ax.set_ylim(0, 100)
     else:
-        _, key, field = SWEEPS[name]
-        panels = 2 if name == "pareto" else 1
+        key, field = ("mode", "mode") if name == "real-text" else SWEEPS[name][1:]
+        panels = 2 if name in ("pareto", "real-text") else 1
         fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), squeeze=False)
         groups = {}
         for r in data["results"]:
@@ -255,14 +337,18 @@ def plot(name, data, path, title):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiment", choices=sorted([*SWEEPS, "curves", "slots"]))
+    p.add_argument("experiment", choices=sorted([*SWEEPS, "curves", "slots", "long", "real-text"]))
     p.add_argument("--checkpoint", default=ft.DEFAULT_CHECKPOINT, help="pretrained model (made first if it is the default and missing)")
-    p.add_argument("--facts", type=int, default=50, help="new facts in the stream (50 keeps each experiment under 15 min on 2 CPU cores)")
+    p.add_argument("--facts", type=int, default=0, help="new facts in the stream; 0 = 50 (long: 500 in each of its two "
+                   "streams), which keeps each experiment under 15 min on 2 CPU cores")
     p.add_argument("--steps-per-fact", type=int, default=ft.FinetuneConfig.steps_per_fact, help="steps on each fact's batch")
     p.add_argument("--lr", type=float, default=0.0, help="learning rate where a run does not set one; 0 = finetune.py's default")
     p.add_argument("--out-dir", default=os.path.join("out", "experiments"), help="where the JSON and PNG go")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--tinystories-file", default=SHARED_TINYSTORIES if os.path.exists(SHARED_TINYSTORIES) else "",
+                   help="real-text: local TinyStories text (default: the shared sample when present, else download)")
     args = p.parse_args(argv)
+    args.facts = args.facts or (500 if args.experiment == "long" else 50)
     keep_freed_memory()
     t0 = time.time()
     try:
@@ -270,6 +356,10 @@ def main(argv=None):
             data = curves(args)
         elif args.experiment == "slots":
             data = slots(args)
+        elif args.experiment == "long":
+            data = long_stream(args)
+        elif args.experiment == "real-text":
+            data = real_text(args)
         else:
             runs, key, field = SWEEPS[args.experiment]
             data = sweep(args, runs(), key, field)

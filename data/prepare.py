@@ -150,6 +150,16 @@ def fact_texts(fact):
     return fact.statements() + [fact.qa_text(i) for i in range(len(fact.questions()))]
 
 
+def new_fact_entries(cfg, enc, seen, n):
+    """The first n facts of the new-fact stream whose tokens all occur in pretraining (seen:
+    the token ids of train.bin): a token the model never saw has an untrained embedding, and
+    new entities could not be told apart by it. facts.json holds the first 1000; the same
+    call gives the same prefix and more (experiments.py long asks for 2000)."""
+    def usable(facts):
+        return all(set(enc.encode(t)) <= seen for f in facts for t in fact_texts(f))
+    return [f.to_dict() for f in world_of(cfg).new_facts(n, usable)]
+
+
 def stage_tokens(cfg):
     """Token arrays, then facts.json, then meta.json (its presence marks the stage done)."""
     meta_path = os.path.join(cfg.out_dir, "meta.json")
@@ -166,14 +176,10 @@ def stage_tokens(cfg):
         counts[split] = len(arr)
         seen = set(np.unique(arr).tolist()) if split == "train" else seen
 
-    # New facts whose tokens all occur in pretraining: a token the model never saw has an
-    # untrained embedding, and new entities could not be told apart by it.
-    def usable(facts):
-        return all(set(enc.encode(t)) <= seen for f in facts for t in fact_texts(f))
     world = world_of(cfg)
     kb = {"seed": cfg.seed, "towns": world.towns,
           "background": [f.to_dict() for f in world.background],
-          "new": [f.to_dict() for f in world.new_facts(1000, usable)]}
+          "new": new_fact_entries(cfg, enc, seen, 1000)}
     write_text(os.path.join(cfg.out_dir, "facts.json"), json.dumps(kb, indent=1))
     meta = {"tokenizer": tokenizer_path(cfg) if cfg.tokenizer == "gpt2" else os.path.basename(tokenizer_path(cfg)),
             "vocab_size": enc.n_vocab, "eot": enc.eot_token, "dtype": np.dtype(dtype).name,

@@ -47,3 +47,13 @@ def test_slot_analysis_marks_the_tokens_that_read_selected_slots(trained, tmp_pa
         assert any("]" in m for m in f["marked"])                 # some token reads a selected slot
     s = out["summary"]
     assert 0 < s["entity_share_of_tokens"] < 1 and 0 <= s["entity_share_of_top_t_reads"] <= 1
+
+
+def test_more_new_facts_continue_the_corpus_stream(trained):
+    cfg = trained[0]
+    model, enc, ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+    kb_new = json.loads(open(os.path.join(cfg.data_dir, "facts.json")).read())["new"]
+    more = experiments.new_facts(ckpt, enc, len(kb_new) + 5)
+    assert more[:len(kb_new)] == kb_new                             # the same prefix
+    old = {(f["subject"], f["relation"]) for f in kb_new}
+    assert len(more) == len(kb_new) + 5 and not any((f["subject"], f["relation"]) in old for f in more[-5:])
