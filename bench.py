@@ -20,8 +20,9 @@ Benchmarks that print figures for this machine (not tests; nothing here asserts 
    x top-32, the references' shape) in bf16 autocast: training tokens/s, MFU against the
    bf16 matmul peak measured on the same device, and the value gather's memory bandwidth
 
-Every time is the median of single calls after a warm-up call: this shared CPU's speed
-varies from minute to minute, and the median ignores the slow outliers.
+Every time in sections 1-5 and 7 is the median of single calls after a warm-up call: this
+shared CPU's speed varies from minute to minute, and the median ignores the slow outliers.
+Section 6 is the mean step of a whole 100-step stream, setup included, as a user sees it.
 """
 
 import argparse

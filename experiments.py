@@ -74,7 +74,7 @@ def point(run, field):
 def line(name, r):
     unseen = r["learned_acc_unseen_question"]
     return (f"{name:<26} learned {r['learned_acc']:.3f}  unseen q {'-' if unseen is None else f'{unseen:.3f}'}  "
-            f"background {r['heldout_acc_before']:.3f} -> {r['heldout_acc_after']:.3f} ({r['heldout_drop']:+.1%})  "
+            f"background {r['heldout_acc_before']:.3f} -> {r['heldout_acc_after']:.3f} (drop {r['heldout_drop']:.1%})  "
             f"val loss {r['val_loss_before']:.4f} -> {r['val_loss_after']:.4f}  [{r['seconds']:.0f}s]")
 
 
@@ -94,7 +94,7 @@ def sweep(args, runs, key, field):
     model, enc, ckpt, facts, base_cfg, device = setup(args)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     n_slots = model.memory_modules[0].n_slots
-    results, before = [], None
+    results, diverged, before = [], [], None
     for run in runs:
         name = group(run, key) if field == key else f"{group(run, key)} {field.replace('top_', '')}={point(run, field)}"
         settings = {k: v for k, v in run.items() if k != "background"}
@@ -108,11 +108,17 @@ def sweep(args, runs, key, field):
         stats = None
         if run.get("background") == "facts":                            # IDF from the new facts themselves
             stats = ft.background_stats(model, ft.fact_units(enc, facts, model.config.block_size), device, quiet=True)
-        r, before = ft.finetune(cfg, model, enc, ckpt, facts, before, quiet=True, stats=stats)
+        try:
+            r, before = ft.finetune(cfg, model, enc, ckpt, facts, before, quiet=True, stats=stats)
+        except ValueError as e:                                         # the loss diverged: record it, go on
+            print(f"{name:<26} diverged: {e}", flush=True)
+            diverged.append({"run": run, "error": str(e)})
+            model = ft.load_base(base_cfg, device)[0]                   # LoRA adapters may still be wrapped in
+            continue
         r["run"] = run
         results.append(r)
         print(line(name, r), flush=True)
-    return {"results": results}
+    return {"results": results, "diverged": diverged}
 
 
 def curves(args, every=10):
@@ -342,7 +348,8 @@ def main(argv=None):
     p.add_argument("--facts", type=int, default=0, help="new facts in the stream; 0 = 50 (long: 500 in each of its two "
                    "streams), which keeps each experiment under 15 min on 2 CPU cores")
     p.add_argument("--steps-per-fact", type=int, default=ft.FinetuneConfig.steps_per_fact, help="steps on each fact's batch")
-    p.add_argument("--lr", type=float, default=0.0, help="learning rate where a run does not set one; 0 = finetune.py's default")
+    p.add_argument("--lr", type=float, default=0.0, help="learning rate where a run does not set one; 0 = finetune.py's "
+                   "default (curves always uses each method's default)")
     p.add_argument("--out-dir", default=os.path.join("out", "experiments"), help="where the JSON and PNG go")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--tinystories-file", default=SHARED_TINYSTORIES if os.path.exists(SHARED_TINYSTORIES) else "",

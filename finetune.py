@@ -195,9 +195,14 @@ def slot_scores(counts, ranking="tfidf", background=None):
 
 def sequence_scores(indices, mask, n_slots, ranking, background):
     """Sequence-level ranking: score each row of the batch on its own reads, and give a slot
-    the best score it gets in any row. indices: (B, T, H, k) reads; mask: (B, T) tokens counted."""
-    rows = [slot_scores(slot_counts(indices[b][mask[b]], n_slots), ranking, background)
-            for b in range(indices.shape[0]) if mask[b].any()]
+    the best score it gets in a row that reads it (kl scores can be negative, so a row that
+    does not read a slot must not count as a 0). indices: (B, T, H, k) reads; mask: (B, T)
+    tokens counted."""
+    rows = []
+    for b in range(indices.shape[0]):
+        if mask[b].any():
+            c = slot_counts(indices[b][mask[b]], n_slots)
+            rows.append(slot_scores(c, ranking, background).masked_fill(c == 0, -math.inf))
     return torch.stack(rows).max(dim=0).values
 
 

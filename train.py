@@ -17,6 +17,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, fields
 
@@ -102,10 +103,11 @@ def setup_ddp(device_name):
 
 def save_checkpoint(path, obj):
     """Atomic: write a temporary file, fsync, rename. A kill at any moment leaves the old file intact."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")  # one per writer
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
@@ -114,7 +116,7 @@ def save_checkpoint(path, obj):
         if os.path.exists(tmp):                         # a failed write leaves no half file behind
             os.remove(tmp)
     if os.name == "posix":                              # make the rename itself survive a power cut
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -227,8 +229,6 @@ def train(cfg, mcfg, quiet=False):
     rank, world, device = setup_ddp(cfg.device)
     if cfg.batch_size % world:
         raise ValueError(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes")
-    if world > 1 and mcfg.mem_sparse_grad:
-        raise ValueError("--mem-sparse-grad is not supported with torchrun; use dense value gradients")
     quiet = quiet or rank > 0                        # one process prints, one writes checkpoints
     meta_path = os.path.join(cfg.data_dir, "meta.json")
     if not os.path.exists(meta_path):
@@ -237,8 +237,8 @@ def train(cfg, mcfg, quiet=False):
         if rank == 0:
             print("preparing the default corpus (data/prepare.py) ...")
             prepare(DataConfig())
-        if world > 1:
-            dist.barrier()                           # the others wait for it
+    if world > 1:
+        dist.barrier()                               # every process waits until the corpus is there
     meta, enc, tok_text = read_corpus_meta(cfg.data_dir)
     train_data = np.memmap(os.path.join(cfg.data_dir, "train.bin"), dtype=meta["dtype"], mode="r")
     val_data = np.memmap(os.path.join(cfg.data_dir, "val.bin"), dtype=meta["dtype"], mode="r")
@@ -256,6 +256,9 @@ def train(cfg, mcfg, quiet=False):
         check_same_corpus(ckpt, tok_text, meta, cfg.data_dir)
     else:
         model = GPT(mcfg).to(device)
+    if world > 1 and (mcfg.mem_sparse_grad or mcfg.mem_query_norm == "batchnorm"):
+        raise ValueError("torchrun needs dense value gradients and batch-independent queries: "
+                         "train without --mem-sparse-grad and --mem-query-norm batchnorm")
     opts = make_optimizers(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     start = 0

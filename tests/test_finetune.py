@@ -224,8 +224,13 @@ def test_sequence_ranking_keeps_each_slots_best_row():
     indices = torch.tensor([[0, 1], [2, 3]]).view(2, 2, 1, 1)
     mask = torch.tensor([[True, True], [True, False]])
     scores = sequence_scores(indices, mask, 4, "tf", None)
-    # row 0 reads slots 0, 1 (tf 1/2 each); row 1 reads slot 2 alone (tf 1); padding's slot 3 never counts
-    assert torch.allclose(scores, torch.tensor([0.5, 0.5, 1.0, 0.0], dtype=torch.double))
+    # row 0 reads slots 0, 1 (tf 1/2 each); row 1 reads slot 2 alone (tf 1); padding's slot 3 is never read
+    assert torch.allclose(scores, torch.tensor([0.5, 0.5, 1.0, -math.inf], dtype=torch.double))
+    # kl can be negative: a slot keeps its own row's score, not a 0 from a row that never read it
+    bg = {"reads": torch.tensor([100, 0, 0, 0]), "df": None, "units": 1}     # q = (101, 1, 1, 1) / 104
+    kl = sequence_scores(indices, mask, 4, "kl", bg)
+    assert kl[0] == pytest.approx(0.5 * math.log(0.5 / (101 / 104))) and kl[0] < 0
+    assert kl[2] == pytest.approx(math.log(104))
 
 
 def test_background_frequencies_are_cached_per_model(trained, tmp_path, monkeypatch):

@@ -34,8 +34,8 @@ def assert_same_state(a, b):
 
 def test_resume_continues_exactly(tiny_corpus, tmp_path):
     _, (_, _, whole) = tiny_run(tiny_corpus, tmp_path / "whole")
-    tiny_run(tiny_corpus, tmp_path / "halves", stop_at=10)
-    assert weights(tmp_path / "halves")["step"] == 10
+    tiny_run(tiny_corpus, tmp_path / "halves", stop_at=7)           # off the evaluation steps (10, 20)
+    assert weights(tmp_path / "halves")["step"] == 7
     _, (_, _, resumed) = tiny_run(tiny_corpus, tmp_path / "halves", resume=True)
     a, b = weights(tmp_path / "whole"), weights(tmp_path / "halves")
     assert a["step"] == b["step"] == 20
