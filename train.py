@@ -19,7 +19,7 @@ import re
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ class TrainConfig:
     dense: bool = False                  # no memory layers: the dense baseline
     device: str = "auto"                 # auto | cpu | cuda | mps
     compile: bool = False                # torch.compile the model (helps on GPU, not on CPU)
-    resume: bool = False                 # continue exactly from out_dir/ckpt.pt (weights, optimizers, data order)
+    resume: bool = False                 # continue exactly from out_dir/ckpt.pt (weights, optimizers, data order, lr recipe)
     stop_at: int = 0                     # end this run at this step with a checkpoint (the lr schedule still
                                          # runs to max_iters; go on with --resume); 0 = max_iters
 
@@ -69,6 +69,12 @@ def pick_device(name="auto"):
     if name not in ("cpu", "cuda", "mps"):
         raise SystemExit(f"error: unknown device {name!r}: use auto, cpu, cuda or mps")
     return name
+
+
+# What --resume takes from the checkpoint, whatever the command line says, so that a resumed
+# run continues exactly: the seed, batch and learning-rate recipe. --max-iters, --stop-at,
+# --eval-interval, --device, --compile and the folders still come from the command line.
+RECIPE = ("seed", "batch_size", "lr", "min_lr", "warmup_iters", "value_lr", "weight_decay", "grad_clip", "dense")
 
 
 def keep_freed_memory():
@@ -250,10 +256,13 @@ def train(cfg, mcfg, quiet=False):
     if cfg.dense:
         mcfg.memory_layers = ()
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    if cfg.resume:  # the checkpoint's own model args win over the command line's
+    if cfg.resume:  # the checkpoint's own model args and training recipe win over the command line's
         model, _, ckpt = load_checkpoint(ckpt_path, device)
         mcfg = model.config
         check_same_corpus(ckpt, tok_text, meta, cfg.data_dir)
+        cfg = replace(cfg, **{k: v for k, v in ckpt["train_config"].items() if k in RECIPE})
+        if cfg.batch_size % world:
+            raise ValueError(f"the checkpoint's batch size {cfg.batch_size} does not split evenly over {world} processes")
     else:
         model = GPT(mcfg).to(device)
     if world > 1 and (mcfg.mem_sparse_grad or mcfg.mem_query_norm == "batchnorm"):

@@ -17,8 +17,8 @@ from train import TrainConfig, load_checkpoint, save_checkpoint, train
 
 
 def tiny_run(corpus, out, **kw):
-    cfg = TrainConfig(data_dir=corpus.out_dir, out_dir=str(out), batch_size=8, max_iters=20, warmup_iters=3,
-                      eval_interval=10, lr=1e-2, device="cpu", **kw)
+    cfg = TrainConfig(**{"data_dir": corpus.out_dir, "out_dir": str(out), "batch_size": 8, "max_iters": 20,
+                         "warmup_iters": 3, "eval_interval": 10, "lr": 1e-2, "device": "cpu", **kw})
     return cfg, train(cfg, GPTConfig(**TINY_MODEL), quiet=True)
 
 
@@ -45,6 +45,14 @@ def test_resume_continues_exactly(tiny_corpus, tmp_path):
             assert all(torch.equal(sa[k], sb[k]) for k in sa)
     for k in ("train_loss", "val_loss", "fact_acc"):
         assert whole[k] == resumed[k], k
+
+
+def test_resume_takes_the_recipe_from_the_checkpoint(tiny_corpus, tmp_path):
+    _, (_, _, whole) = tiny_run(tiny_corpus, tmp_path / "whole", lr=5e-3, warmup_iters=4)
+    tiny_run(tiny_corpus, tmp_path / "halves", stop_at=7, lr=5e-3, warmup_iters=4)
+    _, (_, _, resumed) = tiny_run(tiny_corpus, tmp_path / "halves", resume=True)   # the default lr and warmup
+    assert_same_state(weights(tmp_path / "whole")["model"], weights(tmp_path / "halves")["model"])
+    assert whole["val_loss"] == resumed["val_loss"]
 
 
 def test_same_seed_same_numbers(tiny_corpus, tmp_path, trained):
