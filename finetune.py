@@ -347,34 +347,36 @@ class LoRALinear(nn.Module):
 LORA_TARGETS = ("attn.qkv", "attn.proj", "ffn.fc", "ffn.proj", "ffn.gate")
 
 
+def lora_sites(model):
+    """(parent module, attribute) of every place LORA_TARGETS names, in every block."""
+    for block in model.blocks:
+        for name in LORA_TARGETS:
+            parent_name, attr = name.split(".")
+            yield getattr(block, parent_name), attr
+
+
 def add_lora(model, rank, alpha):
     """Wrap the attention and FFN matrices of every block (in a memory block: the gate W_1
     and the output W_2, not the query, whose change would move every lookup) in adapters.
     Returns the adapter parameters; every base weight is left as it is."""
     params = []
-    for block in model.blocks:
-        for name in LORA_TARGETS:
-            parent_name, attr = name.split(".")
-            parent = getattr(block, parent_name)
-            base = getattr(parent, attr, None)
-            if isinstance(base, nn.Linear):
-                wrapped = LoRALinear(base, rank, alpha)
-                setattr(parent, attr, wrapped)
-                params += [wrapped.A, wrapped.B]
+    for parent, attr in lora_sites(model):
+        base = getattr(parent, attr, None)
+        if isinstance(base, nn.Linear):
+            wrapped = LoRALinear(base, rank, alpha)
+            setattr(parent, attr, wrapped)
+            params += [wrapped.A, wrapped.B]
     return params
 
 
 @torch.no_grad()
 def merge_lora(model):
     """Fold every adapter into its base weight and unwrap it: the plain model again."""
-    for block in model.blocks:
-        for name in LORA_TARGETS:
-            parent_name, attr = name.split(".")
-            parent = getattr(block, parent_name)
-            wrapped = getattr(parent, attr, None)
-            if isinstance(wrapped, LoRALinear):
-                wrapped.base.weight += wrapped.scale * (wrapped.B @ wrapped.A)
-                setattr(parent, attr, wrapped.base)
+    for parent, attr in lora_sites(model):
+        wrapped = getattr(parent, attr, None)
+        if isinstance(wrapped, LoRALinear):
+            wrapped.base.weight += wrapped.scale * (wrapped.B @ wrapped.A)
+            setattr(parent, attr, wrapped.base)
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,8 +1,6 @@
 import json
 import os
 
-import torch
-
 import experiments
 from finetune import background_stats, fact_units, make_batch, fact_texts
 from train import load_checkpoint
