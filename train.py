@@ -233,8 +233,6 @@ def train(cfg, mcfg, quiet=False):
         raise ValueError(f"--stop-at {cfg.stop_at} must be between 1 and --max-iters {cfg.max_iters} (0 = max_iters)")
     torch.manual_seed(cfg.seed)
     rank, world, device = setup_ddp(cfg.device)
-    if cfg.batch_size % world:
-        raise ValueError(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes")
     quiet = quiet or rank > 0                        # one process prints, one writes checkpoints
     meta_path = os.path.join(cfg.data_dir, "meta.json")
     if not os.path.exists(meta_path):
@@ -261,10 +259,10 @@ def train(cfg, mcfg, quiet=False):
         mcfg = model.config
         check_same_corpus(ckpt, tok_text, meta, cfg.data_dir)
         cfg = replace(cfg, **{k: v for k, v in ckpt["train_config"].items() if k in RECIPE})
-        if cfg.batch_size % world:
-            raise ValueError(f"the checkpoint's batch size {cfg.batch_size} does not split evenly over {world} processes")
     else:
         model = GPT(mcfg).to(device)
+    if cfg.batch_size % world:                       # a resumed run's batch size is the checkpoint's
+        raise ValueError(f"batch size {cfg.batch_size} does not split evenly over {world} processes")
     if world > 1 and (mcfg.mem_sparse_grad or mcfg.mem_query_norm == "batchnorm"):
         raise ValueError("torchrun needs dense value gradients and batch-independent queries: "
                          "train without --mem-sparse-grad and --mem-query-norm batchnorm")
