@@ -17,8 +17,10 @@ Benchmarks that print figures for this machine (not tests; nothing here asserts 
     python bench.py --large --device cuda
 
 7. instead of 1-6: a d = 768, 12-layer model with a 1M-slot memory layer in block 6 (4 heads
-   x top-32, the references' shape) in bf16 autocast: training tokens/s, MFU against the
-   bf16 matmul peak measured on the same device, and the value gather's memory bandwidth
+   x top-32, the references' shape) in bf16 autocast, with dense and with sparse value
+   gradients: training tokens/s, MFU against the bf16 matmul peak measured on the same
+   device, the step split into forward, backward and optimizers, the peak GPU memory, and
+   the value gather's memory bandwidth
 
 Every time in sections 1-5 and 7 is the median of single calls after a warm-up call: this
 shared CPU's speed varies from minute to minute, and the median ignores the slow outliers.
@@ -185,32 +187,50 @@ LARGE = dict(vocab_size=2560, n_layer=12, n_head=12, n_embd=768, memory_layers=(
              mem_heads=4, mem_topk=32)
 
 
-def large_model(device, r, batch):
-    """Section 7: (tokens/s, GFLOP/s, MFU, value gather GB/s) of the LARGE model on device."""
+def large_model(device, r, batch, sparse_grad=False, compile=False):
+    """Section 7 on one value-update variant: tokens/s, GFLOP/s, MFU (against the bf16 matmul
+    peak on CUDA, float32 elsewhere), the step split into forward, backward and optimizers (ms),
+    and the peak GPU memory (GiB)."""
     torch.manual_seed(0)
-    cfg = GPTConfig(**LARGE)
+    cfg = GPTConfig(**LARGE, mem_sparse_grad=sparse_grad)
     model = GPT(cfg).to(device)
-    opts = make_optimizers(model, TrainConfig())
-    T, bf16 = cfg.block_size, str(device).startswith("cuda")              # as train.py does
+    opts = make_optimizers(model, TrainConfig())                          # as train.py does
+    run = torch.compile(model) if compile else model
+    T, cuda = cfg.block_size, str(device).startswith("cuda")
     x = torch.randint(0, cfg.vocab_size, (batch, T), device=device)
+    def forward():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):  # as train.py does
+            return run(x, x)[1]
+    def forward_backward():
+        forward().backward()
+        model.zero_grad(set_to_none=True)
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            _, loss = model(x, x)
-        loss.backward()
+        forward().backward()
         for o in opts:
             o.step()
             o.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     dt = timeit(step, r, device)
+    fwd, fb = timeit(forward, r, device), timeit(forward_backward, r, device)
+    peak = matmul_peak(r, device, torch.bfloat16 if cuda else torch.float32, n=8192 if cuda else 1024)
     flops = batch * T * flops_per_token(model, T) / dt / 1e9
-    peak = matmul_peak(r, device, torch.bfloat16 if bf16 else torch.float32, n=4096 if bf16 else 1024)
-    # the gather alone: every token reads heads x top-k rows of the fp32 value table
-    mem, n = model.memory_modules[0], batch * T
-    idx = torch.randint(0, mem.n_slots, (n, mem.heads * mem.topk), device=device)
-    w = torch.rand(n, mem.heads * mem.topk, device=device)
+    mem_gib = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else float("nan")
+    return dict(tok_s=batch * T / dt, gflops=flops, mfu=flops / peak, forward=fwd * 1e3,
+                backward=(fb - fwd) * 1e3, optimizers=(dt - fb) * 1e3, gib=mem_gib)
+
+
+def gather_bandwidth(device, r, batch):
+    """GB/s of the value gather alone: every token reads heads x top-k rows of the fp32 table."""
+    cfg = GPTConfig(**LARGE)
+    table = torch.nn.EmbeddingBag(cfg.mem_n_keys ** 2, cfg.n_embd, mode="sum").to(device)
+    n, reads = batch * cfg.block_size, cfg.mem_heads * cfg.mem_topk
+    idx = torch.randint(0, cfg.mem_n_keys ** 2, (n, reads), device=device)
+    w = torch.rand(n, reads, device=device)
     with torch.no_grad():
-        t = timeit(lambda: mem.values(idx, per_sample_weights=w), r, device)
-    moved = idx.numel() * (mem.v_dim * 4 + 8 + 4) + n * mem.v_dim * 4      # rows, indices, weights read; output written
-    return batch * T / dt, flops, flops / peak, moved / t / 1e9
+        t = timeit(lambda: table(idx, per_sample_weights=w), 4 * r, device)
+    moved = idx.numel() * (cfg.n_embd * 4 + 8 + 4) + n * cfg.n_embd * 4  # rows, indices, weights read; output written
+    return moved / t / 1e9
 
 
 def main(argv=None):
@@ -221,6 +241,7 @@ def main(argv=None):
     p.add_argument("--large", action="store_true", help="only section 7, the d=768 12-layer 1M-slot model")
     p.add_argument("--device", default="auto", help="with --large: auto | cpu | cuda | mps")
     p.add_argument("--batch-size", type=int, default=32, help="with --large: sequences of 128 tokens per step")
+    p.add_argument("--compile", action="store_true", help="with --large: torch.compile the model")
     args = p.parse_args(argv)
     r = 2 if args.quick else 5
     if not args.glibc_default:
@@ -231,10 +252,18 @@ def main(argv=None):
     if args.large:
         device = pick_device(args.device)
         name = torch.cuda.get_device_name() if device == "cuda" else device
-        print(f"\n7. d=768, 12 layers, 1M-slot memory (4 heads x top-32) in block 6, {args.batch_size} x 128 tokens, on {name}")
-        tok_s, gflops, mfu, gbs = large_model(device, r, args.batch_size)
-        print(f"   {tok_s:,.0f} tokens/s, {gflops:,.0f} GFLOP/s, MFU {mfu:.0%} of the measured "
-              f"{'bf16' if device == 'cuda' else 'float32'} matmul peak | value gather {gbs:,.0f} GB/s")
+        print(f"\n7. d=768, 12 layers, 1M-slot memory (4 heads x top-32) in block 6, {args.batch_size} x 128 tokens, "
+              f"on {name}{', torch.compile' if args.compile else ''}")
+        peak = "bf16" if device == "cuda" else "float32"
+        for sparse in (False, True):
+            m = large_model(device, r, args.batch_size, sparse, args.compile)
+            print(f"   {'sparse value grads + SparseAdam' if sparse else 'dense value grads + Adam':<31}: "
+                  f"{m['tok_s']:>9,.0f} tokens/s, {m['gflops']:,.0f} GFLOP/s, MFU {m['mfu']:.0%} of the measured {peak} "
+                  f"matmul peak | forward {m['forward']:.1f} ms, backward {m['backward']:.1f}, optimizers "
+                  f"{m['optimizers']:.1f}" + (f" | peak GPU memory {m['gib']:.1f} GiB" if device == "cuda" else ""))
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        print(f"   value gather alone: {gather_bandwidth(device, r, args.batch_size):,.0f} GB/s")
         return
     peak = matmul_peak(r)
     print(f"\n1. float32 matmul 1024^3: {peak:.1f} GFLOP/s")

@@ -1,0 +1,79 @@
+"""The CUDA path against the CPU one. Skipped where no CUDA device is present (CI has none;
+run these on a GPU machine with `python -m pytest -q tests/test_cuda.py`)."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import TINY_MODEL
+from finetune import RowOptimizer, main as finetune_main
+from memory import ProductKeyMemory
+from model import GPTConfig
+from train import TrainConfig, load_checkpoint, train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def test_memory_layer_reads_the_same_slots_and_gives_the_same_output():
+    torch.manual_seed(0)
+    mem = ProductKeyMemory(64, n_keys=32, heads=2, topk=8, k_dim=32)
+    x = torch.randn(4, 16, 64)
+    with torch.no_grad():
+        s_cpu, i_cpu = mem.lookup(x.view(-1, 64))
+        y_cpu = mem(x)
+        mem.cuda()
+        s_gpu, i_gpu = mem.lookup(x.view(-1, 64).cuda())
+        y_gpu = mem(x.cuda())
+    assert torch.equal(i_gpu.cpu(), i_cpu)                   # the exact top-k picks the same slots
+    assert torch.allclose(s_gpu.cpu(), s_cpu, atol=1e-5)
+    assert torch.allclose(y_gpu.cpu(), y_cpu, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_rows_outside_the_selection_stay_bit_identical_on_cuda(kind):
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(10, 4, device="cuda"))
+    ref = torch.nn.Parameter(w.detach().cpu().clone())
+    opt, ref_opt = RowOptimizer(w, kind, lr=0.1, weight_decay=0.5), RowOptimizer(ref, kind, lr=0.1, weight_decay=0.5)
+    for rows in ([1, 3], [5], [1, 7], [2]):
+        before = w.detach().clone()
+        g = torch.randn(10, 4)
+        w.grad, ref.grad = g.cuda(), g.clone()
+        opt.step(torch.tensor(rows, device="cuda"))
+        ref_opt.step(torch.tensor(rows))
+        others = [r for r in range(10) if r not in rows]
+        assert torch.equal(w[others], before[others])        # bit-exact, not approximately
+        assert torch.allclose(w.detach().cpu(), ref, atol=1e-6)
+
+
+def test_bf16_training_on_cuda_tracks_float32_on_cpu(tiny_corpus, tmp_path):
+    """train.py autocasts to bf16 on CUDA: the loss curve stays near the CPU float32 one, and
+    a checkpoint written on the GPU loads on the CPU."""
+    losses = {}
+    for device in ("cpu", "cuda"):
+        cfg = TrainConfig(data_dir=tiny_corpus.out_dir, out_dir=str(tmp_path / device), batch_size=16, max_iters=40,
+                          warmup_iters=5, eval_interval=40, lr=1e-2, device=device)
+        _, _, metrics = train(cfg, GPTConfig(**TINY_MODEL), quiet=True)
+        losses[device] = metrics["val_loss"]
+    assert torch.isfinite(torch.tensor(losses["cuda"]))
+    assert abs(losses["cuda"] - losses["cpu"]) < 0.05 * losses["cpu"]
+    model, _, _ = load_checkpoint(str(tmp_path / "cuda" / "ckpt.pt"), "cpu")
+    assert next(model.parameters()).device.type == "cpu"
+
+
+def test_sparse_finetuning_on_cuda_is_repeatable_and_agrees_with_cpu(trained, tmp_path):
+    cfg = trained[0]
+    ckpt = os.path.join(cfg.out_dir, "ckpt.pt")
+    results = []
+    for i, device in enumerate(("cuda", "cuda", "cpu")):
+        out = tmp_path / f"r{i}.json"
+        finetune_main(["--checkpoint", ckpt, "--mode", "sparse", "--facts", "3", "--steps-per-fact", "5",
+                       "--top-t", "8", "--lr", "1", "--background-batches", "20", "--json", str(out),
+                       "--device", device])
+        results.append(json.loads(out.read_text()))
+    keys = [k for k in results[0] if k != "seconds"]
+    assert all(results[0][k] == results[1][k] for k in keys)          # same seed, same GPU: same numbers
+    for k in ("learned_acc", "heldout_acc_before", "heldout_acc_after"):
+        assert abs(results[0][k] - results[2][k]) <= 0.1, k           # float32 on both; sums may differ in order
