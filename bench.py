@@ -187,7 +187,7 @@ LARGE = dict(vocab_size=2560, n_layer=12, n_head=12, n_embd=768, memory_layers=(
              mem_heads=4, mem_topk=32)
 
 
-def large_model(device, r, batch, sparse_grad=False, compile=False):
+def large_model(device, r, batch, sparse_grad=False, use_compile=False):
     """Section 7 on one value-update variant: tokens/s, GFLOP/s, MFU (against the bf16 matmul
     peak on CUDA, float32 elsewhere), the step split into forward, backward and optimizers (ms),
     and the peak GPU memory (GiB)."""
@@ -195,7 +195,7 @@ def large_model(device, r, batch, sparse_grad=False, compile=False):
     cfg = GPTConfig(**LARGE, mem_sparse_grad=sparse_grad)
     model = GPT(cfg).to(device)
     opts = make_optimizers(model, TrainConfig())                          # as train.py does
-    run = torch.compile(model) if compile else model
+    run = torch.compile(model) if use_compile else model
     T, cuda = cfg.block_size, str(device).startswith("cuda")
     x = torch.randint(0, cfg.vocab_size, (batch, T), device=device)
     def forward():
