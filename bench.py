@@ -14,7 +14,7 @@ Benchmarks that print figures for this machine (not tests; nothing here asserts 
 6. one finetuning step on the pretrained default checkpoint (out/ckpt.pt): full, LoRA and
    sparse, with the optimizer state each keeps
 
-    python bench.py --large --device cuda
+    python bench.py --large --device cuda [--batch-size 128] [--compile]
 
 7. instead of 1-6: a d = 768, 12-layer model with a 1M-slot memory layer in block 6 (4 heads
    x top-32, the references' shape) in bf16 autocast, with dense and with sparse value
@@ -44,8 +44,10 @@ from train import TrainConfig, keep_freed_memory, make_optimizers, pick_device
 
 
 def sync(device):
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()                           # GPU work is asynchronous: wait for it
+    if str(device).startswith("cuda"):                     # GPU work is asynchronous: wait for it
+        torch.cuda.synchronize()
+    elif str(device) == "mps":
+        torch.mps.synchronize()
 
 
 def timeit(fn, repeats, device="cpu"):
@@ -211,6 +213,9 @@ def large_model(device, r, batch, sparse_grad=False, use_compile=False):
             o.zero_grad(set_to_none=True)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    # the split is by differences of separately measured medians (step, forward, forward +
+    # backward): the extra cost of each phase, not a trace of one step. No gradient clipping,
+    # which train.py adds (over the whole dense value gradient when value grads are dense).
     dt = timeit(step, r, device)
     fwd, fb = timeit(forward, r, device), timeit(forward_backward, r, device)
     peak = matmul_peak(r, device, torch.bfloat16 if cuda else torch.float32, n=8192 if cuda else 1024)
@@ -223,13 +228,13 @@ def large_model(device, r, batch, sparse_grad=False, use_compile=False):
 def gather_bandwidth(device, r, batch):
     """GB/s of the value gather alone: every token reads heads x top-k rows of the fp32 table."""
     cfg = GPTConfig(**LARGE)
-    table = torch.nn.EmbeddingBag(cfg.mem_n_keys ** 2, cfg.n_embd, mode="sum").to(device)
+    table = torch.nn.EmbeddingBag(cfg.mem_n_keys ** 2, cfg.mem_v_dim, mode="sum").to(device)
     n, reads = batch * cfg.block_size, cfg.mem_heads * cfg.mem_topk
     idx = torch.randint(0, cfg.mem_n_keys ** 2, (n, reads), device=device)
     w = torch.rand(n, reads, device=device)
     with torch.no_grad():
         t = timeit(lambda: table(idx, per_sample_weights=w), 4 * r, device)
-    moved = idx.numel() * (cfg.n_embd * 4 + 8 + 4) + n * cfg.n_embd * 4  # rows, indices, weights read; output written
+    moved = idx.numel() * (cfg.mem_v_dim * 4 + 8 + 4) + n * cfg.mem_v_dim * 4  # rows, indices, weights read; output written
     return moved / t / 1e9
 
 

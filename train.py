@@ -287,8 +287,8 @@ def train(cfg, mcfg, quiet=False):
               f"{tokens_per_step:,} tokens/step | {len(train_data):,} train tokens")
     if not quiet and device.startswith("cuda") and world == 1 and mem_n and not mcfg.mem_sparse_grad \
             and mcfg.mem_n_keys ** 2 >= 2 ** 20:
-        print("note: --mem-sparse-grad trains a table this large faster on a GPU (1.5x at 1M slots on an "
-              "H200: README, bench section 7)")
+        print("note: --mem-sparse-grad may train a table this large faster on a GPU (up to 1.5x at 1M x 768 "
+              "on an H200: README, bench section 7)")
     run_model = model
     if world > 1:                                    # averages gradients over the processes in backward
         run_model = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if device.startswith("cuda") else None)
@@ -342,7 +342,7 @@ def train(cfg, mcfg, quiet=False):
                 "optimizers": [o.state_dict() for o in opts], "data_rng": gen.get_state(),
                 "torch_rng": torch.get_rng_state(), "tokenizer": tok_text, "data_meta": meta,
                 "data_dir": os.path.abspath(cfg.data_dir), "train_config": vars(cfg).copy(), "metrics": metrics})
-    if dist.is_initialized():                        # joined under torchrun, one process or more
+    if dist.is_available() and dist.is_initialized():  # joined under torchrun, one process or more
         dist.destroy_process_group()
     return model, enc, metrics
 

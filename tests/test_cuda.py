@@ -3,16 +3,20 @@ run these on a GPU machine with `python -m pytest -q tests/test_cuda.py`)."""
 
 import json
 import os
+import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import TINY_MODEL
+from evaluate import validate
 from finetune import RowOptimizer, main as finetune_main
 from memory import ProductKeyMemory
 from model import GPTConfig
 from train import TrainConfig, load_checkpoint, train
 
+DEVICE = "cuda"
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
@@ -26,7 +30,7 @@ def test_memory_layer_reads_the_same_slots_and_gives_the_same_output():
         mem.cuda()
         s_gpu, i_gpu = mem.lookup(x.view(-1, 64).cuda())
         y_gpu = mem(x.cuda())
-    assert torch.equal(i_gpu.cpu(), i_cpu)                   # the exact top-k picks the same slots
+    assert torch.equal(i_gpu.sort(-1).values.cpu(), i_cpu.sort(-1).values)   # the exact top-k picks the same slots
     assert torch.allclose(s_gpu.cpu(), s_cpu, atol=1e-5)
     assert torch.allclose(y_gpu.cpu(), y_cpu, atol=1e-5)
 
@@ -49,31 +53,47 @@ def test_rows_outside_the_selection_stay_bit_identical_on_cuda(kind):
 
 
 def test_bf16_training_on_cuda_tracks_float32_on_cpu(tiny_corpus, tmp_path):
-    """train.py autocasts to bf16 on CUDA: the loss curve stays near the CPU float32 one, and
-    a checkpoint written on the GPU loads on the CPU."""
+    """train.py autocasts to bf16 on CUDA: the final val loss stays within 5% of the CPU
+    float32 one, and the checkpoint written on the GPU, loaded on the CPU, gives the same
+    val loss in float32 as the GPU measured."""
     losses = {}
-    for device in ("cpu", "cuda"):
+    for device in ("cpu", DEVICE):
         cfg = TrainConfig(data_dir=tiny_corpus.out_dir, out_dir=str(tmp_path / device), batch_size=16, max_iters=40,
                           warmup_iters=5, eval_interval=40, lr=1e-2, device=device)
         _, _, metrics = train(cfg, GPTConfig(**TINY_MODEL), quiet=True)
         losses[device] = metrics["val_loss"]
-    assert torch.isfinite(torch.tensor(losses["cuda"]))
-    assert abs(losses["cuda"] - losses["cpu"]) < 0.05 * losses["cpu"]
-    model, _, _ = load_checkpoint(str(tmp_path / "cuda" / "ckpt.pt"), "cpu")
-    assert next(model.parameters()).device.type == "cpu"
+    assert torch.isfinite(torch.tensor(losses[DEVICE]))
+    assert abs(losses[DEVICE] - losses["cpu"]) < 0.05 * losses["cpu"]
+    model, _, ckpt = load_checkpoint(str(tmp_path / DEVICE / "ckpt.pt"), "cpu")
+    val = np.memmap(os.path.join(tiny_corpus.out_dir, "val.bin"), dtype=ckpt["data_meta"]["dtype"], mode="r")
+    loss, _ = validate(model, val, model.config.block_size, "cpu")   # train.py evaluates outside autocast
+    assert abs(loss - losses[DEVICE]) < 1e-4 * losses[DEVICE]
 
 
 def test_sparse_finetuning_on_cuda_is_repeatable_and_agrees_with_cpu(trained, tmp_path):
+    """Two GPU runs and a CPU run, each from its own copy of the checkpoint (so each counts its
+    own background statistics): the GPU repeats itself exactly and trains nearly the same
+    value rows to nearly the same values as the CPU."""
     cfg = trained[0]
-    ckpt = os.path.join(cfg.out_dir, "ckpt.pt")
-    results = []
-    for i, device in enumerate(("cuda", "cuda", "cpu")):
-        out = tmp_path / f"r{i}.json"
+    tables, results = [], []
+    for i, device in enumerate((DEVICE, DEVICE, "cpu")):
+        ckpt = str(tmp_path / f"base{i}.pt")
+        shutil.copyfile(os.path.join(cfg.out_dir, "ckpt.pt"), ckpt)
+        out, js = str(tmp_path / f"tuned{i}.pt"), tmp_path / f"r{i}.json"
         finetune_main(["--checkpoint", ckpt, "--mode", "sparse", "--facts", "3", "--steps-per-fact", "5",
-                       "--top-t", "8", "--lr", "1", "--background-batches", "20", "--json", str(out),
-                       "--device", device])
-        results.append(json.loads(out.read_text()))
-    keys = [k for k in results[0] if k != "seconds"]
-    assert all(results[0][k] == results[1][k] for k in keys)          # same seed, same GPU: same numbers
-    for k in ("learned_acc", "heldout_acc_before", "heldout_acc_after"):
-        assert abs(results[0][k] - results[2][k]) <= 0.1, k           # float32 on both; sums may differ in order
+                       "--top-t", "8", "--lr", "100", "--background-batches", "20", "--json", str(js),
+                       "--out", out, "--device", device])
+        model = load_checkpoint(out, "cpu")[0]
+        tables.append(model.memory_modules[0].values.weight.detach())
+        results.append(json.loads(js.read_text()))
+    base = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), "cpu")[0].memory_modules[0].values.weight
+    changed = [set((t != base).any(dim=1).nonzero().flatten().tolist()) for t in tables]
+    assert changed[0], "the stream changed no value row"
+    assert torch.equal(tables[0], tables[1])                          # same seed, same GPU: same weights
+    assert all(results[0][k] == results[1][k] for k in results[0] if k != "seconds")
+    gpu, cpu = changed[0], changed[2]
+    assert len(gpu & cpu) >= 0.9 * len(gpu | cpu)                     # near-ties may pick a different row
+    same = sorted(gpu & cpu)
+    assert torch.allclose(tables[0][same], tables[2][same], rtol=1e-3, atol=1e-3)
+    for k in ("val_loss_before", "val_loss_after"):
+        assert abs(results[0][k] - results[2][k]) <= 1e-3 * results[2][k], k
