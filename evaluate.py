@@ -64,7 +64,8 @@ def qa_pair(question, answer):
 
 
 def qa_items(facts, which="all"):
-    """(prompt, answer) pairs from facts.json entries; which = all | first | last question."""
+    """(prompt, answer) pairs of facts with "questions" and "answer" (facts.json entries or stream
+    facts); which = all | first | last question."""
     items = []
     for f in facts:
         qs = {"all": f["questions"], "first": f["questions"][:1], "last": f["questions"][-1:]}[which]

@@ -33,9 +33,8 @@ import torch
 import finetune as ft
 from data.prepare import DataConfig, new_fact_entries, prepare
 from model import GPTConfig
-from train import TrainConfig, train
-from evaluate import checkpoint_corpus, qa_accuracy, qa_items, qa_pair
-from train import keep_freed_memory, pick_device
+from evaluate import checkpoint_corpus, qa_accuracy, qa_items
+from train import TrainConfig, keep_freed_memory, pick_device, train
 
 T_SWEEP = (25, 50, 100, 200, 500, 1000)
 LRS = {"full": (3e-6, 1e-5, 3e-5, 1e-4), "lora": (3e-5, 1e-4, 3e-4, 1e-3), "sparse": (10, 20, 50, 100, 200)}
@@ -136,8 +135,7 @@ def curves(args, every=10):
         def measure(n):
             if n % every and n != len(facts):
                 return
-            seen = [qa_pair(q, f["answer"]) for f in facts[:n] for q in f["questions"]]
-            first = [qa_pair(q, f["answer"]) for f in facts[:every] for q in f["questions"]]
+            seen, first = qa_items(facts[:n]), qa_items(facts[:every])    # the taught questions
             points.append({"facts": n, "learned_so_far": qa_accuracy(model, enc, seen, device),
                            "first_facts": qa_accuracy(model, enc, first, device),
                            "background": qa_accuracy(model, enc, background, device)})
@@ -173,7 +171,7 @@ def long_stream(args, points=5):
     for s in streams:
         ft.check_lengths(enc, s, model.config.block_size)
     background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
-    items = [[qa_pair(q, f["answer"]) for f in s for q in f["questions"]] for s in streams]
+    items = [qa_items(s) for s in streams]                            # each stream's taught questions
     stats = ft.load_or_compute_background(cfg, model, ckpt, device)
     trace = [{"facts": 0, "first": qa_accuracy(model, enc, items[0], device), "second": None,
               "background": qa_accuracy(model, enc, background, device)}]

@@ -415,7 +415,7 @@ def measure(model, enc, facts, background, val, device):
     """Every number the table reports, on the model as it is now."""
     model.eval()
     loss, usage = validate(model, val, model.config.block_size, device)
-    seen = [qa_pair(q, f["answer"]) for f in facts for q in f["questions"]]
+    seen = qa_items(facts)                                  # the questions trained on
     unseen = [qa_pair(f["heldout_question"], f["answer"]) for f in facts if f["heldout_question"]]
     return {"learned_acc": qa_accuracy(model, enc, seen, device),
             "learned_acc_unseen_question": qa_accuracy(model, enc, unseen, device) if unseen else None,
