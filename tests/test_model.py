@@ -1,7 +1,7 @@
 import torch
 
 from model import GPT, GPTConfig
-from train import load_checkpoint, save_checkpoint
+from train import save_checkpoint
 from model import config_dict
 
 
