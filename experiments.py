@@ -9,7 +9,9 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py all-slots     # train every slot the batch read vs the top-t
     python experiments.py curves        # learned and forgotten after every 10 facts, per method
     python experiments.py slots         # which slots a fact selects, and which tokens read them
+    python experiments.py forgetting    # which background answers a sparse stream breaks, and what they become
     python experiments.py sequence      # batch-level vs sequence-level ranking over the same t's
+    python experiments.py max-df        # never train slots that many background units read (beyond the paper)
     python experiments.py long          # sparse: a stream of 500 facts, then 500 more (--facts 1000: 1000 + 1000)
     python experiments.py real-text     # pretrain on real TinyStories text, then full vs LoRA vs sparse
     python experiments.py topt --facts 1000 --steps-per-fact 1   # the paper-sized stream
@@ -33,7 +35,7 @@ import torch
 import finetune as ft
 from data.prepare import DataConfig, new_fact_entries, prepare
 from model import GPTConfig
-from evaluate import checkpoint_corpus, qa_accuracy, qa_items
+from evaluate import checkpoint_corpus, qa_accuracy, qa_correct, qa_items
 from train import TrainConfig, keep_freed_memory, pick_device, train
 
 T_SWEEP = (25, 50, 100, 200, 500, 1000)
@@ -54,12 +56,15 @@ SWEEPS = {
                    "background", "top_t"),
     "all-slots": (lambda: [{"top_t": t} for t in (64, 500, 0)], None, "top_t"),
     "sequence": (lambda: [{"rank_by": b, "top_t": t} for b in ("batch", "sequence") for t in T_SWEEP], "rank_by", "top_t"),
+    "max-df": (lambda: [{"max_df": d, "lr": lr} for d in (1.0, 0.3, 0.2, 0.1) for lr in (20, 50, 100)], "max_df", "lr"),
 }
 
 
 def group(run, key):
     if key == "method":
         return f"{run['mode']} {run['optimizer']}"
+    if key == "max_df":
+        return f"max-df {run['max_df']:g}"
     return run.get(key, "sparse") if key else "sparse"
 
 
@@ -277,6 +282,47 @@ def slots(args, t=ft.FinetuneConfig.top_t, show=3):
     return {"summary": summary, "per_fact": per_fact}
 
 
+def forgetting(args):
+    """Where the forgetting goes. Before finetuning: background-fact accuracy with every memory
+    layer's output set to zero (how much of it the memory carries). Then a sparse stream at
+    finetune.py's defaults, and for each background question it breaks: does the model now give,
+    exactly, an answer the stream taught for the same relation?"""
+    model, enc, ckpt, facts, base_cfg, device = setup(args)
+    corpus = checkpoint_corpus(ckpt)[1]
+    items = qa_items(corpus["background"])
+    relation = [f["relation"] for f in corpus["background"] for _ in f["questions"]]
+    hooks = [m.register_forward_hook(lambda mod, inp, out: torch.zeros_like(out)) for m in model.memory_modules]
+    without_memory = qa_accuracy(model, enc, items, device)
+    for h in hooks:
+        h.remove()
+    before = qa_correct(model, enc, items, device)
+    cfg = ft.resolve(base_cfg, model)
+    ft.run_stream(cfg, model, enc, facts, ft.load_or_compute_background(cfg, model, ckpt, device), quiet=True)
+    after = qa_correct(model, enc, items, device)
+    taught = {}                                                        # relation -> answers the stream taught
+    for entry in corpus["new"][:len(facts)]:
+        taught.setdefault(entry["relation"], set()).add(entry["answer"])
+    per_relation = {}
+    for (prompt, _), r, b, a in zip(items, relation, before, after):
+        row = per_relation.setdefault(r, {"answered_before": 0, "broken": 0, "now_a_taught_answer": 0})
+        row["answered_before"] += b
+        if b and not a:
+            row["broken"] += 1
+            candidates = [(prompt, " " + answer) for answer in sorted(taught.get(r, ()))]
+            row["now_a_taught_answer"] += any(qa_correct(model, enc, candidates, device)) if candidates else 0
+    broken = sum(r["broken"] for r in per_relation.values())
+    attracted = sum(r["now_a_taught_answer"] for r in per_relation.values())
+    print(f"background facts {sum(before) / len(items):.3f}; with the memory output zeroed {without_memory:.3f}")
+    print(f"after {len(facts)} facts (sparse, lr {cfg.lr:g}, t = {cfg.top_t}): {sum(after) / len(items):.3f}; "
+          f"{broken} questions broken, {attracted} of them now give an answer taught for the same relation")
+    for r, row in per_relation.items():
+        print(f"  {r:<8} answered before {row['answered_before']:>4}  broken {row['broken']:>3}  "
+              f"now a taught answer {row['now_a_taught_answer']:>3}")
+    return {"lr": cfg.lr, "top_t": cfg.top_t, "background_before": sum(before) / len(items),
+            "background_after": sum(after) / len(items), "background_without_memory": without_memory,
+            "broken": broken, "now_a_taught_answer": attracted, "per_relation": per_relation}
+
+
 def plot(name, data, path, title):
     import matplotlib
     matplotlib.use("Agg")                                              # files only, no display needed
@@ -313,6 +359,14 @@ def plot(name, data, path, title):
                [s["entity_share_of_tokens"] * 100, s["entity_share_of_top_t_reads"] * 100], color=["#999", "#1f77b4"])
         ax.set_ylabel("at entity tokens: subject name or answer (%)")
         ax.set_ylim(0, 100)
+    elif name == "forgetting":
+        rel = data["per_relation"]
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        ax.bar(list(rel), [r["broken"] for r in rel.values()], color="#999", label="broken by the stream")
+        ax.bar(list(rel), [r["now_a_taught_answer"] for r in rel.values()], color="#d62728",
+               label="now an answer taught for the same relation")
+        ax.set_ylabel("background questions")
+        ax.legend(fontsize=8)
     else:
         key, field = ("mode", "mode") if name == "real-text" else SWEEPS[name][1:]
         panels = 2 if name in ("pareto", "real-text") else 1
@@ -343,7 +397,7 @@ def plot(name, data, path, title):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiment", choices=sorted([*SWEEPS, "curves", "slots", "long", "real-text"]))
+    p.add_argument("experiment", choices=sorted([*SWEEPS, "curves", "slots", "forgetting", "long", "real-text"]))
     p.add_argument("--checkpoint", default=ft.DEFAULT_CHECKPOINT, help="pretrained model (made first if it is the default and missing)")
     p.add_argument("--facts", type=int, default=0, help="new facts in the stream; 0 = 50 (long: 500 in each of its two "
                    "streams), which keeps each experiment under 15 min on 2 CPU cores")
@@ -363,6 +417,8 @@ def main(argv=None):
             data = curves(args)
         elif args.experiment == "slots":
             data = slots(args)
+        elif args.experiment == "forgetting":
+            data = forgetting(args)
         elif args.experiment == "long":
             data = long_stream(args)
         elif args.experiment == "real-text":

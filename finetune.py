@@ -17,7 +17,9 @@ that fact's paraphrases (its statements and its question/answer lines), repeated
   sparse  only memory value rows: per batch, the top-t slots by TF-IDF of their access
           counts against background document frequencies (slot_scores below);
           --ranking tf (no IDF) and kl (the slot's term of the KL divergence from the
-          background's reads), --rank-by sequence (each row scored on its own)
+          background's reads), --rank-by sequence (each row scored on its own);
+          --max-df 0.2 never trains a slot read in more than 20% of the background
+          units (beyond the paper; it forgets less at equal learning, README)
 
 Facts file (--facts-file): JSON Lines, one fact per line, UTF-8:
   {"paraphrases": ["Mira lives in Oakton.", "Mira has a house in Oakton."],
@@ -65,6 +67,7 @@ class FinetuneConfig:
     top_t: int = 64                        # sparse: value rows trained per step in each memory table (paper: 500)
     ranking: str = "tfidf"                 # sparse: tfidf | tf (raw access counts, the paper's ablation) | kl (README)
     rank_by: str = "batch"                 # sparse: batch (the paper) | sequence (score each row, keep a slot's best)
+    max_df: float = 1.0                    # sparse: train no slot read in more than this share of background units (1 = off, the paper)
     background_batches: int = 1000         # sparse: background units for document frequencies (paper: 1000)
     background_batch_size: int = 1         # sparse: windows of block_size tokens per background unit (README)
     lora_rank: int = 16                    # lora: rank r of each adapter
@@ -404,6 +407,8 @@ def resolve(cfg, model):
             raise ValueError(f"unknown --ranking {cfg.ranking!r}: use tfidf, tf or kl")
         if cfg.rank_by not in ("batch", "sequence"):
             raise ValueError(f"unknown --rank-by {cfg.rank_by!r}: use batch or sequence")
+        if not 0 < cfg.max_df <= 1:
+            raise ValueError(f"--max-df is a share of the background units: between 0 (exclusive) and 1, not {cfg.max_df}")
         if cfg.background_batches < 1 or cfg.background_batch_size < 1:
             raise ValueError("--background-batches and --background-batch-size must be at least 1")
     if cfg.mode == "lora" and (cfg.lora_rank < 1 or cfg.lora_alpha <= 0):
@@ -452,6 +457,11 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
         opt = (torch.optim.SGD(params, lr=cfg.lr) if cfg.optimizer == "sgd"
                else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
 
+    allowed = [None] * len(tables)         # --max-df: per table, the slots that may be trained at all
+    if cfg.mode == "sparse" and cfg.max_df < 1:
+        if background is None:
+            raise ValueError("--max-df needs the background statistics")
+        allowed = [(bg["df"] <= cfg.max_df * bg["units"]).long() for bg in background]
     bar = tqdm(total=len(facts) * cfg.steps_per_fact, desc=f"{cfg.mode} stream", disable=quiet)
     try:
         with model.recording_slots():
@@ -474,7 +484,7 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
                             scores = sequence_scores(every, count, w.shape[0], cfg.ranking, bg)
                         else:
                             scores = slot_scores(c, cfg.ranking, bg)
-                        rows = top_slots(scores, c, cfg.top_t)
+                        rows = top_slots(scores, c if allowed[i] is None else c * allowed[i], cfg.top_t)
                         ro.step(rows.to(w.device))
                         w.grad = None
                     bar.update(1)
@@ -502,7 +512,7 @@ def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None)
     val, kb = checkpoint_corpus(ckpt)
     background = kb["background"]
     before = before or measure(model, enc, facts, background, val, device)
-    needs = cfg.mode == "sparse" and cfg.ranking != "tf"
+    needs = cfg.mode == "sparse" and (cfg.ranking != "tf" or cfg.max_df < 1)
     if needs and stats is None:
         stats = load_or_compute_background(cfg, model, ckpt, device)
     t0 = time.time()
@@ -562,7 +572,8 @@ def main(argv=None):
         facts = stream_facts(cfg, ckpt)
         check_lengths(enc, facts, model.config.block_size)
         print(f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {len(facts)} facts, "
-              f"{cfg.steps_per_fact} step(s) each" + (f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else ""))
+              f"{cfg.steps_per_fact} step(s) each" + (f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else "")
+              + (f", none read in more than {cfg.max_df:.0%} of the background units" if cfg.mode == "sparse" and cfg.max_df < 1 else ""))
         result, _ = finetune(cfg, model, enc, ckpt, facts)
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")

@@ -55,3 +55,25 @@ def test_more_new_facts_continue_the_corpus_stream(trained):
     assert more[:len(kb_new)] == kb_new                             # the same prefix
     old = {(f["subject"], f["relation"]) for f in kb_new}
     assert len(more) == len(kb_new) + 5 and not any((f["subject"], f["relation"]) in old for f in more[-5:])
+
+
+def test_forgetting_counts_broken_answers_and_those_taught_for_the_same_relation(trained, tmp_path, monkeypatch):
+    cfg = trained[0]
+    corpus = json.loads(open(os.path.join(cfg.data_dir, "facts.json")).read())
+    items = experiments.qa_items(corpus["background"])
+    taught = corpus["new"][0]                                         # the stream's first fact
+    answers = dict(items)                                             # a stand-in model: every answer right
+    monkeypatch.setattr(experiments, "qa_correct", lambda model, enc, pairs, device: [answers[p] == a for p, a in pairs])
+    same = next(p for f in corpus["background"] if f["relation"] == taught["relation"] and f["answer"] != taught["answer"]
+                for p, _ in experiments.qa_items([f], "first"))
+    other = next(p for p, _ in items if p != same)
+
+    def stream(*args, **kwargs):                                      # breaks two answers, one toward the taught one
+        answers[same], answers[other] = " " + taught["answer"], " nothing."
+    monkeypatch.setattr(experiments.ft, "run_stream", stream)
+    experiments.main(["forgetting", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "1",
+                      "--device", "cpu", "--out-dir", str(tmp_path)])
+    out = json.loads((tmp_path / "forgetting.json").read_text())
+    assert out["background_before"] == 1.0 and out["background_after"] == (len(items) - 2) / len(items)
+    assert out["broken"] == 2 and out["now_a_taught_answer"] == 1
+    assert out["per_relation"][taught["relation"]]["now_a_taught_answer"] == 1
