@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -282,45 +283,68 @@ def slots(args, t=ft.FinetuneConfig.top_t, show=3):
     return {"summary": summary, "per_fact": per_fact}
 
 
+@contextmanager
+def memory_off(model):
+    """Inside the block every memory layer outputs zeros (the whole memory+ block, gate and
+    projection included); the hooks are gone again on the way out."""
+    hooks = [m.register_forward_hook(lambda mod, inp, out: torch.zeros_like(out)) for m in model.memory_modules]
+    try:
+        yield model
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def forgetting(args):
-    """Where the forgetting goes. Before finetuning: background-fact accuracy with every memory
-    layer's output set to zero (how much of it the memory carries). Then a sparse stream at
-    finetune.py's defaults, and for each background question it breaks: does the model now give,
-    exactly, an answer the stream taught for the same relation?"""
+    """Where the forgetting goes. Before finetuning: background-fact accuracy with the memory
+    layers' output set to zero (how much of it the memory carries). Then a sparse stream at
+    finetune.py's defaults, and for each background question it breaks: what does the model
+    now answer, exactly: an answer the stream taught for the same relation, another answer of
+    that relation, or neither? For comparison, how many taught answers chance would give: each
+    broken question that now gives an answer of its relation, with that answer drawn at random
+    from the relation's other answers."""
     model, enc, ckpt, facts, base_cfg, device = setup(args)
     corpus = checkpoint_corpus(ckpt)[1]
     items = qa_items(corpus["background"])
     relation = [f["relation"] for f in corpus["background"] for _ in f["questions"]]
-    hooks = [m.register_forward_hook(lambda mod, inp, out: torch.zeros_like(out)) for m in model.memory_modules]
-    without_memory = qa_accuracy(model, enc, items, device)
-    for h in hooks:
-        h.remove()
+    with memory_off(model):
+        without_memory = qa_accuracy(model, enc, items, device)
     before = qa_correct(model, enc, items, device)
     cfg = ft.resolve(base_cfg, model)
     ft.run_stream(cfg, model, enc, facts, ft.load_or_compute_background(cfg, model, ckpt, device), quiet=True)
     after = qa_correct(model, enc, items, device)
-    taught = {}                                                        # relation -> answers the stream taught
+    taught, answers = {}, {}                                           # relation -> answers taught / all its answers
     for entry in corpus["new"][:len(facts)]:
         taught.setdefault(entry["relation"], set()).add(entry["answer"])
+    for entry in corpus["background"] + corpus["new"]:
+        answers.setdefault(entry["relation"], set()).add(entry["answer"])
     per_relation = {}
-    for (prompt, _), r, b, a in zip(items, relation, before, after):
-        row = per_relation.setdefault(r, {"answered_before": 0, "broken": 0, "now_a_taught_answer": 0})
+    for (prompt, answer), r, b, a in zip(items, relation, before, after):
+        row = per_relation.setdefault(r, {"answered_before": 0, "broken": 0, "now_a_taught_answer": 0,
+                                          "now_an_untaught_answer": 0, "taught_by_chance": 0.0})
         row["answered_before"] += b
-        if b and not a:
-            row["broken"] += 1
-            candidates = [(prompt, " " + answer) for answer in sorted(taught.get(r, ()))]
-            row["now_a_taught_answer"] += any(qa_correct(model, enc, candidates, device)) if candidates else 0
-    broken = sum(r["broken"] for r in per_relation.values())
-    attracted = sum(r["now_a_taught_answer"] for r in per_relation.values())
+        if not b or a:
+            continue
+        row["broken"] += 1
+        others = sorted(answers[r] - {answer.strip()})
+        now = [x for x, ok in zip(others, qa_correct(model, enc, [(prompt, " " + x) for x in others], device)) if ok]
+        if now:                                                        # at most one answer can be the greedy one
+            row["now_a_taught_answer" if now[0] in taught.get(r, ()) else "now_an_untaught_answer"] += 1
+            row["taught_by_chance"] += len(taught.get(r, set()) - {answer.strip()}) / len(others)
+    total = {k: sum(row[k] for row in per_relation.values()) for k in next(iter(per_relation.values()))}
     print(f"background facts {sum(before) / len(items):.3f}; with the memory output zeroed {without_memory:.3f}")
     print(f"after {len(facts)} facts (sparse, lr {cfg.lr:g}, t = {cfg.top_t}): {sum(after) / len(items):.3f}; "
-          f"{broken} questions broken, {attracted} of them now give an answer taught for the same relation")
+          f"{total['broken']} questions broken; now {total['now_a_taught_answer']} give an answer taught for the same "
+          f"relation ({total['taught_by_chance']:.1f} by chance), {total['now_an_untaught_answer']} another answer of it")
     for r, row in per_relation.items():
-        print(f"  {r:<8} answered before {row['answered_before']:>4}  broken {row['broken']:>3}  "
-              f"now a taught answer {row['now_a_taught_answer']:>3}")
+        print(f"  {r:<8} answered before {row['answered_before']:>4}  broken {row['broken']:>3}  now a taught answer "
+              f"{row['now_a_taught_answer']:>3} (by chance {row['taught_by_chance']:4.1f})  "
+              f"an untaught one {row['now_an_untaught_answer']:>3}  of {len(answers[r])} answers, "
+              f"{len(taught.get(r, ()))} taught")
+        row.update(answers=len(answers[r]), taught=len(taught.get(r, ())))
     return {"lr": cfg.lr, "top_t": cfg.top_t, "background_before": sum(before) / len(items),
             "background_after": sum(after) / len(items), "background_without_memory": without_memory,
-            "broken": broken, "now_a_taught_answer": attracted, "per_relation": per_relation}
+            **total, "per_relation": per_relation}
 
 
 def plot(name, data, path, title):
@@ -365,6 +389,8 @@ def plot(name, data, path, title):
         ax.bar(list(rel), [r["broken"] for r in rel.values()], color="#999", label="broken by the stream")
         ax.bar(list(rel), [r["now_a_taught_answer"] for r in rel.values()], color="#d62728",
                label="now an answer taught for the same relation")
+        ax.scatter(list(rel), [r["taught_by_chance"] for r in rel.values()], marker="_", s=400, color="k",
+                   label="taught answers expected by chance", zorder=3)
         ax.set_ylabel("background questions")
         ax.legend(fontsize=8)
     else:

@@ -461,7 +461,7 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
     if cfg.mode == "sparse" and cfg.max_df < 1:
         if background is None:
             raise ValueError("--max-df needs the background statistics")
-        allowed = [(bg["df"] <= cfg.max_df * bg["units"]).long() for bg in background]
+        allowed = [bg["df"] <= cfg.max_df * bg["units"] for bg in background]
     bar = tqdm(total=len(facts) * cfg.steps_per_fact, desc=f"{cfg.mode} stream", disable=quiet)
     try:
         with model.recording_slots():
@@ -484,7 +484,9 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
                             scores = sequence_scores(every, count, w.shape[0], cfg.ranking, bg)
                         else:
                             scores = slot_scores(c, cfg.ranking, bg)
-                        rows = top_slots(scores, c if allowed[i] is None else c * allowed[i], cfg.top_t)
+                        if allowed[i] is not None:
+                            c = c.masked_fill(~allowed[i], 0)                    # as if unread: never picked
+                        rows = top_slots(scores, c, cfg.top_t)
                         ro.step(rows.to(w.device))
                         w.grad = None
                     bar.update(1)

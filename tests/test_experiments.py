@@ -1,8 +1,12 @@
 import json
 import os
 
+import torch
+
 import experiments
+from conftest import TINY_MODEL
 from finetune import background_stats, fact_units, make_batch, fact_texts
+from model import GPT, GPTConfig
 from train import load_checkpoint
 
 FACTS = [{"paraphrases": ["Tom ran.", "Tom ran home."], "questions": ["Who ran?"], "heldout_question": None, "answer": "Tom."},
@@ -57,23 +61,38 @@ def test_more_new_facts_continue_the_corpus_stream(trained):
     assert len(more) == len(kb_new) + 5 and not any((f["subject"], f["relation"]) in old for f in more[-5:])
 
 
-def test_forgetting_counts_broken_answers_and_those_taught_for_the_same_relation(trained, tmp_path, monkeypatch):
+def test_forgetting_sorts_broken_answers_into_taught_untaught_and_neither(trained, tmp_path, monkeypatch):
     cfg = trained[0]
     corpus = json.loads(open(os.path.join(cfg.data_dir, "facts.json")).read())
     items = experiments.qa_items(corpus["background"])
-    taught = corpus["new"][0]                                         # the stream's first fact
-    answers = dict(items)                                             # a stand-in model: every answer right
-    monkeypatch.setattr(experiments, "qa_correct", lambda model, enc, pairs, device: [answers[p] == a for p, a in pairs])
-    same = next(p for f in corpus["background"] if f["relation"] == taught["relation"] and f["answer"] != taught["answer"]
-                for p, _ in experiments.qa_items([f], "first"))
-    other = next(p for p, _ in items if p != same)
+    taught = corpus["new"][0]                                         # the stream's only fact
+    rel = [f for f in corpus["background"] if f["relation"] == taught["relation"] and f["answer"] != taught["answer"]]
+    answers = {f["answer"] for f in corpus["background"] + corpus["new"] if f["relation"] == taught["relation"]}
+    untaught = sorted(answers - {taught["answer"], rel[1]["answer"]})[0]
+    to_taught, to_untaught = (experiments.qa_items([f], "first")[0][0] for f in rel[:2])
+    to_neither = next(p for p, _ in items if p not in (to_taught, to_untaught))
+    now = dict(items)                                                 # a stand-in model: every answer right
+    monkeypatch.setattr(experiments, "qa_correct", lambda model, enc, pairs, device: [now[p] == a for p, a in pairs])
 
-    def stream(*args, **kwargs):                                      # breaks two answers, one toward the taught one
-        answers[same], answers[other] = " " + taught["answer"], " nothing."
+    def stream(*args, **kwargs):
+        now[to_taught], now[to_untaught], now[to_neither] = " " + taught["answer"], " " + untaught, " nothing."
     monkeypatch.setattr(experiments.ft, "run_stream", stream)
     experiments.main(["forgetting", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "1",
                       "--device", "cpu", "--out-dir", str(tmp_path)])
     out = json.loads((tmp_path / "forgetting.json").read_text())
-    assert out["background_before"] == 1.0 and out["background_after"] == (len(items) - 2) / len(items)
-    assert out["broken"] == 2 and out["now_a_taught_answer"] == 1
-    assert out["per_relation"][taught["relation"]]["now_a_taught_answer"] == 1
+    assert out["background_before"] == 1.0 and out["background_after"] == (len(items) - 3) / len(items)
+    assert (out["broken"], out["now_a_taught_answer"], out["now_an_untaught_answer"]) == (3, 1, 1)
+    row = out["per_relation"][taught["relation"]]
+    assert row["answers"] == len(answers) and row["taught"] == 1
+    # chance: one taught answer among the other answers, for each of the two that became one
+    assert abs(row["taught_by_chance"] - 2 / (len(answers) - 1)) < 1e-9
+
+
+def test_memory_off_zeroes_the_memory_only_inside_the_block():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**TINY_MODEL, "vocab_size": 60})).eval()
+    x = torch.randint(0, 60, (2, 8))
+    base = model(x)[0]
+    with experiments.memory_off(model):
+        off = model(x)[0]
+    assert not torch.allclose(off, base) and torch.equal(model(x)[0], base)

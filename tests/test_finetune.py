@@ -259,8 +259,8 @@ def test_background_counts_units_and_reads():
     assert (st["reads"] >= st["df"]).all()
 
 
-@pytest.mark.parametrize("ranking", ["tfidf", "tf"])
-def test_max_df_never_trains_a_slot_many_background_units_read(trained, ranking):
+@pytest.mark.parametrize("ranking, rank_by", [("tfidf", "batch"), ("tf", "batch"), ("tf", "sequence")])
+def test_max_df_never_trains_a_slot_many_background_units_read(trained, ranking, rank_by):
     cfg, _, enc, _ = trained
     model, enc, ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
     before = model.state_dict()["blocks.1.ffn.values.weight"].clone()
@@ -270,28 +270,42 @@ def test_max_df_never_trains_a_slot_many_background_units_read(trained, ranking)
     x, _, count = make_batch(enc, fact_texts(facts[0]), model.config.block_size)
     mem.record_indices = True
     model(x)
-    c = torch.bincount(mem.last_indices[count].flatten(), minlength=mem.n_slots).double()
+    reads = mem.last_indices
     mem.record_indices = False
+    c = slot_counts(reads[count], mem.n_slots)
     df = torch.full((mem.n_slots,), 100)                      # at the cap of 0.1 x 1000 units: may be trained
-    df[c.topk(3).indices] = 101                               # the three most-read slots: just above it
     bg = [{"df": df, "reads": df, "units": 1000}]
-    idf = torch.log(1001 / (df.double() + 1)) if ranking == "tfidf" else 1.0
-    score = (c / c.sum() * idf).masked_fill((c == 0) | (df > 100), -math.inf)
-    fifth = score.topk(5).values[-1]
-    unrestricted = (c / c.sum() * idf).masked_fill(c == 0, -math.inf).topk(5).indices
-    assert (df[unrestricted] > 100).any()                    # the cap must change the choice for this test to mean anything
-    fc = resolve(FinetuneConfig(mode="sparse", ranking=ranking, lr=1.0, top_t=5, max_df=0.1), model)
+
+    def score():
+        s = slot_scores(c, ranking, bg[0]) if rank_by == "batch" else sequence_scores(reads, count, mem.n_slots,
+                                                                                      ranking, bg[0])
+        return s.masked_fill(c == 0, -math.inf)
+    df[score().topk(3).indices] = 101                         # the three best slots: just above the cap
+    score = score()
+    assert (df[score.topk(5).indices] > 100).any()            # without the cap a slot above it would be trained
+    capped = score.masked_fill(df > 100, -math.inf)
+    fifth = capped.topk(5).values[-1]
+    fc = resolve(FinetuneConfig(mode="sparse", ranking=ranking, rank_by=rank_by, lr=1.0, top_t=5, max_df=0.1), model)
     run_stream(fc, model, enc, facts, bg, quiet=True)
     changed = (model.state_dict()["blocks.1.ffn.values.weight"] != before).any(dim=1).nonzero().flatten()
-    assert len(changed) == 5 and set(changed.tolist()) <= set((score >= fifth).nonzero().flatten().tolist())
+    assert len(changed) == 5 and set(changed.tolist()) <= set((capped >= fifth).nonzero().flatten().tolist())
     assert (df[changed] <= 100).all()
+
+
+def test_max_df_with_tf_ranking_still_reads_the_background(trained, tmp_path):
+    cfg, _, _, _ = trained
+    out = tmp_path / "r.json"
+    main(["--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--ranking", "tf", "--max-df", "0.5", "--facts", "2",
+          "--steps-per-fact", "1", "--json", str(out), "--device", "cpu"])
+    assert json.loads(out.read_text())["ranking"] == "tf"
 
 
 def test_bad_options_give_one_line_errors(trained, tmp_path):
     cfg, _, _, _ = trained
     ckpt = os.path.join(cfg.out_dir, "ckpt.pt")
     for args, message in [(["--mode", "partial"], "unknown --mode"), (["--optimizer", "rmsprop"], "unknown --optimizer"),
-                          (["--top-t", "0"], "--top-t must be between 1"), (["--max-df", "0"], "--max-df is a share"), (["--top-t", "1000"], "--top-t must be between 1"),
+                          (["--top-t", "0"], "--top-t must be between 1"), (["--top-t", "1000"], "--top-t must be between 1"),
+                          (["--max-df", "0"], "--max-df is a share"), (["--max-df", "1.5"], "--max-df is a share"),
                           (["--facts", "5000"], "the corpus has 1000 new facts"),
                           (["--facts-file", str(tmp_path / "none.jsonl")], "does not exist"),
                           (["--checkpoint", str(tmp_path / "none.pt")], "does not exist")]:
