@@ -430,7 +430,7 @@ def measure(model, enc, facts, background, val, device):
 
 def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=None):
     """Finetune model in place on the stream of facts (in sparse mode with tfidf or kl ranking,
-    background holds each value table's background_stats). on_fact(n), if given, is called
+    or with max_df < 1, background holds each value table's background_stats). on_fact(n), if given, is called
     after the n-th fact's last step (experiments.py measures learning curves with it).
     Returns the bytes of optimizer state kept."""
     device = next(model.parameters()).device
