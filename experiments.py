@@ -326,14 +326,16 @@ def forgetting(args):
         if not b or a:
             continue
         row["broken"] += 1
-        others = sorted(answers[r] - {answer.strip()})
+        others = sorted(answers[r] - {answer.strip()})                 # every answer of r but the right one
+        taught_others = taught.get(r, set()) - {answer.strip()}
         now = [x for x, ok in zip(others, qa_correct(model, enc, [(prompt, " " + x) for x in others], device)) if ok]
         if now:                                                        # at most one answer can be the greedy one
-            row["now_a_taught_answer" if now[0] in taught.get(r, ()) else "now_an_untaught_answer"] += 1
-            row["taught_by_chance"] += len(taught.get(r, set()) - {answer.strip()}) / len(others)
+            row["now_a_taught_answer" if now[0] in taught_others else "now_an_untaught_answer"] += 1
+            row["taught_by_chance"] += len(taught_others) / len(others)
     total = {k: sum(row[k] for row in per_relation.values()) for k in next(iter(per_relation.values()))}
-    print(f"background facts {sum(before) / len(items):.3f}; with the memory output zeroed {without_memory:.3f}")
-    print(f"after {len(facts)} facts (sparse, lr {cfg.lr:g}, t = {cfg.top_t}): {sum(after) / len(items):.3f}; "
+    acc_before, acc_after = sum(before) / len(items), sum(after) / len(items)
+    print(f"background facts {acc_before:.3f}; with the memory output zeroed {without_memory:.3f}")
+    print(f"after {len(facts)} facts (sparse, lr {cfg.lr:g}, t = {cfg.top_t}): {acc_after:.3f}; "
           f"{total['broken']} questions broken; now {total['now_a_taught_answer']} give an answer taught for the same "
           f"relation ({total['taught_by_chance']:.1f} by chance), {total['now_an_untaught_answer']} another answer of it")
     for r, row in per_relation.items():
@@ -342,8 +344,8 @@ def forgetting(args):
               f"an untaught one {row['now_an_untaught_answer']:>3}  of {len(answers[r])} answers, "
               f"{len(taught.get(r, ()))} taught")
         row.update(answers=len(answers[r]), taught=len(taught.get(r, ())))
-    return {"lr": cfg.lr, "top_t": cfg.top_t, "background_before": sum(before) / len(items),
-            "background_after": sum(after) / len(items), "background_without_memory": without_memory,
+    return {"lr": cfg.lr, "top_t": cfg.top_t, "background_before": acc_before,
+            "background_after": acc_after, "background_without_memory": without_memory,
             **total, "per_relation": per_relation}
 
 

@@ -268,10 +268,9 @@ def test_max_df_never_trains_a_slot_many_background_units_read(trained, ranking,
               "heldout_question": None, "answer": "a red ball."}]
     mem = model.memory_modules[0]
     x, _, count = make_batch(enc, fact_texts(facts[0]), model.config.block_size)
-    mem.record_indices = True
-    model(x)
-    reads = mem.last_indices
-    mem.record_indices = False
+    with model.recording_slots():
+        model(x)
+        reads = mem.last_indices
     c = slot_counts(reads[count], mem.n_slots)
     df = torch.full((mem.n_slots,), 100)                      # at the cap of 0.1 x 1000 units: may be trained
     bg = [{"df": df, "reads": df, "units": 1000}]
