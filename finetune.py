@@ -321,7 +321,8 @@ class RowOptimizer:
         i = self.where[rows]                                           # (t,) positions in the state
         b1, b2 = self.betas
         self.steps[i] += 1
-        n = self.steps[i].unsqueeze(1).double()                        # (t, 1)
+        exact = torch.float32 if w.device.type == "mps" else torch.float64   # MPS has no float64
+        n = self.steps[i].unsqueeze(1).to(exact)                       # (t, 1)
         m = self.exp_avg[i].mul(b1).add(g, alpha=1 - b1)
         v = self.exp_avg_sq[i].mul(b2).addcmul(g, g, value=1 - b2)
         self.exp_avg[i], self.exp_avg_sq[i] = m, v
