@@ -275,12 +275,12 @@ def test_max_df_never_trains_a_slot_many_background_units_read(trained, ranking,
     df = torch.full((mem.n_slots,), 100)                      # at the cap of 0.1 x 1000 units: may be trained
     bg = [{"df": df, "reads": df, "units": 1000}]
 
-    def score():
+    def ranked():                                             # run_stream's scores of the read slots, under bg
         s = slot_scores(c, ranking, bg[0]) if rank_by == "batch" else sequence_scores(reads, count, mem.n_slots,
                                                                                       ranking, bg[0])
         return s.masked_fill(c == 0, -math.inf)
-    df[score().topk(3).indices] = 101                         # the three best slots: just above the cap
-    score = score()
+    df[ranked().topk(3).indices] = 101                        # the three best slots: just above the cap
+    score = ranked()
     assert (df[score.topk(5).indices] > 100).any()            # without the cap a slot above it would be trained
     capped = score.masked_fill(df > 100, -math.inf)
     fifth = capped.topk(5).values[-1]
