@@ -3,7 +3,7 @@ Benchmarks that print figures for this machine (not tests; nothing here asserts 
 
     python bench.py                  # all sections, about 3 minutes on 2 CPU cores
     python bench.py --quick          # fewer repeats
-    python bench.py --glibc-default  # without train.keep_freed_memory, to see what it gains
+    python bench.py --glibc-default  # without common.keep_freed_memory, to see what it gains
 
 1. float32 matmul peak of this machine (the yardstick for everything else)
 2. memory layer forward+backward vs the dense FFN it replaces, same width and tokens,
@@ -37,10 +37,11 @@ import torch
 import torch.nn.functional as F
 
 import finetune as ft
-from evaluate import checkpoint_corpus
+from common import keep_freed_memory, pick_device
+from evaluate import corpus_facts
 from memory import ProductKeyMemory
-from model import GPT, GPTConfig, MLP
-from train import TrainConfig, keep_freed_memory, make_optimizers, pick_device
+from model import GPT, GPTConfig, MLP, checkpoint_corpus
+from train import TrainConfig, make_optimizers
 
 
 def sync(device):
@@ -177,7 +178,7 @@ def finetune_steps(path, n_facts=10):
         cfg = ft.FinetuneConfig(checkpoint=path, mode=mode, optimizer=opt, device="cpu")
         model, enc, ckpt = ft.load_base(cfg, "cpu")
         cfg = ft.resolve(cfg, model)
-        facts = ft.corpus_facts(checkpoint_corpus(ckpt)[1]["new"][:n_facts])
+        facts = corpus_facts(checkpoint_corpus(ckpt)[1]["new"][:n_facts])
         bg = ft.load_or_compute_background(cfg, model, ckpt, "cpu") if mode == "sparse" else None
         t = time.perf_counter()
         state = ft.run_stream(cfg, model, enc, facts, bg, quiet=True)
@@ -253,7 +254,7 @@ def main(argv=None):
         keep_freed_memory()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads"
-          + (", glibc's default malloc settings" if args.glibc_default else ", freed memory kept (train.keep_freed_memory)"))
+          + (", glibc's default malloc settings" if args.glibc_default else ", freed memory kept (common.keep_freed_memory)"))
     if args.large:
         device = pick_device(args.device)
         name = torch.cuda.get_device_name() if device == "cuda" else device

@@ -2,6 +2,7 @@
 The paper's experiments at small scale, each one command that prints a table and writes
 out/experiments/<name>.json (every number) and <name>.png (the figure).
 
+    python experiments.py compare       # full vs LoRA vs sparse, each at finetune.py's default learning rate
     python experiments.py pareto        # learning-rate sweep of full, LoRA and sparse (paper Figure 5)
     python experiments.py topt          # top-t sweep, TF-IDF vs TF vs KL ranking (paper Figure 6)
     python experiments.py optimizer     # SGD vs AdamW for sparse, full and LoRA
@@ -34,10 +35,11 @@ import numpy as np
 import torch
 
 import finetune as ft
+from common import keep_freed_memory, pick_device
 from data.prepare import DataConfig, new_fact_entries, prepare
-from model import GPTConfig
-from evaluate import checkpoint_corpus, qa_accuracy, qa_correct, qa_items
-from train import TrainConfig, keep_freed_memory, pick_device, train
+from evaluate import corpus_facts, qa_accuracy, qa_correct, qa_items
+from model import GPTConfig, checkpoint_corpus
+from train import TrainConfig, train
 
 T_SWEEP = (25, 50, 100, 200, 500, 1000)
 LRS = {"full": (3e-6, 1e-5, 3e-5, 1e-4), "lora": (3e-5, 1e-4, 3e-4, 1e-3), "sparse": (10, 20, 50, 100, 200)}
@@ -47,6 +49,7 @@ LRS = {"full": (3e-6, 1e-5, 3e-5, 1e-4), "lora": (3e-5, 1e-4, 3e-4, 1e-3), "spar
 # A run overrides FinetuneConfig fields; "background": "facts" takes IDF from the new facts;
 # "top_t": 0 trains every slot the batch read.
 SWEEPS = {
+    "compare": (lambda: [{"mode": m} for m in ("full", "lora", "sparse")], "mode", "mode"),
     "pareto": (lambda: [{"mode": m, "lr": lr} for m in ("full", "lora", "sparse") for lr in LRS[m]], "mode", "lr"),
     "topt": (lambda: [{"ranking": r, "top_t": t} for r in ("tfidf", "tf", "kl") for t in T_SWEEP], "ranking", "top_t"),
     "optimizer": (lambda: [{"mode": m, "optimizer": o, "lr": lr} for m, o, lrs in (
@@ -173,7 +176,7 @@ def long_stream(args, points=5):
     model, enc, ckpt = ft.load_base(cfg, device)
     cfg = ft.resolve(cfg, model)
     entries = new_facts(ckpt, enc, 2 * args.facts)
-    streams = [ft.corpus_facts(entries[:args.facts]), ft.corpus_facts(entries[args.facts:])]
+    streams = [corpus_facts(entries[:args.facts]), corpus_facts(entries[args.facts:])]
     for s in streams:
         ft.check_lengths(enc, s, model.config.block_size)
     background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
@@ -211,7 +214,8 @@ def real_text(args):
         print(f"pretraining the default model on {data.out_dir} -> {ckpt} (about 5 min on 2 CPU cores)")
         train(TrainConfig(data_dir=data.out_dir, out_dir=os.path.dirname(ckpt), device=args.device), GPTConfig())
     args.checkpoint = ckpt
-    out = sweep(args, [{"mode": m} for m in ("full", "lora", "sparse")], "mode", "mode")
+    runs, key, field = SWEEPS["compare"]
+    out = sweep(args, runs(), key, field)
     return {**out, "corpus": data.out_dir, "tinystories_file": args.tinystories_file}
 
 
@@ -396,8 +400,8 @@ def plot(name, data, path, title):
         ax.set_ylabel("background questions")
         ax.legend(fontsize=8)
     else:
-        key, field = ("mode", "mode") if name == "real-text" else SWEEPS[name][1:]
-        panels = 2 if name in ("pareto", "real-text") else 1
+        key, field = SWEEPS["compare" if name == "real-text" else name][1:]
+        panels = 2 if name in ("compare", "pareto", "real-text") else 1
         fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), squeeze=False)
         groups = {}
         for r in data["results"]:

@@ -43,10 +43,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from evaluate import checkpoint_corpus, qa_accuracy, qa_items, qa_pair, validate
-from train import (TrainConfig, config_parser, get_batch, keep_freed_memory, load_checkpoint,
-                   pick_device, save_checkpoint, split, train)
-from model import GPTConfig
+from common import config_parser, keep_freed_memory, pick_device, split
+from evaluate import corpus_facts, measure, qa_pair
+from model import GPTConfig, checkpoint_corpus, load_checkpoint, save_checkpoint
+from train import TrainConfig, get_batch, train
 
 DEFAULT_CHECKPOINT = os.path.join(TrainConfig.out_dir, "ckpt.pt")
 # Learning rates chosen by the sweeps in the README ("Choosing the learning rates"); other
@@ -81,14 +81,6 @@ class FinetuneConfig:
 
 # ----------------------------------------------------------------------------------------
 # facts and batches
-
-def corpus_facts(entries):
-    """facts.json entries -> stream facts: all statements and the first two questions are
-    trained; the last question is held out (learned_acc_unseen_question)."""
-    return [{"paraphrases": f["statements"], "questions": f["questions"][:-1],
-             "heldout_question": f["questions"][-1], "answer": f["answer"], "where": f"new fact {i + 1}"}
-            for i, f in enumerate(entries)]
-
 
 def read_facts_file(path):
     """Read and check a JSON Lines facts file; a bad line raises ValueError naming it."""
@@ -415,18 +407,6 @@ def resolve(cfg, model):
     if cfg.mode == "lora" and (cfg.lora_rank < 1 or cfg.lora_alpha <= 0):
         raise ValueError("--lora-rank must be at least 1 and --lora-alpha positive")
     return cfg
-
-
-def measure(model, enc, facts, background, val, device):
-    """Every number the table reports, on the model as it is now."""
-    model.eval()
-    loss, usage = validate(model, val, model.config.block_size, device)
-    seen = qa_items(facts)                                  # the questions trained on
-    unseen = [qa_pair(f["heldout_question"], f["answer"]) for f in facts if f["heldout_question"]]
-    return {"learned_acc": qa_accuracy(model, enc, seen, device),
-            "learned_acc_unseen_question": qa_accuracy(model, enc, unseen, device) if unseen else None,
-            "heldout_acc": qa_accuracy(model, enc, qa_items(background), device),
-            "val_loss": loss, "slots": usage}
 
 
 def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=None):

@@ -1,20 +1,29 @@
 """
-A small GPT whose FFNs can be replaced by product-key memory layers (memory.py).
+A small GPT whose FFNs can be replaced by product-key memory layers (memory.py), and its
+checkpoints.
 
 Pre-LN blocks, causal attention through scaled_dot_product_attention, learned positions,
 tied input/output embeddings. `GPTConfig.memory_layers` names the blocks that use a memory
 layer instead of the FFN; an empty tuple gives the dense model with exactly the same code,
 so the two compare fairly.
+
+A checkpoint holds the model's args beside its weights, so the file alone rebuilds the model
+(load_checkpoint), and names the prepared corpus it was trained on (checkpoint_corpus).
 """
 
 import math
+import os
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, asdict
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from data.prepare import load_facts, read_corpus_meta
+from data.tokenizer import encoding_from_text, read_tokenizer
 from memory import ProductKeyMemory
 
 
@@ -200,3 +209,70 @@ def config_dict(cfg):
     d = asdict(cfg)
     d["memory_layers"] = list(cfg.memory_layers)
     return d
+
+
+# ----------------------------------------------------------------------------------------
+# checkpoints
+
+def save_checkpoint(path, obj):
+    """Atomic: write a temporary file, fsync, rename. A kill at any moment leaves the old file intact."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")  # one per writer
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):                         # a failed write leaves no half file behind
+            os.remove(tmp)
+    if os.name == "posix":                              # make the rename itself survive a power cut
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_checkpoint(path, device="cpu"):
+    """(model, encoding, raw checkpoint dict). Loads with weights_only=True."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist; run python train.py first")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        if "GLOBAL" in str(e):                            # torch names the global it refused to import
+            raise RuntimeError(f"refused to load {path}: it holds pickled Python objects, which could run "
+                               "code; only tensors and plain data are accepted") from None
+        raise RuntimeError(f"could not load checkpoint {path} ({type(e).__name__}): the file is corrupt "
+                           "or not a PyTorch checkpoint") from None
+    if not isinstance(ckpt, dict) or not {"model", "model_args", "tokenizer"} <= ckpt.keys():
+        raise RuntimeError(f"{path} is not a checkpoint written by train.py (no model args or tokenizer)")
+    model = GPT(GPTConfig(**ckpt["model_args"])).to(device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    tok = ckpt["tokenizer"]
+    enc = read_tokenizer("gpt2")[0] if tok == "gpt2" else encoding_from_text(tok)
+    return model, enc, ckpt
+
+
+def check_same_corpus(ckpt, tok_text, meta, data_dir):
+    """A checkpoint only reads text cut by its own tokenizer."""
+    if ckpt["tokenizer"] != tok_text or ckpt["model_args"]["vocab_size"] != meta["vocab_size"]:
+        raise ValueError(f"the checkpoint's tokenizer (vocab {ckpt['model_args']['vocab_size']}) does not match the "
+                         f"corpus in {data_dir} (vocab {meta['vocab_size']}); use the corpus it was trained on")
+
+
+def checkpoint_corpus(ckpt):
+    """(validation tokens, facts.json) of the corpus a checkpoint was trained on."""
+    data_dir = ckpt["data_dir"]
+    try:
+        meta, _, tok_text = read_corpus_meta(data_dir)
+        check_same_corpus(ckpt, tok_text, meta, data_dir)
+        val = np.memmap(os.path.join(data_dir, "val.bin"), dtype=ckpt["data_meta"]["dtype"], mode="r")
+        return val, load_facts(data_dir)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"the corpus this checkpoint was trained on is no longer in {data_dir}; "
+                                "prepare it there again") from None

@@ -10,16 +10,11 @@ Prepares the data first when it is missing (data/prepare.py). Writes out/ckpt.pt
 model's args, weights, tokenizer, data meta, optimizer, step and RNG state.
 """
 
-import argparse
-import ctypes
-import inspect
 import math
 import os
-import re
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -27,10 +22,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from data.prepare import DataConfig, prepare
-from data.tokenizer import encoding_from_text, read_tokenizer
-from evaluate import check_same_corpus, load_facts, read_corpus_meta, qa_accuracy, qa_items, validate
-from model import GPT, GPTConfig, config_dict
+from common import config_parser, keep_freed_memory, pick_device, split
+from data.prepare import DataConfig, load_facts, prepare, read_corpus_meta
+from evaluate import qa_accuracy, qa_items, validate
+from model import GPT, GPTConfig, check_same_corpus, config_dict, load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -55,40 +50,10 @@ class TrainConfig:
                                          # runs to max_iters; go on with --resume); 0 = max_iters
 
 
-def pick_device(name="auto"):
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda asked for but no CUDA device is available")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise SystemExit("error: --device mps asked for but MPS is not available")
-    if name not in ("cpu", "cuda", "mps"):
-        raise SystemExit(f"error: unknown device {name!r}: use auto, cpu, cuda or mps")
-    return name
-
-
 # What --resume takes from the checkpoint, whatever the command line says, so that a resumed
 # run continues exactly: the seed, batch and learning-rate recipe. --max-iters, --stop-at,
 # --eval-interval, --device, --compile and the folders still come from the command line.
 RECIPE = ("seed", "batch_size", "lr", "min_lr", "warmup_iters", "value_lr", "weight_decay", "grad_clip", "dense")
-
-
-def keep_freed_memory():
-    """On Linux with glibc, keep freed memory for reuse instead of handing it back to the OS.
-    By default glibc returns every freed block over 32 MiB at once, so each step page-faults
-    its big buffers in again. Measured (README, bench): a 1M-slot layer at d = 512 1.6x
-    faster, a full finetuning step 1.4x, the default training step about the same.
-    Elsewhere (macOS, Windows, musl) this does nothing."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(-3, 1 << 30)    # M_MMAP_THRESHOLD: blocks up to 1 GiB come from the reusable heap
-    libc.mallopt(-1, 1 << 30)    # M_TRIM_THRESHOLD: keep up to 1 GiB of free heap
 
 
 def setup_ddp(device_name):
@@ -105,76 +70,6 @@ def setup_ddp(device_name):
         device = f"cuda:{local}"
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
-
-
-def save_checkpoint(path, obj):
-    """Atomic: write a temporary file, fsync, rename. A kill at any moment leaves the old file intact."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")  # one per writer
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):                         # a failed write leaves no half file behind
-            os.remove(tmp)
-    if os.name == "posix":                              # make the rename itself survive a power cut
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def load_checkpoint(path, device="cpu"):
-    """(model, encoding, raw checkpoint dict). Loads with weights_only=True."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist; run python train.py first")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        if "GLOBAL" in str(e):                            # torch names the global it refused to import
-            raise RuntimeError(f"refused to load {path}: it holds pickled Python objects, which could run "
-                               "code; only tensors and plain data are accepted") from None
-        raise RuntimeError(f"could not load checkpoint {path} ({type(e).__name__}): the file is corrupt "
-                           "or not a PyTorch checkpoint") from None
-    if not isinstance(ckpt, dict) or not {"model", "model_args", "tokenizer"} <= ckpt.keys():
-        raise RuntimeError(f"{path} is not a checkpoint written by train.py (no model args or tokenizer)")
-    model = GPT(GPTConfig(**ckpt["model_args"])).to(device)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    tok = ckpt["tokenizer"]
-    enc = read_tokenizer("gpt2")[0] if tok == "gpt2" else encoding_from_text(tok)
-    return model, enc, ckpt
-
-
-def config_parser(description, *dataclasses, skip=()):
-    """argparse over the fields of the given dataclasses; each option's help is the comment
-    beside its default in the dataclass's source."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for dc in dataclasses:
-        comments = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(dc), re.M))
-        for f in fields(dc):
-            if f.name in skip:
-                continue
-            name, text = "--" + f.name.replace("_", "-"), comments.get(f.name, "").replace("%", "%%")
-            if isinstance(f.default, bool):
-                p.add_argument(name, action=argparse.BooleanOptionalAction, default=f.default,
-                               help=f"{text} (default: {f.default})")
-            elif isinstance(f.default, tuple):
-                p.add_argument(name, type=lambda s: tuple(int(i) for i in s.split(",") if i.strip()),
-                               default=f.default, help=f"{text}; comma-separated, e.g. 1,3 "
-                               f"(default: {','.join(map(str, f.default))})")
-            else:
-                p.add_argument(name, type=type(f.default), default=f.default, help=f"{text} (default: {f.default})")
-    return p
-
-
-def split(args, dc):
-    return dc(**{f.name: getattr(args, f.name) for f in fields(dc) if hasattr(args, f.name)})
 
 
 def make_optimizers(model, cfg):

@@ -26,8 +26,9 @@ import numpy as np
 if __package__ in (None, ""):  # allow `python data/prepare.py` as well as `python -m data.prepare`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from common import config_parser
 from data import corpus
-from data.tokenizer import EOT, get_encoding, save_ranks, train_bpe, word_counts
+from data.tokenizer import EOT, get_encoding, read_tokenizer, save_ranks, train_bpe, word_counts
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINYSTORIES_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-train.txt"
@@ -203,8 +204,22 @@ def prepare(cfg):
     return cfg.out_dir
 
 
+def read_corpus_meta(data_dir):
+    """(meta.json, Encoding, tokenizer text) of a prepared corpus."""
+    with open(os.path.join(data_dir, "meta.json"), "r", encoding="utf-8") as f:
+        meta = json.load(f)
+    name = meta["tokenizer"] if meta["tokenizer"] == "gpt2" else os.path.join(data_dir, meta["tokenizer"])
+    enc, text = read_tokenizer(name)
+    return meta, enc, text
+
+
+def load_facts(data_dir):
+    """facts.json of a prepared corpus: {"seed", "towns", "background": [...], "new": [...]}."""
+    with open(os.path.join(data_dir, "facts.json"), "r", encoding="utf-8") as f:
+        return json.load(f)
+
+
 def main(argv=None):
-    from train import config_parser  # train.py imports this module: import it late
     cfg = DataConfig(**vars(config_parser(__doc__, DataConfig).parse_args(argv)))
     if cfg.source == "tinystories" and cfg.out_dir == DataConfig.out_dir:
         cfg.out_dir = os.path.join(HERE, "tinystories")

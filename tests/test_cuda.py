@@ -14,7 +14,8 @@ from evaluate import validate
 from finetune import RowOptimizer, main as finetune_main
 from memory import ProductKeyMemory
 from model import GPTConfig
-from train import TrainConfig, load_checkpoint, train
+from model import load_checkpoint
+from train import TrainConfig, train
 
 DEVICE = "cuda"
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

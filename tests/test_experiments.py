@@ -6,8 +6,7 @@ import torch
 import experiments
 from conftest import TINY_MODEL
 from finetune import background_stats, fact_units, make_batch, fact_texts
-from model import GPT, GPTConfig
-from train import load_checkpoint
+from model import GPT, GPTConfig, load_checkpoint
 
 FACTS = [{"paraphrases": ["Tom ran.", "Tom ran home."], "questions": ["Who ran?"], "heldout_question": None, "answer": "Tom."},
          {"paraphrases": ["Ann sat."], "questions": ["Who sat?"], "heldout_question": None, "answer": "Ann."}]

@@ -9,8 +9,7 @@ from conftest import TINY_MODEL
 from finetune import (FinetuneConfig, LoRALinear, RowOptimizer, add_lora, background_stats, fact_texts, fingerprint,
                       load_or_compute_background, main, make_batch, merge_lora, read_facts_file, resolve,
                       pretraining_units, run_stream, sequence_scores, slot_counts, slot_scores, top_slots)
-from model import GPT, GPTConfig
-from train import load_checkpoint
+from model import GPT, GPTConfig, load_checkpoint
 
 JSON_KEYS = {"mode", "optimizer", "lr", "top_t", "ranking", "facts", "steps_per_fact", "learned_acc",
              "learned_acc_unseen_question", "heldout_acc_before", "heldout_acc_after", "heldout_drop",
@@ -341,7 +340,7 @@ def test_the_example_facts_file_is_valid():
 
 def test_a_checkpoint_whose_corpus_is_gone_gives_one_line(trained, tmp_path):
     from evaluate import main as evaluate_main
-    from train import save_checkpoint
+    from model import save_checkpoint
     cfg, _, _, _ = trained
     ckpt = torch.load(os.path.join(cfg.out_dir, "ckpt.pt"), weights_only=True)
     moved = str(tmp_path / "moved.pt")

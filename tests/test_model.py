@@ -1,8 +1,6 @@
 import torch
 
-from model import GPT, GPTConfig
-from train import save_checkpoint
-from model import config_dict
+from model import GPT, GPTConfig, config_dict, save_checkpoint
 
 
 def tiny(**kw):

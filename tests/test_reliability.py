@@ -12,8 +12,8 @@ import finetune
 import model as model_module
 import train as train_module
 from conftest import TINY_MODEL
-from model import GPTConfig
-from train import TrainConfig, load_checkpoint, save_checkpoint, train
+from model import GPTConfig, load_checkpoint, save_checkpoint
+from train import TrainConfig, train
 
 
 def tiny_run(corpus, out, **kw):

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate import qa_accuracy, qa_correct, qa_items, load_facts, usage_stats, validate
-from model import GPTConfig
-from train import TrainConfig, load_checkpoint, lr_at, main, make_optimizers, train
+from data.prepare import load_facts
+from evaluate import qa_accuracy, qa_correct, qa_items, usage_stats, validate
+from model import GPTConfig, load_checkpoint
+from train import TrainConfig, lr_at, main, make_optimizers, train
 
 from conftest import TINY_MODEL
 
@@ -130,7 +131,7 @@ def test_optimizer_groups():
 
 
 def test_command_line_options_come_from_the_dataclasses():
-    from train import config_parser
+    from common import config_parser
     p = config_parser("", TrainConfig, GPTConfig, skip=("vocab_size",))
     a = p.parse_args(["--dense", "--memory-layers", "1,3", "--lr", "0.01", "--no-compile"])
     assert a.dense is True and a.memory_layers == (1, 3) and a.lr == 0.01 and a.compile is False

@@ -1,0 +1,73 @@
+"""
+What every script shares, at the bottom of the import order (it imports no project module):
+the command line built from a config dataclass, the device, and glibc's memory setting.
+
+Checkpoints are saved and loaded beside the model they rebuild (model.py); a prepared
+corpus is written and read in data/prepare.py.
+"""
+
+import argparse
+import ctypes
+import inspect
+import re
+from dataclasses import fields
+
+import torch
+
+
+def config_parser(description, *dataclasses, skip=()):
+    """argparse over the fields of the given dataclasses; each option's help is the comment
+    beside its default in the dataclass's source."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for dc in dataclasses:
+        comments = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(dc), re.M))
+        for f in fields(dc):
+            if f.name in skip:
+                continue
+            name, text = "--" + f.name.replace("_", "-"), comments.get(f.name, "").replace("%", "%%")
+            if isinstance(f.default, bool):
+                p.add_argument(name, action=argparse.BooleanOptionalAction, default=f.default,
+                               help=f"{text} (default: {f.default})")
+            elif isinstance(f.default, tuple):
+                p.add_argument(name, type=lambda s: tuple(int(i) for i in s.split(",") if i.strip()),
+                               default=f.default, help=f"{text}; comma-separated, e.g. 1,3 "
+                               f"(default: {','.join(map(str, f.default))})")
+            else:
+                p.add_argument(name, type=type(f.default), default=f.default, help=f"{text} (default: {f.default})")
+    return p
+
+
+def split(args, dc):
+    """The dataclass dc filled from the parsed options that name its fields."""
+    return dc(**{f.name: getattr(args, f.name) for f in fields(dc) if hasattr(args, f.name)})
+
+
+def pick_device(name="auto"):
+    """auto: cuda, then mps, then cpu. A named device that is not there is a one-line error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda asked for but no CUDA device is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise SystemExit("error: --device mps asked for but MPS is not available")
+    if name not in ("cpu", "cuda", "mps"):
+        raise SystemExit(f"error: unknown device {name!r}: use auto, cpu, cuda or mps")
+    return name
+
+
+def keep_freed_memory():
+    """On Linux with glibc, keep freed memory for reuse instead of handing it back to the OS.
+    By default glibc returns every freed block over 32 MiB at once, so each step page-faults
+    its big buffers in again. Measured (README, bench): a 1M-slot layer at d = 512 1.6x
+    faster, a full finetuning step 1.4x, the default training step about the same.
+    Elsewhere (macOS, Windows, musl) this does nothing."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 1 << 30)    # M_MMAP_THRESHOLD: blocks up to 1 GiB come from the reusable heap
+    libc.mallopt(-1, 1 << 30)    # M_TRIM_THRESHOLD: keep up to 1 GiB of free heap
