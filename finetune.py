@@ -13,7 +13,7 @@ that fact's paraphrases (its statements and its question/answer lines), repeated
 --steps-per-fact steps. Modes:
   full    every parameter is trained
   lora    low-rank adapters on the attention, FFN and memory gate/output matrices
-          (add_lora below); merged into the weights before evaluation
+          (lora.py); merged into the weights before evaluation
   sparse  only memory value rows: per batch, the top-t slots by TF-IDF of their access
           counts against background document frequencies (slot_scores below);
           --ranking tf (no IDF) and kl (the slot's term of the KL divergence from the
@@ -40,11 +40,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 from tqdm import tqdm
 
 from common import config_parser, keep_freed_memory, pick_device, split
 from evaluate import corpus_facts, measure, qa_pair
+from lora import add_lora, merge_lora
 from model import GPTConfig, checkpoint_corpus, load_checkpoint, save_checkpoint
 from train import TrainConfig, get_batch, train
 
@@ -321,58 +321,6 @@ class RowOptimizer:
         denom = (v / (1 - b2 ** n)).sqrt().add(self.eps)
         update = (m / (1 - b1 ** n)) / denom
         w[rows] = w[rows] * (1 - self.lr * self.wd) - self.lr * update.to(w.dtype)
-
-
-# ----------------------------------------------------------------------------------------
-# LoRA, written as functions over an unchanged model
-
-class LoRALinear(nn.Module):
-    """y = base(x) + (alpha / r) * x A^T B^T, with B = 0 at the start."""
-
-    def __init__(self, base, rank, alpha):
-        super().__init__()
-        self.base, self.scale = base, alpha / rank
-        self.A = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device))
-        self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-
-    def forward(self, x):
-        return self.base(x) + (x @ self.A.t() @ self.B.t()) * self.scale
-
-
-LORA_TARGETS = ("attn.qkv", "attn.proj", "ffn.fc", "ffn.proj", "ffn.gate")
-
-
-def lora_sites(model):
-    """(parent module, attribute) of every place LORA_TARGETS names, in every block."""
-    for block in model.blocks:
-        for name in LORA_TARGETS:
-            parent_name, attr = name.split(".")
-            yield getattr(block, parent_name), attr
-
-
-def add_lora(model, rank, alpha):
-    """Wrap the attention and FFN matrices of every block (in a memory block: the gate W_1
-    and the output W_2, not the query, whose change would move every lookup) in adapters.
-    Returns the adapter parameters; every base weight is left as it is."""
-    params = []
-    for parent, attr in lora_sites(model):
-        base = getattr(parent, attr, None)
-        if isinstance(base, nn.Linear):
-            wrapped = LoRALinear(base, rank, alpha)
-            setattr(parent, attr, wrapped)
-            params += [wrapped.A, wrapped.B]
-    return params
-
-
-@torch.no_grad()
-def merge_lora(model):
-    """Fold every adapter into its base weight and unwrap it: the plain model again."""
-    for parent, attr in lora_sites(model):
-        wrapped = getattr(parent, attr, None)
-        if isinstance(wrapped, LoRALinear):
-            wrapped.base.weight += wrapped.scale * (wrapped.B @ wrapped.A)
-            setattr(parent, attr, wrapped.base)
 
 
 # ----------------------------------------------------------------------------------------

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
-from finetune import (FinetuneConfig, LoRALinear, RowOptimizer, add_lora, background_stats, fact_texts, fingerprint,
-                      load_or_compute_background, main, make_batch, merge_lora, read_facts_file, resolve,
+from finetune import (FinetuneConfig, RowOptimizer, background_stats, fact_texts, fingerprint,
+                      load_or_compute_background, main, make_batch, read_facts_file, resolve,
                       pretraining_units, run_stream, sequence_scores, slot_counts, slot_scores, top_slots)
+from lora import LoRALinear, add_lora, merge_lora
 from model import GPT, GPTConfig, load_checkpoint
 
 JSON_KEYS = {"mode", "optimizer", "lr", "top_t", "ranking", "facts", "steps_per_fact", "learned_acc",
