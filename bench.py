@@ -41,6 +41,7 @@ from common import keep_freed_memory, pick_device
 from evaluate import corpus_facts
 from memory import ProductKeyMemory
 from model import GPT, GPTConfig, MLP, checkpoint_corpus
+from sparse import load_or_compute_background
 from train import TrainConfig, make_optimizers
 
 
@@ -179,7 +180,7 @@ def finetune_steps(path, n_facts=10):
         model, enc, ckpt = ft.load_base(cfg, "cpu")
         cfg = ft.resolve(cfg, model)
         facts = corpus_facts(checkpoint_corpus(ckpt)[1]["new"][:n_facts])
-        bg = ft.load_or_compute_background(cfg, model, ckpt, "cpu") if mode == "sparse" else None
+        bg = load_or_compute_background(cfg, model, ckpt, "cpu") if mode == "sparse" else None
         t = time.perf_counter()
         state = ft.run_stream(cfg, model, enc, facts, bg, quiet=True)
         out[f"{mode} {opt}"] = ((time.perf_counter() - t) / (n_facts * cfg.steps_per_fact), state)

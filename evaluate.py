@@ -42,14 +42,14 @@ def validate(model, val_tokens, block_size, device, batch_size=32, max_tokens=20
     if len(val_tokens) <= block_size:
         raise ValueError(f"validation set has {len(val_tokens)} tokens, fewer than one window of {block_size}")
     total, count = 0.0, 0
-    with model.recording_slots() as mems:
-        counts = [torch.zeros(m.n_slots, dtype=torch.long) for m in mems]
+    with model.recording_slots():
+        counts = [torch.zeros(m.n_slots, dtype=torch.long) for m in model.memory_modules]
         for x, y in val_windows(val_tokens, block_size, batch_size, max_tokens):
             _, loss = model(x.to(device), y.to(device))
             total += loss.item() * len(x)
             count += len(x)
-            for c, m in zip(counts, mems):
-                c += torch.bincount(m.last_indices.flatten().cpu(), minlength=m.n_slots)
+            for c, reads in zip(counts, model.slot_reads()):
+                c += torch.bincount(reads.flatten().cpu(), minlength=len(c))
     return total / count, [usage_stats(c) for c in counts]
 
 

@@ -39,6 +39,7 @@ from common import keep_freed_memory, pick_device
 from data.prepare import DataConfig, new_fact_entries, prepare
 from evaluate import corpus_facts, qa_accuracy, qa_correct, qa_items
 from model import GPTConfig, checkpoint_corpus
+from sparse import background_stats, choose_rows, load_or_compute_background, slot_counts
 from train import TrainConfig, train
 
 T_SWEEP = (25, 50, 100, 200, 500, 1000)
@@ -97,6 +98,13 @@ def setup(args):
     return model, enc, ckpt, facts, cfg, device
 
 
+def fact_units(enc, facts, block_size):
+    """Background units from the new facts themselves (the paper's Figure 7 ablation): one per fact batch."""
+    for fact in facts:
+        x, _, count = ft.make_batch(enc, ft.fact_texts(fact), block_size)
+        yield x, count
+
+
 def sweep(args, runs, key, field):
     """Finetune a fresh copy of the base model for each run; one result dict per run."""
     model, enc, ckpt, facts, base_cfg, device = setup(args)
@@ -115,7 +123,7 @@ def sweep(args, runs, key, field):
         model.load_state_dict(base)
         stats = None
         if run.get("background") == "facts":                            # IDF from the new facts themselves
-            stats = ft.background_stats(model, ft.fact_units(enc, facts, model.config.block_size), device, quiet=True)
+            stats = background_stats(model, fact_units(enc, facts, model.config.block_size), device, quiet=True)
         try:
             r, before = ft.finetune(cfg, model, enc, ckpt, facts, before, quiet=True, stats=stats)
         except ValueError as e:                                         # the loss diverged: record it, go on
@@ -151,7 +159,7 @@ def curves(args, every=10):
             p = points[-1]
             print(f"{mode:<7} after {n:>4} facts: learned so far {p['learned_so_far']:.3f} | first {every} facts "
                   f"{p['first_facts']:.3f} | background {p['background']:.3f}", flush=True)
-        stats = ft.load_or_compute_background(cfg, model, ckpt, device) if mode == "sparse" else None
+        stats = load_or_compute_background(cfg, model, ckpt, device) if mode == "sparse" else None
         ft.run_stream(cfg, model, enc, facts, stats, quiet=True, on_fact=measure)
         out[mode] = {"lr": cfg.lr, "optimizer": cfg.optimizer, "points": points}
     return {"curves": out, "every": every}
@@ -181,7 +189,7 @@ def long_stream(args, points=5):
         ft.check_lengths(enc, s, model.config.block_size)
     background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
     items = [qa_items(s) for s in streams]                            # each stream's taught questions
-    stats = ft.load_or_compute_background(cfg, model, ckpt, device)
+    stats = load_or_compute_background(cfg, model, ckpt, device)
     trace = [{"facts": 0, "first": qa_accuracy(model, enc, items[0], device), "second": None,
               "background": qa_accuracy(model, enc, background, device)}]
     every = max(1, args.facts // points)
@@ -236,7 +244,7 @@ def slots(args, t=ft.FinetuneConfig.top_t, show=3):
     reads at entity tokens (the subject's name and the answer) against their share of tokens."""
     model, enc, ckpt, facts, base_cfg, device = setup(args)
     entries = checkpoint_corpus(ckpt)[1]["new"][:len(facts)]
-    stats = ft.load_or_compute_background(ft.resolve(base_cfg, model), model, ckpt, device)
+    stats = load_or_compute_background(ft.resolve(base_cfg, model), model, ckpt, device)
     mem = model.memory_modules[0]
     per_fact, totals = [], {"entity_reads": 0, "selected_reads": 0, "entity_tokens": 0, "tokens": 0}
     for n, (fact, entry) in enumerate(zip(facts, entries)):
@@ -244,9 +252,9 @@ def slots(args, t=ft.FinetuneConfig.top_t, show=3):
         x, _, count = ft.make_batch(enc, texts, model.config.block_size)
         with model.recording_slots():
             model(x.to(device))
-            reads = mem.last_indices.cpu()                                # (B, T, H, k)
-        c = ft.slot_counts(reads[count], mem.n_slots)
-        selected = ft.top_slots(ft.slot_scores(c, "tfidf", stats[0]), c, t)
+            reads = model.slot_reads()[0].cpu()                           # (B, T, H, k)
+        c = slot_counts(reads[count], mem.n_slots)
+        selected = choose_rows(reads, count, mem.n_slots, t, background=stats[0])
         is_selected = torch.zeros(mem.n_slots, dtype=torch.bool)
         is_selected[selected] = True
         core = set.intersection(*(set(reads[b][count[b]].flatten().tolist()) for b in range(len(texts))))
@@ -315,7 +323,7 @@ def forgetting(args):
         without_memory = qa_accuracy(model, enc, items, device)
     before = qa_correct(model, enc, items, device)
     cfg = ft.resolve(base_cfg, model)
-    ft.run_stream(cfg, model, enc, facts, ft.load_or_compute_background(cfg, model, ckpt, device), quiet=True)
+    ft.run_stream(cfg, model, enc, facts, load_or_compute_background(cfg, model, ckpt, device), quiet=True)
     after = qa_correct(model, enc, items, device)
     taught, answers = {}, {}                                           # relation -> answers taught / all its answers
     for entry in corpus["new"][:len(facts)]:

@@ -30,15 +30,12 @@ Each batch holds the paraphrases plus the line "Q: <question> A: <answer>". Scor
 exact match of " <answer>" after "Q: <question> A:".
 """
 
-import hashlib
 import json
-import math
 import os
 import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -46,7 +43,8 @@ from common import config_parser, keep_freed_memory, pick_device, split
 from evaluate import corpus_facts, measure, qa_pair
 from lora import add_lora, merge_lora
 from model import GPTConfig, checkpoint_corpus, load_checkpoint, save_checkpoint
-from train import TrainConfig, get_batch, train
+from sparse import RowOptimizer, choose_rows, load_or_compute_background, memory_tables, table_reads
+from train import TrainConfig, train
 
 DEFAULT_CHECKPOINT = os.path.join(TrainConfig.out_dir, "ckpt.pt")
 # Learning rates chosen by the sweeps in the README ("Choosing the learning rates"); other
@@ -155,175 +153,6 @@ def make_batch(enc, texts, block_size):
 
 
 # ----------------------------------------------------------------------------------------
-# sparse memory finetuning: which slots to train
-
-def memory_tables(model):
-    """Value tables and the memory layers that read each: [(weight, [modules])]."""
-    tables = {}
-    for m in model.memory_modules:
-        tables.setdefault(id(m.values.weight), (m.values.weight, []))[1].append(m)
-    return list(tables.values())
-
-
-def slot_counts(indices, n_slots):
-    """Accesses per slot: indices holds every (token, head, kept slot) read."""
-    return torch.bincount(indices.reshape(-1).cpu(), minlength=n_slots)
-
-
-def slot_scores(counts, ranking="tfidf", background=None):
-    """Scores of every slot for one batch's read counts c (zero-read slots are never picked):
-      tf(i)    = c(i) / sum_j c(j)
-      tfidf(i) = tf(i) * log((|B| + 1) / (df(i) + 1))       df: background units reading slot i
-      kl(i)    = tf(i) * log(tf(i) / q(i))                   q: the background's share of reads,
-                 q(i) = (reads(i) + 1) / (sum_j reads(j) + N), add-one smoothed over N slots;
-                 the slot's term of KL(batch reads || background reads)
-    background: {"df", "reads", "units"} of one value table (background_stats)."""
-    tf = counts.double() / counts.sum()
-    if ranking == "tf":
-        return tf
-    if ranking == "tfidf":
-        return tf * torch.log((background["units"] + 1) / (background["df"].double() + 1))
-    reads = background["reads"].double()
-    q = (reads + 1) / (reads.sum() + len(reads))
-    return torch.special.xlogy(tf, tf / q)                         # 0 where tf = 0
-
-
-def sequence_scores(indices, mask, n_slots, ranking, background):
-    """Sequence-level ranking: score each row of the batch on its own reads, and give a slot
-    the best score it gets in a row that reads it (kl scores can be negative, so a row that
-    does not read a slot must not count as a 0). indices: (B, T, H, k) reads; mask: (B, T)
-    tokens counted."""
-    rows = []
-    for b in range(indices.shape[0]):
-        if mask[b].any():
-            c = slot_counts(indices[b][mask[b]], n_slots)
-            rows.append(slot_scores(c, ranking, background).masked_fill(c == 0, -math.inf))
-    return torch.stack(rows).max(dim=0).values
-
-
-def top_slots(scores, counts, t):
-    """The t accessed slots with the highest scores (all accessed ones if fewer); sorted."""
-    scores = scores.masked_fill(counts == 0, -math.inf)
-    k = min(t, int((counts > 0).sum()))
-    return scores.topk(k).indices.sort().values
-
-
-def pretraining_units(train_data, block_size, n_units, unit_windows, seed):
-    """Background units from pretraining: unit_windows random windows of block_size tokens each."""
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(n_units):
-        yield get_batch(train_data, block_size, unit_windows, gen)[0], None
-
-
-def fact_units(enc, facts, block_size):
-    """Background units from the new facts themselves (the paper's Figure 7 ablation): one per fact batch."""
-    for fact in facts:
-        x, _, count = make_batch(enc, fact_texts(fact), block_size)
-        yield x, count
-
-
-@torch.no_grad()
-def background_stats(model, units, device, quiet=False):
-    """Per value table, over background units (x, mask of counted tokens or None): df, the
-    number of units in which each slot was read, and reads, its total reads."""
-    tables = memory_tables(model)
-    stats = [{"df": torch.zeros(w.shape[0], dtype=torch.long), "reads": torch.zeros(w.shape[0], dtype=torch.long),
-              "units": 0} for w, _ in tables]
-    with model.recording_slots():
-        for x, mask in tqdm(units, desc="background", leave=False, disable=quiet):
-            model(x.to(device))
-            for st, (w, mods) in zip(stats, tables):
-                c = slot_counts(torch.cat([m.last_indices if mask is None else m.last_indices[mask.to(device)]
-                                           for m in mods]), w.shape[0])
-                st["df"] += c > 0
-                st["reads"] += c
-                st["units"] += 1
-    return stats
-
-
-def fingerprint(model):
-    """A hash of the model's weights: background statistics belong to one model."""
-    h = hashlib.sha1()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def load_or_compute_background(cfg, model, ckpt, device):
-    """Background statistics of each value table (background_stats), from pretraining
-    windows, cached beside the checkpoint and reused while the model and the background
-    settings are the same."""
-    path = os.path.splitext(cfg.checkpoint)[0] + ".background.pt"
-    key = {"fingerprint": fingerprint(model), "units": cfg.background_batches,
-           "unit_windows": cfg.background_batch_size, "seed": cfg.seed}
-    if os.path.exists(path):
-        try:
-            cached = torch.load(path, weights_only=True)
-            if cached.get("key") == key and "stats" in cached:
-                return cached["stats"]
-        except Exception:
-            pass                                                        # recompute below
-    meta = ckpt["data_meta"]
-    train_data = np.memmap(os.path.join(ckpt["data_dir"], "train.bin"), dtype=meta["dtype"], mode="r")
-    print(f"background: counting slot reads in {cfg.background_batches} units of "
-          f"{cfg.background_batch_size} x {model.config.block_size} tokens -> {path}")
-    units = pretraining_units(train_data, model.config.block_size, cfg.background_batches,
-                              cfg.background_batch_size, cfg.seed)
-    stats = background_stats(model, units, device)
-    save_checkpoint(path, {"key": key, "stats": stats})
-    return stats
-
-
-class RowOptimizer:
-    """SGD or AdamW on chosen rows of one table; every other row stays bit-identical.
-
-    AdamW keeps moments and a step count only for rows that have been selected at least once
-    (stored compactly, in the order rows were first selected), so its state grows with the
-    rows a stream touches, not with the table. A row not selected in this step is neither
-    read nor written: its moments wait, frozen, until the row is selected again (lazily, as in
-    torch.optim.SparseAdam), and its bias correction then continues from its own count of
-    updates (SparseAdam keeps one count per table). Weight decay touches selected rows only."""
-
-    def __init__(self, weight, kind, lr, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8):
-        self.weight, self.kind, self.lr, self.wd, self.betas, self.eps = weight, kind, lr, weight_decay, betas, eps
-        if kind == "adamw":
-            self.where = torch.full((weight.shape[0],), -1, dtype=torch.long, device=weight.device)  # row -> state index
-            self.exp_avg = weight.new_zeros(0, weight.shape[1])          # (rows selected so far, v_dim)
-            self.exp_avg_sq = weight.new_zeros(0, weight.shape[1])
-            self.steps = torch.zeros(0, dtype=torch.long, device=weight.device)
-
-    def state_bytes(self):
-        if self.kind == "sgd":
-            return 0
-        return sum(t.numel() * t.element_size() for t in (self.where, self.exp_avg, self.exp_avg_sq, self.steps))
-
-    @torch.no_grad()
-    def step(self, rows):
-        w, g = self.weight, self.weight.grad[rows]                    # g: (t, v_dim)
-        if self.kind == "sgd":
-            w[rows] = w[rows] - self.lr * g
-            return
-        new = rows[self.where[rows] < 0]                               # selected for the first time
-        if len(new):
-            self.where[new] = torch.arange(len(self.steps), len(self.steps) + len(new), device=w.device)
-            self.exp_avg = torch.cat([self.exp_avg, w.new_zeros(len(new), w.shape[1])])
-            self.exp_avg_sq = torch.cat([self.exp_avg_sq, w.new_zeros(len(new), w.shape[1])])
-            self.steps = torch.cat([self.steps, self.steps.new_zeros(len(new))])
-        i = self.where[rows]                                           # (t,) positions in the state
-        b1, b2 = self.betas
-        self.steps[i] += 1
-        exact = torch.float32 if w.device.type == "mps" else torch.float64   # MPS has no float64
-        n = self.steps[i].unsqueeze(1).to(exact)                       # (t, 1)
-        m = self.exp_avg[i].mul(b1).add(g, alpha=1 - b1)
-        v = self.exp_avg_sq[i].mul(b2).addcmul(g, g, value=1 - b2)
-        self.exp_avg[i], self.exp_avg_sq[i] = m, v
-        denom = (v / (1 - b2 ** n)).sqrt().add(self.eps)
-        update = (m / (1 - b1 ** n)) / denom
-        w[rows] = w[rows] * (1 - self.lr * self.wd) - self.lr * update.to(w.dtype)
-
-
-# ----------------------------------------------------------------------------------------
 # the stream
 
 def resolve(cfg, model):
@@ -386,37 +215,26 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
         opt = (torch.optim.SGD(params, lr=cfg.lr) if cfg.optimizer == "sgd"
                else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
 
-    allowed = [None] * len(tables)         # --max-df: per table, the slots that may be trained at all
-    if cfg.mode == "sparse" and cfg.max_df < 1:
-        if background is None:
-            raise ValueError("--max-df needs the background statistics")
-        allowed = [bg["df"] <= cfg.max_df * bg["units"] for bg in background]
+    if cfg.mode == "sparse" and cfg.max_df < 1 and background is None:
+        raise ValueError("--max-df needs the background statistics")
+    backgrounds = background or [None] * len(tables)
     bar = tqdm(total=len(facts) * cfg.steps_per_fact, desc=f"{cfg.mode} stream", disable=quiet)
     try:
         with model.recording_slots():
             for n, fact in enumerate(facts, 1):
                 x, y, count = (t.to(device) for t in make_batch(enc, fact_texts(fact), model.config.block_size))
                 for _ in range(cfg.steps_per_fact):
-                    _, loss = model(x, y)
+                    _, loss = model(x, y)                                  # 1. forward (records the slots read)
                     if not torch.isfinite(loss):
                         raise ValueError(f"loss became {loss.item()} on fact {n}; lower --lr")
-                    loss.backward()
-                    if opt is not None:
+                    loss.backward()                                        # 2. backward
+                    if opt is not None:                                    # full and lora: a plain optimizer step
                         opt.step()
                         opt.zero_grad(set_to_none=True)
-                    for i, ((w, mods), ro) in enumerate(zip(tables, row_opts)):
-                        bg = None if background is None else background[i]
-                        reads = torch.cat([m.last_indices[count] for m in mods])   # (tokens, H, k) per layer
-                        c = slot_counts(reads, w.shape[0])
-                        if cfg.rank_by == "sequence":
-                            every = torch.cat([m.last_indices for m in mods], dim=2)   # (B, T, layers*H, k)
-                            scores = sequence_scores(every, count, w.shape[0], cfg.ranking, bg)
-                        else:
-                            scores = slot_scores(c, cfg.ranking, bg)
-                        if allowed[i] is not None:
-                            c = c.masked_fill(~allowed[i], 0)                    # as if unread: never picked
-                        rows = top_slots(scores, c, cfg.top_t)
-                        ro.step(rows.to(w.device))
+                    for (w, _), reads, bg, ro in zip(tables, table_reads(model, tables), backgrounds, row_opts):
+                        rows = choose_rows(reads, count, w.shape[0], cfg.top_t, cfg.ranking,   # 3. choose rows
+                                           cfg.rank_by, cfg.max_df, bg)
+                        ro.step(rows.to(w.device))                         # 4. update those rows only
                         w.grad = None
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss.item():.3f}")

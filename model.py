@@ -143,16 +143,24 @@ class GPT(nn.Module):
 
     @contextmanager
     def recording_slots(self):
-        """Inside the block every memory layer keeps, in `last_indices` (B, T, heads, k), the
-        slots each token read in the latest forward; switched off again on the way out."""
+        """Inside the block every forward records the slots each token read in each memory
+        layer, for slot_reads(); switched off again on the way out."""
         mems = self.memory_modules
         for m in mems:
             m.record_indices = True
         try:
-            yield mems
+            yield
         finally:
             for m in mems:
                 m.record_indices, m.last_indices = False, None
+
+    def slot_reads(self):
+        """The slots every token read in the latest forward inside recording_slots(): one
+        (B, T, heads, k) tensor per memory layer, in memory_modules order."""
+        reads = [m.last_indices for m in self.memory_modules]
+        if any(r is None for r in reads):
+            raise RuntimeError("slot_reads() needs a forward inside model.recording_slots()")
+        return reads
 
     def value_params(self):
         """The memory value tables (one per memory layer, or one if shared)."""

@@ -11,7 +11,8 @@ import torch
 
 from conftest import TINY_MODEL
 from evaluate import validate
-from finetune import RowOptimizer, main as finetune_main
+from finetune import main as finetune_main
+from sparse import RowOptimizer
 from memory import ProductKeyMemory
 from model import GPTConfig
 from model import load_checkpoint

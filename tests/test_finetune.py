@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
-from finetune import (FinetuneConfig, RowOptimizer, background_stats, fact_texts, fingerprint,
-                      load_or_compute_background, main, make_batch, read_facts_file, resolve,
-                      pretraining_units, run_stream, sequence_scores, slot_counts, slot_scores, top_slots)
+from finetune import FinetuneConfig, fact_texts, main, make_batch, read_facts_file, resolve, run_stream
 from lora import LoRALinear, add_lora, merge_lora
+from sparse import (RowOptimizer, background_stats, fingerprint, load_or_compute_background, pretraining_units,
+                    sequence_scores, slot_counts, slot_scores, top_slots)
 from model import GPT, GPTConfig, load_checkpoint
 
 JSON_KEYS = {"mode", "optimizer", "lr", "top_t", "ranking", "facts", "steps_per_fact", "learned_acc",
@@ -240,11 +240,11 @@ def test_background_frequencies_are_cached_per_model(trained, tmp_path, monkeypa
     stats = load_or_compute_background(fc, model, ckpt, "cpu")
     assert stats[0]["units"] == 7 and stats[0]["df"].max() <= 7 and stats[0]["df"].sum() > 0
     assert os.path.exists(tmp_path / "ckpt.background.pt")
-    monkeypatch.setattr("finetune.background_stats", lambda *a: pytest.fail("recomputed"))
+    monkeypatch.setattr("sparse.background_stats", lambda *a: pytest.fail("recomputed"))
     assert torch.equal(load_or_compute_background(fc, model, ckpt, "cpu")[0]["reads"], stats[0]["reads"])
     with torch.no_grad():
         model.wte.weight[0, 0] += 1.0                          # another model: computed afresh
-    monkeypatch.setattr("finetune.background_stats", lambda *a: [{**stats[0], "df": torch.zeros_like(stats[0]["df"])}])
+    monkeypatch.setattr("sparse.background_stats", lambda *a: [{**stats[0], "df": torch.zeros_like(stats[0]["df"])}])
     assert load_or_compute_background(fc, model, ckpt, "cpu")[0]["df"].sum() == 0
 
 
@@ -270,7 +270,7 @@ def test_max_df_never_trains_a_slot_many_background_units_read(trained, ranking,
     x, _, count = make_batch(enc, fact_texts(facts[0]), model.config.block_size)
     with model.recording_slots():
         model(x)
-        reads = mem.last_indices
+        reads = model.slot_reads()[0]
     c = slot_counts(reads[count], mem.n_slots)
     df = torch.full((mem.n_slots,), 100)                      # at the cap of 0.1 x 1000 units: may be trained
     bg = [{"df": df, "reads": df, "units": 1000}]
