@@ -82,7 +82,7 @@ def point(run, field):
 
 def line(name, r):
     unseen = r["learned_acc_unseen_question"]
-    return (f"{name:<26} learned {r['learned_acc']:.3f}  unseen q {'-' if unseen is None else f'{unseen:.3f}'}  "
+    return (f"{name:<26} learned {r['learned_acc']:.3f}  unseen phrasing {'-' if unseen is None else f'{unseen:.3f}'}  "
             f"background {r['heldout_acc_before']:.3f} -> {r['heldout_acc_after']:.3f} (drop {r['heldout_drop']:.1%})  "
             f"val loss {r['val_loss_before']:.4f} -> {r['val_loss_after']:.4f}  [{r['seconds']:.0f}s]")
 

@@ -280,13 +280,16 @@ def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None)
 
 
 def format_table(results):
-    lines = [f"{'mode':<7} {'optimizer':<10} {'lr':<8} {'learned':>7} {'unseen q':>8}   "
-             f"{'heldout facts (before -> after, drop)':<38} val loss (before -> after)"]
+    """One row per run. drop = (before - after) / before of the background-fact accuracy, so a
+    positive drop is forgetting; the val loss change is after / before - 1 (positive: worse)."""
+    lines = [f"{'mode':<7} {'optimizer':<10} {'lr':<8} {'learned':>7} {'unseen phrasing':>15}   "
+             f"{'background facts (before -> after, drop)':<41} val loss (before -> after, change)"]
     for r in results:
         unseen = "-" if r["learned_acc_unseen_question"] is None else f"{r['learned_acc_unseen_question']:.3f}"
-        lines.append(f"{r['mode']:<7} {r['optimizer']:<10} {r['lr']:<8.3g} {r['learned_acc']:>7.3f} {unseen:>8}   "
-                     f"{r['heldout_acc_before']:.3f} -> {r['heldout_acc_after']:.3f}, {r['heldout_drop']:+7.1%}        "
-                     f"{r['val_loss_before']:.4f} -> {r['val_loss_after']:.4f} ({r['val_loss_after'] / r['val_loss_before'] - 1:+.1%})")
+        background = f"{r['heldout_acc_before']:.3f} -> {r['heldout_acc_after']:.3f}, {r['heldout_drop']:.1%}"
+        lines.append(f"{r['mode']:<7} {r['optimizer']:<10} {r['lr']:<8.3g} {r['learned_acc']:>7.3f} {unseen:>15}   "
+                     f"{background:<41} {r['val_loss_before']:.4f} -> {r['val_loss_after']:.4f}, "
+                     f"{r['val_loss_after'] / r['val_loss_before'] - 1:+.1%}")
     return "\n".join(lines)
 
 
