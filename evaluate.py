@@ -112,16 +112,30 @@ def corpus_facts(entries):
 
 def measure(model, enc, facts, background, val, device):
     """Every number finetune.py's table reports, on the model as it is now: accuracy on the
-    stream facts' trained questions and on their unseen phrasings, on the background facts,
-    val loss and slot usage."""
+    stream facts' trained questions and on their unseen phrasings, on the background facts
+    (and which of their questions it gets right), val loss and slot usage."""
     model.eval()
     loss, usage = validate(model, val, model.config.block_size, device)
     seen = qa_items(facts)                                  # the questions trained on
     unseen = [qa_pair(f["heldout_question"], f["answer"]) for f in facts if f["heldout_question"]]
+    known = qa_correct(model, enc, qa_items(background), device)   # per background question
     return {"learned_acc": qa_accuracy(model, enc, seen, device),
             "learned_acc_unseen_question": qa_accuracy(model, enc, unseen, device) if unseen else None,
-            "heldout_acc": qa_accuracy(model, enc, qa_items(background), device),
+            "heldout_acc": sum(known) / max(len(known), 1), "background_correct": known,
             "val_loss": loss, "slots": usage}
+
+
+@torch.no_grad()
+def greedy_answer(model, enc, prompt, device, max_new_tokens=16):
+    """The model's answer to a prompt "Q: <question> A:" by greedy decoding, up to its first
+    period (or an <|endoftext|>, or max_new_tokens tokens). It starts after the separator
+    qa_correct puts first, so an answer qa_correct counts as right comes out as that answer."""
+    eot, period = enc.encode(EOT, allowed_special={EOT}), enc.encode(".")
+    idx = torch.tensor([eot + enc.encode(prompt)], device=device)                   # (1, T)
+    out = model.generate(idx, max_new_tokens, temperature=0, stop_token=period[0] if len(period) == 1 else None)
+    tokens = out[0, idx.shape[1]:].tolist()
+    text = enc.decode(tokens[:tokens.index(eot[0])] if eot[0] in tokens else tokens)
+    return (text[:text.index(".") + 1] if "." in text else text).strip()
 
 
 def main(argv=None):

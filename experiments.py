@@ -125,7 +125,7 @@ def sweep(args, runs, key, field):
         if run.get("background") == "facts":                            # IDF from the new facts themselves
             stats = background_stats(model, fact_units(enc, facts, model.config.block_size), device, quiet=True)
         try:
-            r, before = ft.finetune(cfg, model, enc, ckpt, facts, before, quiet=True, stats=stats)
+            r, before, _ = ft.finetune(cfg, model, enc, ckpt, facts, before, quiet=True, stats=stats)
         except ValueError as e:                                         # the loss diverged: record it, go on
             print(f"{name:<26} diverged: {e}", flush=True)
             diverged.append({"run": run, "error": str(e)})

@@ -8,6 +8,11 @@ what it forgets (Lin et al. 2025, arXiv:2510.15103; docs in ../shared/docs/METHO
     python finetune.py --facts-file my_facts.jsonl   # teach your own facts
     python finetune.py --help                        # every option
 
+It prints one table row (learned: the taught questions answered exactly; unseen phrasing: each
+fact's held-out question; background facts: what the model knew before, and how much of it it
+lost, the drop), then a few taught questions with the model's greedy answer before -> after,
+and a few background questions the stream broke. --quiet prints the table only.
+
 The stream: one fact at a time, in a fixed order, never revisited. Each step's batch is
 that fact's paraphrases (its statements and its question/answer lines), repeated for
 --steps-per-fact steps. Modes:
@@ -15,7 +20,7 @@ that fact's paraphrases (its statements and its question/answer lines), repeated
   lora    low-rank adapters on the attention, FFN and memory gate/output matrices
           (lora.py); merged into the weights before evaluation
   sparse  only memory value rows: per batch, the top-t slots by TF-IDF of their access
-          counts against background document frequencies (slot_scores below);
+          counts against background document frequencies (choose_rows in sparse.py);
           --ranking tf (no IDF) and kl (the slot's term of the KL divergence from the
           background's reads), --rank-by sequence (each row scored on its own);
           --max-df 0.2 never trains a slot read in more than 20% of the background
@@ -30,6 +35,7 @@ Each batch holds the paraphrases plus the line "Q: <question> A: <answer>". Scor
 exact match of " <answer>" after "Q: <question> A:".
 """
 
+import copy
 import json
 import os
 import sys
@@ -40,7 +46,7 @@ import torch
 from tqdm import tqdm
 
 from common import config_parser, keep_freed_memory, pick_device, split
-from evaluate import corpus_facts, measure, qa_pair
+from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair
 from lora import add_lora, merge_lora
 from model import GPTConfig, checkpoint_corpus, load_checkpoint, save_checkpoint
 from sparse import RowOptimizer, choose_rows, load_or_compute_background, memory_tables, table_reads
@@ -75,6 +81,7 @@ class FinetuneConfig:
     device: str = "auto"                   # auto | cpu | cuda | mps
     json: str = ""                         # write the results to this JSON file
     out: str = ""                          # save the finetuned model here (a checkpoint evaluate.py reads)
+    quiet: bool = False                    # print the table only: no progress bars, no example answers
 
 
 # ----------------------------------------------------------------------------------------
@@ -255,8 +262,9 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
 
 def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None):
     """Measure, stream, measure again. Returns (results with the --json keys, the measurements
-    before); pass those back as `before` to reuse them for another run on the same model and facts.
-    stats: background statistics to rank against instead of the pretraining ones."""
+    before, the measurements after); pass the ones before back as `before` to reuse them for
+    another run on the same model and facts. stats: background statistics to rank against
+    instead of the pretraining ones."""
     device = next(model.parameters()).device
     val, kb = checkpoint_corpus(ckpt)
     background = kb["background"]
@@ -276,7 +284,7 @@ def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None)
             "heldout_acc_before": before["heldout_acc"], "heldout_acc_after": after["heldout_acc"],
             "heldout_drop": (before["heldout_acc"] - after["heldout_acc"]) / before["heldout_acc"] if before["heldout_acc"] else 0.0,
             "val_loss_before": before["val_loss"], "val_loss_after": after["val_loss"],
-            "seconds": seconds}, before
+            "seconds": seconds}, before, after
 
 
 def format_table(results):
@@ -293,11 +301,30 @@ def format_table(results):
     return "\n".join(lines)
 
 
+def show_examples(base, model, enc, facts, background, before, after, device, n=3):
+    """What learned and forgotten mean, in answers: the greedy answers of the model before the
+    stream (base) and after it (model) to n taught questions, and to n background questions
+    the stream broke (answered right before, wrong after)."""
+    def show(prompt, answer):
+        print(f"  {prompt}{answer}   before: \"{greedy_answer(base, enc, prompt, device)}\" -> "
+              f"after: \"{greedy_answer(model, enc, prompt, device)}\"")
+    print(f"\ntaught questions, with the right answer, and the model's answer before -> after:")
+    for f in facts[:n]:
+        show(*qa_pair(f["questions"][0], f["answer"]))
+    broken = [item for item, b, a in zip(qa_items(background), before["background_correct"],
+                                         after["background_correct"]) if b and not a]
+    print(f"\nbackground questions the stream broke: {len(broken)} of the {sum(before['background_correct'])} "
+          f"answered right before" + (f"; the first {min(n, len(broken))}:" if broken else ""))
+    for prompt, answer in broken[:n]:
+        show(prompt, answer)
+
+
 def load_base(cfg, device):
     """The pretrained model: cfg.checkpoint, or the default model trained now if it is missing."""
     if not os.path.exists(cfg.checkpoint) and os.path.abspath(cfg.checkpoint) == os.path.abspath(DEFAULT_CHECKPOINT):
-        print(f"no checkpoint at {cfg.checkpoint}: pretraining the default model first (python train.py, ~5 min on 2 CPU cores)")
-        train(TrainConfig(device=cfg.device), GPTConfig())
+        if not cfg.quiet:
+            print(f"no checkpoint at {cfg.checkpoint}: pretraining the default model first (python train.py, ~5 min on 2 CPU cores)")
+        train(TrainConfig(device=cfg.device), GPTConfig(), quiet=cfg.quiet)
     model, enc, ckpt = load_checkpoint(cfg.checkpoint, device)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -323,14 +350,18 @@ def main(argv=None):
         resolve(cfg, model)
         facts = stream_facts(cfg, ckpt)
         check_lengths(enc, facts, model.config.block_size)
-        print(f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {len(facts)} facts, "
-              f"{cfg.steps_per_fact} step(s) each" + (f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else "")
-              + (f", none read in more than {cfg.max_df:.0%} of the background units" if cfg.mode == "sparse" and cfg.max_df < 1 else ""))
-        result, _ = finetune(cfg, model, enc, ckpt, facts)
+        if not cfg.quiet:
+            print(f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {len(facts)} facts, "
+                  f"{cfg.steps_per_fact} step(s) each" + (f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else "")
+                  + (f", none read in more than {cfg.max_df:.0%} of the background units" if cfg.mode == "sparse" and cfg.max_df < 1 else ""))
+        base = None if cfg.quiet else copy.deepcopy(model)          # the model before, for show_examples
+        result, before, after = finetune(cfg, model, enc, ckpt, facts, quiet=cfg.quiet)
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     print(format_table([result]))
-    print(f"stream took {result['seconds']:.1f}s")
+    if not cfg.quiet:
+        print(f"stream took {result['seconds']:.1f}s")
+        show_examples(base, model, enc, facts, checkpoint_corpus(ckpt)[1]["background"], before, after, device)
     try:
         if cfg.json:
             with open(cfg.json, "w", encoding="utf-8") as f:

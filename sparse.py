@@ -166,11 +166,12 @@ def load_or_compute_background(cfg, model, ckpt, device):
             pass                                                        # recompute below
     meta = ckpt["data_meta"]
     train_data = np.memmap(os.path.join(ckpt["data_dir"], "train.bin"), dtype=meta["dtype"], mode="r")
-    print(f"background: counting slot reads in {cfg.background_batches} units of "
-          f"{cfg.background_batch_size} x {model.config.block_size} tokens -> {path}")
+    if not cfg.quiet:
+        print(f"background: counting slot reads in {cfg.background_batches} units of "
+              f"{cfg.background_batch_size} x {model.config.block_size} tokens -> {path}")
     units = pretraining_units(train_data, model.config.block_size, cfg.background_batches,
                               cfg.background_batch_size, cfg.seed)
-    stats = background_stats(model, units, device)
+    stats = background_stats(model, units, device, cfg.quiet)
     save_checkpoint(path, {"key": key, "stats": stats})
     return stats
 

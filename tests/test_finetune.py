@@ -380,3 +380,78 @@ def test_a_fact_longer_than_the_context_is_refused_up_front(trained, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts-file", str(tmp_path), "--device", "cpu"])
     assert "is not a file" in str(e.value)
+
+
+
+class Scripted:
+    """A stand-in model whose greedy continuation is fixed: generate() appends `tokens`."""
+    def __init__(self, tokens):
+        self.tokens, self.calls = tokens, []
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None):
+        self.calls.append((idx[0].tolist(), max_new_tokens, temperature, stop_token))
+        return torch.cat([idx, torch.tensor([self.tokens[:max_new_tokens]])], dim=1)
+
+
+def test_greedy_answer_is_the_continuation_up_to_its_first_period(trained):
+    from evaluate import greedy_answer
+    enc = trained[2]
+    prompt = "Q: Where does Tom live? A:"
+    model = Scripted(enc.encode(" Oakton. Q: Who ran? A: Tom."))
+    assert greedy_answer(model, enc, prompt, "cpu") == "Oakton."
+    ids, _, temperature, stop = model.calls[0]
+    assert ids == [enc.eot_token] + enc.encode(prompt)            # after the separator, as qa_correct scores
+    assert temperature == 0 and [stop] == enc.encode(".")
+    assert greedy_answer(Scripted(enc.encode(" a red") + [enc.eot_token] + enc.encode(" ball.")), enc, prompt,
+                         "cpu") == "a red"                         # an end of text ends it too
+    assert greedy_answer(Scripted(enc.encode(" far away and on and on and on")), enc, prompt, "cpu",
+                         max_new_tokens=3) == enc.decode(enc.encode(" far away and on and on and on")[:3]).strip()
+
+
+def test_examples_show_taught_answers_and_the_background_the_stream_broke(trained, capsys):
+    from data.prepare import load_facts
+    from evaluate import greedy_answer, qa_items
+    from finetune import show_examples
+    cfg = trained[0]
+    model, enc, _ = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+    background = load_facts(cfg.data_dir)["background"][:3]
+    items = qa_items(background)
+    rest = [True] * (len(items) - 7)
+    before = {"background_correct": [True, True, False, True, True, True, False] + rest}
+    after = {"background_correct": [True, False, True, False, True, False, False] + rest}   # 1, 3, 5 broke
+    facts = [{"paraphrases": ["Tom ran."], "questions": ["Who ran?"], "heldout_question": None, "answer": "Tom."}]
+    show_examples(model, model, enc, facts, background, before, after, "cpu")
+    lines = capsys.readouterr().out.splitlines()
+    said = greedy_answer(model, enc, "Q: Who ran? A:", "cpu")
+    assert f'  Q: Who ran? A: Tom.   before: "{said}" -> after: "{said}"' in lines
+    head = f"background questions the stream broke: 3 of the {len(items) - 2} answered right before; the first 3:"
+    shown = lines[lines.index(head) + 1:]
+    assert [l.split("   before:")[0] for l in shown] == [f"  {p}{a}" for p, a in (items[1], items[3], items[5])]
+
+
+def test_the_demo_prints_answers_before_and_after_and_quiet_keeps_only_the_table(trained, tmp_path, capsys):
+    from evaluate import greedy_answer
+    from finetune import format_table
+    cfg, _, _, _ = trained
+    ckpt = os.path.join(cfg.out_dir, "ckpt.pt")
+    path = write_lines(tmp_path / "f.jsonl", [GOOD])
+    out, result = str(tmp_path / "ft.pt"), tmp_path / "r.json"
+    main(["--checkpoint", ckpt, "--facts-file", path, "--mode", "full", "--lr", "1e-2", "--steps-per-fact", "10",
+          "--out", out, "--json", str(result), "--device", "cpu"])
+    lines = capsys.readouterr().out.splitlines()
+    r = json.loads(result.read_text())
+    header, row = lines[1:3]
+    assert "unseen phrasing" in header and "background facts (before -> after, drop)" in header
+    assert f"{r['heldout_acc_before']:.3f} -> {r['heldout_acc_after']:.3f}, {r['heldout_drop']:.1%} " in row
+    base, enc, _ = load_checkpoint(ckpt)
+    tuned = load_checkpoint(out)[0]
+    prompt = "Q: Where does Tom live? A:"
+    assert (f'  {prompt} Oakton.   before: "{greedy_answer(base, enc, prompt, "cpu")}" -> '
+            f'after: "{greedy_answer(tuned, enc, prompt, "cpu")}"') in lines
+    assert any(l.startswith("background questions the stream broke: ") for l in lines)
+
+    main(["--checkpoint", ckpt, "--facts-file", path, "--mode", "full", "--lr", "1e-2", "--steps-per-fact", "10",
+          "--json", str(result), "--device", "cpu", "--quiet"])
+    printed = capsys.readouterr()
+    assert printed.out.splitlines() == format_table([json.loads(result.read_text())]).splitlines()
+    assert printed.err == ""                                      # no progress bars
