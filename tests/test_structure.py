@@ -1,0 +1,68 @@
+"""Imports point one way: no project module imports a module above it in the reading order."""
+import ast
+import glob
+import os
+
+import pytest
+
+from conftest import ROOT
+
+# The reading order, lowest first. A module may import only modules in lower layers;
+# modules in one layer do not import each other.
+LAYERS = [
+    ["common"],                                   # command line, device, malloc: imports no project module
+    ["data.corpus", "data.tokenizer"],
+    ["data.prepare"],
+    ["memory"],
+    ["model"],                                    # the model and its checkpoints
+    ["evaluate"],                                 # metrics
+    ["train"],
+    ["lora", "sparse"],                           # the two methods' own parts
+    ["finetune"],
+    ["experiments", "bench"],
+]
+RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+
+
+def project_modules():
+    """Module name -> path of every Python file of the project outside tests/."""
+    paths = glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "data", "*.py"))
+    names = {os.path.relpath(p, ROOT)[:-3].replace(os.sep, "."): p for p in paths}
+    names.pop("data.__init__", None)                 # the package itself is empty
+    return names
+
+
+def imported(source, known):
+    """Every project module that source imports, anywhere in it (inside functions too)."""
+    out = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name in known}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out |= {node.module} & known
+            out |= {f"{node.module}.{a.name}" for a in node.names} & known   # from data import corpus
+    return out
+
+
+def upward(name, source, known):
+    """The imports of module `name` that are not in a lower layer."""
+    return sorted(m for m in imported(source, known) if RANK[m] >= RANK[name])
+
+
+def test_every_module_has_a_place_in_the_order():
+    assert set(project_modules()) == set(RANK), "add a new module to LAYERS in tests/test_structure.py"
+
+
+@pytest.mark.parametrize("name", sorted(RANK))
+def test_no_module_imports_one_above_it(name):
+    with open(project_modules()[name], "r", encoding="utf-8") as f:
+        source = f.read()
+    assert upward(name, source, set(RANK)) == [], f"{name} imports modules at or above its layer"
+
+
+def test_the_check_sees_late_and_aliased_imports():
+    known = set(RANK)
+    late = "import torch\n\ndef main():\n    from train import config_parser\n    import finetune as ft\n"
+    assert upward("data.prepare", late, known) == ["finetune", "train"]
+    assert upward("evaluate", "from data import corpus\nimport model\n", known) == []
+    assert upward("lora", "import sparse\n", known) == ["sparse"]       # same layer: not allowed either
