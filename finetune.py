@@ -1,6 +1,6 @@
 """
 Teach a pretrained memory model new facts in a stream, and measure what it learns and
-what it forgets (Lin et al. 2025, arXiv:2510.15103; docs in ../shared/docs/METHOD.md).
+what it forgets (sparse memory finetuning: Lin et al. 2025, arXiv:2510.15103).
 
     python finetune.py --mode sparse                 # the demo (pretrains first if out/ckpt.pt is missing)
     python finetune.py --mode full --optimizer adamw --lr 1e-4

@@ -1,8 +1,8 @@
 """
 Product-key memory layer ("memory+"), the drop-in replacement for a transformer FFN.
 
-Reads like docs section 1 of Lin et al. 2025 (arXiv:2510.15103), after Lample et al. 2019
-(arXiv:1907.05242) and Berges et al. 2024 (arXiv:2412.09764):
+The memory layer of Lin et al. 2025 (arXiv:2510.15103), after Lample et al. 2019
+(arXiv:1907.05242) and Berges et al. 2024 (arXiv:2412.09764), in their equations:
 
     q      = norm(W_q x)                      one query per head, split in halves q1, q2
     s1, s2 = K1 q1, K2 q2                     two sub-key tables of n_keys rows per head
@@ -18,6 +18,7 @@ For sparse memory finetuning the layer exposes
   - `values.weight`: the whole value table as one (n_keys^2, v_dim) parameter, and
   - `record_indices`: set it True and each forward stores the slots every token read in
     `last_indices` (B, T, heads, k), detached. Off by default; it only keeps a reference.
+    The model switches it on and hands the reads out (model.py, recording_slots / slot_reads).
 """
 
 import math
@@ -70,7 +71,8 @@ class ProductKeyMemory(nn.Module):
         self.last_indices = None
 
     def reset_parameters(self):
-        """Init of Lample et al. / Berges et al. (docs/METHOD.md section 1)."""
+        """Init of Lample et al. 2019 and Berges et al. 2024: sub-keys uniform in +-1/sqrt(k_dim),
+        values N(0, 1/v_dim), the query, gate and output matrices N(0, 1/d), the query bias 0."""
         bound = 1 / math.sqrt(self.k_dim)
         nn.init.uniform_(self.keys, -bound, bound)
         nn.init.normal_(self.values.weight, std=self.v_dim ** -0.5)
