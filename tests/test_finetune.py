@@ -8,7 +8,7 @@ import torch
 from conftest import TINY_MODEL
 from finetune import FinetuneConfig, fact_texts, main, make_batch, read_facts_file, resolve, run_stream
 from lora import LoRALinear, add_lora, merge_lora
-from sparse import (RowOptimizer, background_stats, fingerprint, load_or_compute_background, pretraining_units,
+from sparse import (RowOptimizer, background_stats, choose_rows, fingerprint, load_or_compute_background, pretraining_units,
                     sequence_scores, slot_counts, slot_scores, top_slots)
 from model import GPT, GPTConfig, load_checkpoint
 
@@ -190,8 +190,9 @@ def test_end_to_end_stream_learns_a_fact(trained, tmp_path):
     # The 60-step CI model is too weak for its 256-slot memory alone to learn a 6-token
     # answer exactly (the README's runs show sparse learning on the real model), so the
     # exact-match check goes through full finetuning and the sparse check through the loss.
-    main(["--checkpoint", ckpt, "--facts-file", path, "--mode", "full", "--lr", "1e-2",
-          "--steps-per-fact", "60", "--json", str(out), "--device", "cpu"])
+    # lr 1e-2 overshoots on some machines (0 learned); 1e-3 to 3e-3 learn it at 1 and 2 threads
+    main(["--checkpoint", ckpt, "--facts-file", path, "--mode", "full", "--lr", "2e-3",
+          "--steps-per-fact", "100", "--json", str(out), "--device", "cpu"])
     r = json.loads(out.read_text())
     assert set(r) == JSON_KEYS
     assert r["learned_acc"] == 1.0 and r["facts"] == 1 and r["learned_acc_unseen_question"] is None
@@ -259,8 +260,20 @@ def test_background_counts_units_and_reads():
     assert (st["reads"] >= st["df"]).all()
 
 
-@pytest.mark.parametrize("ranking, rank_by", [("tfidf", "batch"), ("tf", "batch"), ("tf", "sequence")])
-def test_max_df_never_trains_a_slot_many_background_units_read(trained, ranking, rank_by):
+@pytest.mark.parametrize("ranking, rank_by, uncapped, capped", [
+    ("tfidf", "batch", [0, 3], [1, 3]), ("tf", "batch", [0, 2], [2, 3]), ("tf", "sequence", [0, 2], [2, 3])])
+def test_max_df_drops_the_slots_above_the_cap_before_top_t(ranking, rank_by, uncapped, capped):
+    # one row of 5 tokens, 1 head, 2 slots each: slot 0 is read 4 times, slot 2 3 times, slot 3 twice, slot 1 once
+    reads = torch.tensor([[0, 2], [0, 2], [0, 2], [0, 3], [3, 1]]).view(1, 5, 1, 2)
+    count = torch.ones(1, 5, dtype=torch.bool)
+    # df of |B| = 1000 units; the cap 0.1 x 1000 = 100 allows slot 2 (df 100), not slot 0 (df 101).
+    # tf = 0.4, 0.1, 0.3, 0.2; tfidf = tf * log(1001 / (df + 1)): 0.913, 0.691, 0.688, 1.382
+    bg = {"df": torch.tensor([101, 0, 100, 0, 0, 0]), "reads": torch.zeros(6, dtype=torch.long), "units": 1000}
+    assert choose_rows(reads, count, 6, 2, ranking, rank_by, 1.0, bg).tolist() == uncapped
+    assert choose_rows(reads, count, 6, 2, ranking, rank_by, 0.1, bg).tolist() == capped
+
+
+def test_max_df_through_the_stream_trains_only_slots_under_the_cap(trained):
     cfg, _, enc, _ = trained
     model, enc, ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
     before = model.state_dict()["blocks.1.ffn.values.weight"].clone()
@@ -270,25 +283,14 @@ def test_max_df_never_trains_a_slot_many_background_units_read(trained, ranking,
     x, _, count = make_batch(enc, fact_texts(facts[0]), model.config.block_size)
     with model.recording_slots():
         model(x)
-        reads = model.slot_reads()[0]
-    c = slot_counts(reads[count], mem.n_slots)
-    df = torch.full((mem.n_slots,), 100)                      # at the cap of 0.1 x 1000 units: may be trained
-    bg = [{"df": df, "reads": df, "units": 1000}]
-
-    def ranked():                                             # run_stream's scores of the read slots, under bg
-        s = slot_scores(c, ranking, bg[0]) if rank_by == "batch" else sequence_scores(reads, count, mem.n_slots,
-                                                                                      ranking, bg[0])
-        return s.masked_fill(c == 0, -math.inf)
-    df[ranked().topk(3).indices] = 101                        # the three best slots: just above the cap
-    score = ranked()
-    assert (df[score.topk(5).indices] > 100).any()            # without the cap a slot above it would be trained
-    capped = score.masked_fill(df > 100, -math.inf)
-    fifth = capped.topk(5).values[-1]
-    fc = resolve(FinetuneConfig(mode="sparse", ranking=ranking, rank_by=rank_by, lr=1.0, top_t=5, max_df=0.1), model)
-    run_stream(fc, model, enc, facts, bg, quiet=True)
+        read = slot_counts(model.slot_reads()[0][count], mem.n_slots) > 0
+    allowed = read.nonzero().flatten()[:5]                    # five read slots under the cap, every other above it
+    df = torch.where(read, 101, 0)
+    df[allowed] = 100
+    fc = resolve(FinetuneConfig(mode="sparse", lr=1.0, top_t=20, max_df=0.1), model)
+    run_stream(fc, model, enc, facts, [{"df": df, "reads": df, "units": 1000}], quiet=True)
     changed = (model.state_dict()["blocks.1.ffn.values.weight"] != before).any(dim=1).nonzero().flatten()
-    assert len(changed) == 5 and set(changed.tolist()) <= set((capped >= fifth).nonzero().flatten().tolist())
-    assert (df[changed] <= 100).all()
+    assert changed.tolist() == allowed.tolist()              # t = 20, but only five slots may be trained
 
 
 def test_max_df_with_tf_ranking_still_reads_the_background(trained, tmp_path):
