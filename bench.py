@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 import finetune as ft
-from common import keep_freed_memory, pick_device
+from common import ROOT, keep_freed_memory, pick_device
 from evaluate import corpus_facts
 from memory import ProductKeyMemory
 from model import GPT, GPTConfig, MLP, checkpoint_corpus
@@ -244,7 +244,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats")
     p.add_argument("--glibc-default", action="store_true", help="leave glibc's malloc settings as they are")
-    p.add_argument("--checkpoint", default=os.path.join("out", "ckpt.pt"), help="pretrained model for section 6")
+    p.add_argument("--checkpoint", default=os.path.join(ROOT, "out", "ckpt.pt"), help="pretrained model for section 6")
     p.add_argument("--large", action="store_true", help="only section 7, the d=768 12-layer 1M-slot model")
     p.add_argument("--device", default="auto", help="with --large: auto | cpu | cuda | mps")
     p.add_argument("--batch-size", type=int, default=32, help="with --large: sequences of 128 tokens per step")

@@ -9,10 +9,14 @@ corpus is written and read in data/prepare.py.
 import argparse
 import ctypes
 import inspect
+import os
 import re
 from dataclasses import fields
 
 import torch
+
+# The project folder: default paths (out/, data/) are resolved in it, not in the working directory.
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def config_parser(description, *dataclasses, skip=()):

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import torch
 
-from common import keep_freed_memory, pick_device
+from common import ROOT, keep_freed_memory, pick_device
 from data.tokenizer import EOT
 from model import checkpoint_corpus, load_checkpoint
 
@@ -140,7 +140,7 @@ def greedy_answer(model, enc, prompt, device, max_new_tokens=16):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=os.path.join("out", "ckpt.pt"), help="checkpoint written by train.py or "
+    p.add_argument("--checkpoint", default=os.path.join(ROOT, "out", "ckpt.pt"), help="checkpoint written by train.py or "
                    "finetune.py --out")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--facts", type=int, default=100, help="new facts to score, as finetune.py's --facts (a finetuned "

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 import finetune as ft
-from common import keep_freed_memory, pick_device
+from common import ROOT, keep_freed_memory, pick_device
 from data.prepare import DataConfig, new_fact_entries, prepare
 from evaluate import corpus_facts, qa_accuracy, qa_correct, qa_items
 from model import GPTConfig, checkpoint_corpus
@@ -208,15 +208,15 @@ def long_stream(args, points=5):
     return {"lr": cfg.lr, "top_t": cfg.top_t, "stream": args.facts, "trace": trace}
 
 
-SHARED_TINYSTORIES = os.path.join("..", "shared", "data", "tinystories", "tinystories_v1_train_head_2MiB.txt")
+SHARED_TINYSTORIES = os.path.join(ROOT, "..", "shared", "data", "tinystories", "tinystories_v1_train_head_2MiB.txt")
 
 
 def real_text(args):
     """Prepare a corpus of real TinyStories text (with the same background-fact documents),
     pretrain the default model on it, then run full, LoRA and sparse on its new facts."""
-    data = DataConfig(source="tinystories", out_dir=os.path.join("data", "tinystories"),
+    data = DataConfig(source="tinystories", out_dir=os.path.join(ROOT, "data", "tinystories"),
                       tinystories_file=args.tinystories_file)
-    ckpt = os.path.join("out", "tinystories", "ckpt.pt")
+    ckpt = os.path.join(ROOT, "out", "tinystories", "ckpt.pt")
     if not os.path.exists(ckpt):
         prepare(data)
         print(f"pretraining the default model on {data.out_dir} -> {ckpt} (about 5 min on 2 CPU cores)")
@@ -444,7 +444,7 @@ def main(argv=None):
     p.add_argument("--steps-per-fact", type=int, default=ft.FinetuneConfig.steps_per_fact, help="steps on each fact's batch")
     p.add_argument("--lr", type=float, default=0.0, help="learning rate where a run does not set one; 0 = finetune.py's "
                    "default (curves always uses each method's default)")
-    p.add_argument("--out-dir", default=os.path.join("out", "experiments"), help="where the JSON and PNG go")
+    p.add_argument("--out-dir", default=os.path.join(ROOT, "out", "experiments"), help="where the JSON and PNG go")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--tinystories-file", default=SHARED_TINYSTORIES if os.path.exists(SHARED_TINYSTORIES) else "",
                    help="real-text: local TinyStories text (default: the shared sample when present, else download)")

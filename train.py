@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from common import config_parser, keep_freed_memory, pick_device, split
+from common import ROOT, config_parser, keep_freed_memory, pick_device, split
 from data.prepare import DataConfig, load_facts, prepare, read_corpus_meta
 from evaluate import qa_accuracy, qa_items, validate
 from model import GPT, GPTConfig, check_same_corpus, config_dict, load_checkpoint, save_checkpoint
@@ -31,7 +31,7 @@ from model import GPT, GPTConfig, check_same_corpus, config_dict, load_checkpoin
 @dataclass
 class TrainConfig:
     data_dir: str = DataConfig.out_dir   # prepared corpus (made here if missing)
-    out_dir: str = "out"                 # checkpoint folder
+    out_dir: str = os.path.join(ROOT, "out")  # checkpoint folder
     seed: int = 1337                     # model init and batch order
     batch_size: int = 16                 # sequences per step (more, smaller steps learn facts faster)
     max_iters: int = 850                 # optimizer steps (~4.5 min on 2 CPU cores by default)

@@ -1,12 +1,17 @@
 """Never lose work, never run untrusted code, one clear line for bad input, same seed same numbers."""
+import inspect
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
 import torch
 
+import data.prepare as prepare_module
 import evaluate
 import finetune
 import model as model_module
@@ -181,3 +186,49 @@ def test_a_device_that_is_not_there_gives_one_line(trained, tmp_path, device, me
 def test_stop_at_out_of_range_is_refused(tiny_corpus, tmp_path):
     with pytest.raises(ValueError, match="--stop-at 30 must be between 1 and --max-iters 20"):
         tiny_run(tiny_corpus, tmp_path, stop_at=30)
+
+
+# ----------------------------------------------------------------------------------------
+# nothing lost, nothing silent: each case below once lost work or gave a wrong result quietly
+
+TINY_ARGS = [a for k, v in TINY_MODEL.items()        # TINY_MODEL on train.py's command line
+             for a in ("--" + k.replace("_", "-"), ",".join(map(str, v)) if isinstance(v, tuple) else str(v))]
+GOOD = json.dumps({"paraphrases": ["Tom lives in Oakton."], "question": "Where does Tom live?", "answer": "Oakton."})
+
+
+def one_line_error(cli, *args):
+    """The message of the SystemExit that cli(args) ends with: one line, starting with error:."""
+    with pytest.raises(SystemExit) as e:
+        cli([str(a) for a in args])
+    message = str(e.value)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+def checkpoint_of(trained):
+    return os.path.join(trained[0].out_dir, "ckpt.pt")
+
+
+def interrupted_after_text(corpus, tmp_path):
+    """A copy of the corpus as a data.prepare stopped after its text stage leaves it."""
+    cfg = replace(corpus, out_dir=str(tmp_path / "corpus"))
+    shutil.copytree(corpus.out_dir, cfg.out_dir)
+    for name in ("meta.json", "train.bin", "val.bin"):
+        os.remove(os.path.join(cfg.out_dir, name))
+    return cfg
+
+
+def test_default_paths_are_the_projects_whatever_the_working_directory(tmp_path, monkeypatch):
+    from conftest import ROOT
+    monkeypatch.chdir(tmp_path)
+    default = os.path.join(ROOT, "out", "ckpt.pt")
+    assert os.path.abspath(os.path.join(TrainConfig().out_dir, "ckpt.pt")) == default
+    assert os.path.abspath(finetune.FinetuneConfig().checkpoint) == default
+    loaded = []
+
+    def load(path, device="cpu"):
+        loaded.append(os.path.abspath(path))
+        raise RuntimeError("stop here")
+    monkeypatch.setattr(evaluate, "load_checkpoint", load)
+    one_line_error(evaluate.main, "--device", "cpu")
+    assert loaded == [default]
