@@ -218,6 +218,22 @@ def interrupted_after_text(corpus, tmp_path):
     return cfg
 
 
+def test_the_next_save_removes_what_a_killed_save_left(tmp_path):
+    from conftest import ROOT
+    path = str(tmp_path / "ckpt.pt")
+    killed = (f"import os, sys, torch\nsys.path.insert(0, {ROOT!r})\nfrom model import save_checkpoint\n"
+              "def dies(obj, f):\n    f.write(b'half a checkpoint')\n    os.kill(os.getpid(), 9)\n"
+              f"torch.save = dies\nsave_checkpoint({path!r}, {{}})\n")
+    assert subprocess.run([sys.executable, "-c", killed]).returncode == -9
+    assert len(os.listdir(tmp_path)) == 1                        # the killed save's temporary file
+    others = ["notes.tmp", "ckpt.pt.tmp", "other.pt.abcdefgh.tmp",     # not ours to delete, and a save
+              f"ckpt.pt.{os.getpid()}.abcdefgh.tmp"]                    # still running (this process)
+    for name in others:
+        (tmp_path / name).write_text("keep")
+    save_checkpoint(path, {"x": torch.arange(2)})
+    assert sorted(os.listdir(tmp_path)) == sorted(["ckpt.pt"] + others)
+
+
 def test_default_paths_are_the_projects_whatever_the_working_directory(tmp_path, monkeypatch):
     from conftest import ROOT
     monkeypatch.chdir(tmp_path)
