@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, fields
 
 import numpy as np
 import torch
@@ -293,14 +293,49 @@ def load_checkpoint(path, device="cpu"):
                                "code; only tensors and plain data are accepted") from None
         raise RuntimeError(f"could not load checkpoint {path} ({type(e).__name__}): the file is corrupt "
                            "or not a PyTorch checkpoint") from None
-    if not isinstance(ckpt, dict) or not {"model", "model_args", "tokenizer"} <= ckpt.keys():
-        raise RuntimeError(f"{path} is not a checkpoint written by train.py (no model args or tokenizer)")
-    model = GPT(GPTConfig(**ckpt["model_args"])).to(device)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
+    problem = checkpoint_problem(ckpt)
+    if problem:
+        raise RuntimeError(f"{path} is not a checkpoint written by train.py of this version ({problem}); "
+                           "use one it wrote, or train again")
+    try:
+        model = GPT(GPTConfig(**ckpt["model_args"]))
+    except (TypeError, ValueError) as e:
+        raise RuntimeError(f"{path}: its model args do not make a model ({e}); the file is damaged") from None
+    mine, theirs = model.state_dict(), ckpt["model"]
+    wrong = sorted(k for k in mine.keys() | theirs.keys()
+                   if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape)
+    if wrong:
+        raise RuntimeError(f"{path}: its weights do not fit its model args ({len(wrong)} tensors, the first {wrong[0]}); "
+                           "the file is damaged or from another version")
+    model.load_state_dict(theirs)
+    model.to(device).eval()
     tok = ckpt["tokenizer"]
-    enc = read_tokenizer("gpt2")[0] if tok == "gpt2" else encoding_from_text(tok)
+    try:
+        enc = read_tokenizer("gpt2")[0] if tok == "gpt2" else encoding_from_text(tok)
+    except ValueError:
+        raise RuntimeError(f"{path}: its tokenizer is not a .tiktoken ranks text; the file is damaged") from None
     return model, enc, ckpt
+
+
+def checkpoint_problem(ckpt):
+    """What keeps a loaded file from being a checkpoint this version reads; None if nothing does."""
+    if not isinstance(ckpt, dict):
+        return "it holds no dict"
+    missing = [k for k in ("model", "model_args", "tokenizer", "data_dir", "data_meta") if k not in ckpt]
+    if missing:
+        return "no " + ", ".join(missing)
+    if not isinstance(ckpt["model"], dict) or not all(torch.is_tensor(v) for v in ckpt["model"].values()):
+        return "its model is not a dict of tensors"
+    if not isinstance(ckpt["model_args"], dict):
+        return "its model_args is not a dict"
+    unknown = sorted(ckpt["model_args"].keys() - {f.name for f in fields(GPTConfig)})
+    if unknown:
+        return "model args this version does not know: " + ", ".join(map(str, unknown))
+    if not isinstance(ckpt["tokenizer"], str):
+        return "its tokenizer is not text"
+    if not (isinstance(ckpt["data_dir"], str) and isinstance(ckpt["data_meta"], dict) and "dtype" in ckpt["data_meta"]):
+        return "its data_dir or data_meta is malformed"
+    return None
 
 
 def check_same_corpus(ckpt, tok_text, meta, data_dir):

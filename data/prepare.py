@@ -206,8 +206,16 @@ def prepare(cfg):
 
 def read_corpus_meta(data_dir):
     """(meta.json, Encoding, tokenizer text) of a prepared corpus."""
-    with open(os.path.join(data_dir, "meta.json"), "r", encoding="utf-8") as f:
-        meta = json.load(f)
+    path = os.path.join(data_dir, "meta.json")
+    with open(path, "r", encoding="utf-8") as f:
+        try:
+            meta = json.load(f)
+        except json.JSONDecodeError:
+            meta = None
+    missing = [k for k in ("tokenizer", "vocab_size", "dtype") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ValueError(f"{path} is damaged or from another version (no {', '.join(missing)}); "
+                         f"delete {data_dir} and prepare it again (python -m data.prepare)")
     name = meta["tokenizer"] if meta["tokenizer"] == "gpt2" else os.path.join(data_dir, meta["tokenizer"])
     enc, text = read_tokenizer(name)
     return meta, enc, text

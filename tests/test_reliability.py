@@ -218,6 +218,35 @@ def interrupted_after_text(corpus, tmp_path):
     return cfg
 
 
+MALFORMED = {
+    "unknown model arg": lambda c: {**c, "model_args": {**c["model_args"], "mem_gate": True}},
+    "model_args None": lambda c: {**c, "model_args": None},
+    "tokenizer not text": lambda c: {**c, "tokenizer": 5},
+    "model not a dict": lambda c: {**c, "model": [torch.zeros(1)]},
+    "no data_meta": lambda c: {k: v for k, v in c.items() if k != "data_meta"},
+    "weights of another shape": lambda c: {**c, "model_args": {**c["model_args"], "n_embd": 64}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_checkpoint_gives_one_line(trained, tmp_path, case):
+    bad = str(tmp_path / "bad.pt")
+    save_checkpoint(bad, MALFORMED[case](weights(trained[0].out_dir)))
+    for cli in (finetune.main, evaluate.main):
+        assert bad in one_line_error(cli, "--checkpoint", bad, "--device", "cpu")
+
+
+def test_a_corpus_meta_without_dtype_gives_one_line(tiny_corpus, tmp_path):
+    other = str(tmp_path / "corpus")
+    shutil.copytree(tiny_corpus.out_dir, other)
+    meta = json.loads(open(os.path.join(other, "meta.json")).read())
+    del meta["dtype"]
+    open(os.path.join(other, "meta.json"), "w").write(json.dumps(meta))
+    message = one_line_error(train_module.main, "--data-dir", other, "--out-dir", tmp_path / "run", *TINY_ARGS,
+                             "--max-iters", 1, "--device", "cpu")
+    assert "meta.json" in message and "dtype" in message
+
+
 def test_the_next_save_removes_what_a_killed_save_left(tmp_path):
     from conftest import ROOT
     path = str(tmp_path / "ckpt.pt")
