@@ -9,6 +9,7 @@ corpus is written and read in data/prepare.py.
 import argparse
 import ctypes
 import inspect
+import math
 import os
 import re
 from dataclasses import fields
@@ -44,6 +45,17 @@ def config_parser(description, *dataclasses, skip=()):
 def split(args, dc):
     """The dataclass dc filled from the parsed options that name its fields."""
     return dc(**{f.name: getattr(args, f.name) for f in fields(dc) if hasattr(args, f.name)})
+
+
+def check_range(cfg, positive=(), not_negative=()):
+    """ValueError naming the first of these options that is not a finite number above 0
+    (positive) or at least 0 (not_negative): an inf or nan learning rate would otherwise only
+    show up as a diverged run."""
+    for name in positive + not_negative:
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and (value > 0 if name in positive else value >= 0)):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number "
+                             f"{'above 0' if name in positive else '0 or more'}, not {value:g}")
 
 
 def pick_device(name="auto"):

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from common import config_parser, keep_freed_memory, pick_device, split
+from common import check_range, config_parser, keep_freed_memory, pick_device, split
 from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair
 from lora import add_lora, merge_lora
 from model import GPTConfig, checkpoint_corpus, load_checkpoint, save_checkpoint
@@ -172,8 +172,9 @@ def resolve(cfg, model):
     if not cfg.lr and (cfg.mode, cfg.optimizer) not in DEFAULT_LR:
         raise ValueError(f"no measured default learning rate for {cfg.mode} with {cfg.optimizer}; pass --lr")
     cfg.lr = cfg.lr or DEFAULT_LR[(cfg.mode, cfg.optimizer)]
-    if cfg.lr < 0 or cfg.steps_per_fact < 1 or cfg.facts < 1:
-        raise ValueError("--lr must be positive, --steps-per-fact and --facts at least 1")
+    check_range(cfg, positive=("lr",), not_negative=("weight_decay",))
+    if cfg.steps_per_fact < 1 or cfg.facts < 1:
+        raise ValueError("--steps-per-fact and --facts must be at least 1")
     if cfg.mode == "sparse":
         if not model.memory_modules:
             raise ValueError("--mode sparse needs a model with memory layers; this one is dense")
@@ -188,8 +189,10 @@ def resolve(cfg, model):
             raise ValueError(f"--max-df is a share of the background units: between 0 (exclusive) and 1, not {cfg.max_df}")
         if cfg.background_batches < 1 or cfg.background_batch_size < 1:
             raise ValueError("--background-batches and --background-batch-size must be at least 1")
-    if cfg.mode == "lora" and (cfg.lora_rank < 1 or cfg.lora_alpha <= 0):
-        raise ValueError("--lora-rank must be at least 1 and --lora-alpha positive")
+    if cfg.mode == "lora":
+        if cfg.lora_rank < 1:
+            raise ValueError("--lora-rank must be at least 1")
+        check_range(cfg, positive=("lora_alpha",))
     return cfg
 
 

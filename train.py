@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from common import ROOT, config_parser, keep_freed_memory, pick_device, split
+from common import ROOT, check_range, config_parser, keep_freed_memory, pick_device, split
 from data.prepare import DataConfig, load_facts, prepare, read_corpus_meta
 from evaluate import qa_accuracy, qa_items, validate
 from model import GPT, GPTConfig, check_same_corpus, config_dict, load_checkpoint, save_checkpoint
@@ -126,6 +126,7 @@ def train(cfg, mcfg, quiet=False):
     stop = cfg.stop_at or cfg.max_iters
     if not 0 < stop <= cfg.max_iters:
         raise ValueError(f"--stop-at {cfg.stop_at} must be between 1 and --max-iters {cfg.max_iters} (0 = max_iters)")
+    check_range(cfg, positive=("lr", "value_lr"), not_negative=("min_lr", "weight_decay", "grad_clip"))
     torch.manual_seed(cfg.seed)
     rank, world, device = setup_ddp(cfg.device)
     quiet = quiet or rank > 0                        # one process prints, one writes checkpoints

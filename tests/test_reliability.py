@@ -13,6 +13,7 @@ import torch
 
 import data.prepare as prepare_module
 import evaluate
+import experiments
 import finetune
 import model as model_module
 import train as train_module
@@ -216,6 +217,16 @@ def interrupted_after_text(corpus, tmp_path):
     for name in ("meta.json", "train.bin", "val.bin"):
         os.remove(os.path.join(cfg.out_dir, name))
     return cfg
+
+
+@pytest.mark.parametrize("option, value", [("--lr", "inf"), ("--lr", "nan"), ("--lr", "-1"), ("--weight-decay", "-0.1")])
+def test_learning_rate_and_decay_must_be_finite_and_not_negative(trained, tiny_corpus, tmp_path, option, value):
+    message = one_line_error(finetune.main, "--checkpoint", checkpoint_of(trained), "--mode", "full", "--facts", 1,
+                             "--steps-per-fact", 1, option, value, "--device", "cpu", "--quiet")
+    assert f"{option} must be" in message
+    message = one_line_error(train_module.main, "--data-dir", tiny_corpus.out_dir, "--out-dir", tmp_path, *TINY_ARGS,
+                             "--max-iters", 2, option, value, "--device", "cpu")
+    assert f"{option} must be" in message and not (tmp_path / "ckpt.pt").exists()
 
 
 MALFORMED = {
