@@ -38,7 +38,7 @@ import finetune as ft
 from common import ROOT, keep_freed_memory, pick_device
 from data.prepare import DataConfig, new_fact_entries, prepare
 from evaluate import corpus_facts, qa_accuracy, qa_correct, qa_items
-from model import GPTConfig, checkpoint_corpus
+from model import GPTConfig, check_writable, checkpoint_corpus
 from sparse import background_stats, choose_rows, load_or_compute_background, slot_counts
 from train import TrainConfig, train
 
@@ -452,7 +452,9 @@ def main(argv=None):
     args.facts = args.facts or (500 if args.experiment == "long" else 50)
     keep_freed_memory()
     t0 = time.time()
+    path = os.path.join(args.out_dir, args.experiment)
     try:
+        check_writable(path + ".json", f"--out-dir {args.out_dir}: its results")   # before any work
         if args.experiment == "curves":
             data = curves(args)
         elif args.experiment == "slots":
@@ -468,8 +470,6 @@ def main(argv=None):
             data = sweep(args, runs(), key, field)
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")
-    os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, args.experiment)
     data = {"experiment": args.experiment, "checkpoint": args.checkpoint, "facts": args.facts,
             "steps_per_fact": args.steps_per_fact, "seed": ft.FinetuneConfig.seed, **data, "seconds": time.time() - t0}
     with open(path + ".json", "w", encoding="utf-8") as f:

@@ -46,9 +46,10 @@ import torch
 from tqdm import tqdm
 
 from common import check_range, config_parser, keep_freed_memory, pick_device, split
+from data.prepare import write_text
 from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair
 from lora import add_lora, merge_lora
-from model import GPTConfig, checkpoint_corpus, load_checkpoint, save_checkpoint
+from model import GPTConfig, check_writable, checkpoint_corpus, load_checkpoint, save_checkpoint
 from sparse import RowOptimizer, choose_rows, load_or_compute_background, memory_tables, table_reads
 from train import TrainConfig, train
 
@@ -194,6 +195,18 @@ def resolve(cfg, model):
             raise ValueError("--lora-rank must be at least 1")
         check_range(cfg, positive=("lora_alpha",))
     return cfg
+
+
+def check_outputs(cfg):
+    """Before any work: every output can be written at the end, and none would overwrite an input."""
+    inputs = {os.path.realpath(p) for p in (cfg.checkpoint, cfg.facts_file) if p}
+    outputs = [(flag, path) for flag, path in (("--out", cfg.out), ("--json", cfg.json)) if path]
+    for flag, path in outputs:
+        if os.path.realpath(path) in inputs:
+            raise ValueError(f"{flag} {path} is an input of this run; write to another file")
+        check_writable(path, flag)
+    if len(outputs) == 2 and os.path.realpath(cfg.out) == os.path.realpath(cfg.json):
+        raise ValueError("--out and --json name the same file; give each its own")
 
 
 def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=None):
@@ -348,6 +361,7 @@ def main(argv=None):
     cfg = split(args, FinetuneConfig)
     keep_freed_memory()
     try:
+        check_outputs(cfg)                                          # before any work, pretraining included
         device = pick_device(cfg.device)
         model, enc, ckpt = load_base(cfg, device)
         resolve(cfg, model)
@@ -365,15 +379,20 @@ def main(argv=None):
     if not cfg.quiet:
         print(f"stream took {result['seconds']:.1f}s")
         show_examples(base, model, enc, facts, checkpoint_corpus(ckpt)[1]["background"], before, after, device)
-    try:
-        if cfg.json:
-            with open(cfg.json, "w", encoding="utf-8") as f:
-                json.dump(result, f, indent=1)
-        if cfg.out:
-            save_checkpoint(cfg.out, {**ckpt, "model": model.state_dict(), "optimizers": [],
-                                      "finetune": {**vars(cfg), "facts_taught": facts}})
-    except OSError as e:
-        sys.exit(f"error: could not write the results ({e})")
+    # The model, then the results, each on its own: one failing write never loses the other.
+    writes = [("--out", cfg.out, lambda: save_checkpoint(cfg.out, {**ckpt, "model": model.state_dict(), "optimizers": [],
+                                                                    "finetune": {**vars(cfg), "facts_taught": facts}})),
+              ("--json", cfg.json, lambda: write_text(cfg.json, json.dumps(result, indent=1, allow_nan=False)))]
+    written, failed = [], []
+    for flag, path, write in writes:
+        if path:
+            try:
+                write()
+                written.append(f"{flag} {path}")
+            except (OSError, ValueError) as e:
+                failed.append(f"{flag} {path} ({getattr(e, 'strerror', None) or e})")
+    if failed:
+        sys.exit(f"error: could not write {' or '.join(failed)}" + "".join(f"; {w} was written" for w in written))
 
 
 if __name__ == "__main__":

@@ -257,6 +257,20 @@ def remove_stale_temporaries(path):
                 pass
 
 
+def check_writable(path, what):
+    """Fail now, before any work, if path could not be written at the end: make its folder, and
+    create and delete a temporary file there. ValueError names the option (what) and the path."""
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path} is a folder; give a file name")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fd, tmp = temporary_file(path)
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        raise ValueError(f"{what} {path} cannot be written ({e.strerror or e}); choose another path") from None
+
+
 def save_checkpoint(path, obj):
     """Atomic: write a temporary file, fsync, rename. A kill at any moment leaves the old file
     intact, and the temporary files of killed saves are removed by the next save."""

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from common import ROOT, check_range, config_parser, keep_freed_memory, pick_device, split
 from data.prepare import DataConfig, load_facts, prepare, read_corpus_meta
 from evaluate import qa_accuracy, qa_items, validate
-from model import GPT, GPTConfig, check_same_corpus, config_dict, load_checkpoint, save_checkpoint
+from model import GPT, GPTConfig, check_same_corpus, check_writable, config_dict, load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -127,6 +127,8 @@ def train(cfg, mcfg, quiet=False):
     if not 0 < stop <= cfg.max_iters:
         raise ValueError(f"--stop-at {cfg.stop_at} must be between 1 and --max-iters {cfg.max_iters} (0 = max_iters)")
     check_range(cfg, positive=("lr", "value_lr"), not_negative=("min_lr", "weight_decay", "grad_clip"))
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    check_writable(ckpt_path, f"--out-dir {cfg.out_dir}: its checkpoint")   # before any work
     torch.manual_seed(cfg.seed)
     rank, world, device = setup_ddp(cfg.device)
     quiet = quiet or rank > 0                        # one process prints, one writes checkpoints
@@ -149,7 +151,6 @@ def train(cfg, mcfg, quiet=False):
     mcfg.vocab_size = meta["vocab_size"]
     if cfg.dense:
         mcfg.memory_layers = ()
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     if cfg.resume:  # the checkpoint's own model args and training recipe win over the command line's
         model, _, ckpt = load_checkpoint(ckpt_path, device)
         mcfg = model.config

@@ -54,10 +54,14 @@ class DataConfig:
 def write_atomic(path, write):
     """Write through a temporary file and rename, so a killed run never leaves half a file."""
     tmp = path + ".tmp"
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):                         # a failed write leaves no half file behind
+            os.remove(tmp)
 
 
 def write_text(path, text):

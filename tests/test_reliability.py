@@ -229,6 +229,54 @@ def test_learning_rate_and_decay_must_be_finite_and_not_negative(trained, tiny_c
     assert f"{option} must be" in message and not (tmp_path / "ckpt.pt").exists()
 
 
+@pytest.mark.parametrize("flag", ["--out", "--json"])
+def test_no_output_may_overwrite_the_checkpoint_it_reads(trained, tmp_path, flag):
+    ckpt = str(tmp_path / "ckpt.pt")
+    shutil.copy(checkpoint_of(trained), ckpt)
+    before = open(ckpt, "rb").read()
+    message = one_line_error(finetune.main, "--checkpoint", ckpt, flag, os.path.join(str(tmp_path), ".", "ckpt.pt"),
+                             "--mode", "full", "--facts", 1, "--steps-per-fact", 1, "--device", "cpu", "--quiet")
+    assert flag in message and "input" in message
+    assert open(ckpt, "rb").read() == before
+
+
+def test_every_output_path_is_checked_before_any_work(trained, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setattr(finetune, "run_stream", lambda *a, **k: pytest.fail("the stream ran"))
+    for flag, path in (("--json", tmp_path), ("--out", tmp_path), ("--out", tmp_path / "file" / "ft.pt"),
+                       ("--json", tmp_path / "file" / "r.json")):
+        message = one_line_error(finetune.main, "--checkpoint", checkpoint_of(trained), flag, path, "--mode", "full",
+                                 "--facts", 1, "--device", "cpu")
+        assert f"{flag} {path}" in message
+    monkeypatch.setattr(train_module, "read_corpus_meta", lambda *a: pytest.fail("training started"))
+    monkeypatch.setattr(experiments, "sweep", lambda *a: pytest.fail("the experiment ran"))
+    for out in (tmp_path / "file", tmp_path / "file" / "run"):
+        message = one_line_error(train_module.main, "--data-dir", trained[0].data_dir, "--out-dir", out, "--device", "cpu")
+        assert f"--out-dir {out}" in message
+        message = one_line_error(experiments.main, "compare", "--out-dir", out, "--checkpoint", checkpoint_of(trained))
+        assert f"--out-dir {out}" in message
+
+
+@pytest.mark.parametrize("blocked", ["--json", "--out"])
+def test_one_failing_write_loses_neither_the_model_nor_the_results(trained, tmp_path, monkeypatch, blocked):
+    paths = {"--out": tmp_path / "models" / "ft.pt", "--json": tmp_path / "results" / "r.json"}   # folders not there yet
+    stream = finetune.finetune
+
+    def then_block(*args, **kw):                                 # the path turns into a folder during the run
+        out = stream(*args, **kw)
+        os.makedirs(paths[blocked])
+        return out
+    monkeypatch.setattr(finetune, "finetune", then_block)
+    message = one_line_error(finetune.main, "--checkpoint", checkpoint_of(trained), "--mode", "full", "--lr", 1e-3,
+                             "--facts", 1, "--steps-per-fact", 1, "--out", paths["--out"], "--json", paths["--json"],
+                             "--device", "cpu", "--quiet")
+    assert f"{blocked} {paths[blocked]}" in message
+    if blocked == "--json":
+        assert load_checkpoint(str(paths["--out"]))[2]["finetune"]["facts"] == 1
+    else:
+        assert json.loads(paths["--json"].read_text())["facts"] == 1
+
+
 MALFORMED = {
     "unknown model arg": lambda c: {**c, "model_args": {**c["model_args"], "mem_gate": True}},
     "model_args None": lambda c: {**c, "model_args": None},
