@@ -37,6 +37,7 @@ exact match of " <answer>" after "Q: <question> A:".
 
 import copy
 import json
+import math
 import os
 import sys
 import time
@@ -246,10 +247,10 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
         with model.recording_slots():
             for n, fact in enumerate(facts, 1):
                 x, y, count = (t.to(device) for t in make_batch(enc, fact_texts(fact), model.config.block_size))
-                for _ in range(cfg.steps_per_fact):
+                for step in range(1, cfg.steps_per_fact + 1):
                     _, loss = model(x, y)                                  # 1. forward (records the slots read)
                     if not torch.isfinite(loss):
-                        raise ValueError(f"loss became {loss.item()} on fact {n}; lower --lr")
+                        raise ValueError(diverged(f"the loss became {loss.item()}", n, step, cfg))
                     loss.backward()                                        # 2. backward
                     if opt is not None:                                    # full and lora: a plain optimizer step
                         opt.step()
@@ -263,6 +264,8 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
                     bar.set_postfix(loss=f"{loss.item():.3f}")
                 if on_fact is not None:
                     on_fact(n)
+        if not all(torch.isfinite(p).all() for p in model.parameters()):   # the last step, no loss after it
+            raise ValueError(diverged("the weights became inf or nan", len(facts), cfg.steps_per_fact, cfg))
     finally:
         bar.close()
         for m, was in zip(model.memory_modules, sparse_grad):
@@ -274,6 +277,10 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
     if opt is None:
         return sum(ro.state_bytes() for ro in row_opts)
     return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+
+
+def diverged(what, fact, step, cfg):
+    return f"{what} at fact {fact}, step {step}: the stream diverged; lower --lr ({cfg.lr:g})"
 
 
 def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None):
@@ -292,6 +299,9 @@ def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None)
     run_stream(cfg, model, enc, facts, stats, quiet)
     seconds = time.time() - t0
     after = measure(model, enc, facts, background, val, device)
+    if not math.isfinite(after["val_loss"]):
+        raise ValueError(diverged(f"val loss is {after['val_loss']} after the last step", len(facts),
+                                  cfg.steps_per_fact, cfg))
     sparse = cfg.mode == "sparse"
     return {"mode": cfg.mode, "optimizer": cfg.optimizer, "lr": cfg.lr,
             "top_t": cfg.top_t if sparse else None, "ranking": cfg.ranking if sparse else None,

@@ -119,6 +119,12 @@ def evaluate_all(model, enc, val, kb, device):
     return out
 
 
+def diverged(what, step, cfg):
+    """The one line a diverging run ends with."""
+    return (f"error: {what} at step {step}: training diverged, and nothing from that step on is saved; "
+            f"lower --lr ({cfg.lr:g}) or --value-lr ({cfg.value_lr:g})")
+
+
 def train(cfg, mcfg, quiet=False):
     """Train and return (model, encoding, final metrics)."""
     if cfg.eval_interval < 1 or cfg.max_iters < 1 or cfg.batch_size < 1:
@@ -215,7 +221,7 @@ def train(cfg, mcfg, quiet=False):
         else:
             loss_all = loss.detach()
         if not torch.isfinite(loss_all):
-            raise SystemExit(f"error: loss became {loss_all.item()} at step {it}; the last good checkpoint is kept")
+            raise SystemExit(diverged(f"loss became {loss_all.item()}", it, cfg))
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(grad_params, cfg.grad_clip)
@@ -228,6 +234,10 @@ def train(cfg, mcfg, quiet=False):
         step = it + 1
         if rank == 0 and (step % cfg.eval_interval == 0 or step == stop):
             metrics = evaluate_all(model, enc, val_data, kb, device)
+            finite = all(torch.isfinite(p).all() for p in model.parameters())
+            if not (finite and math.isfinite(metrics["val_loss"])):   # the update after the last loss checked
+                raise SystemExit(diverged(f"val loss became {metrics['val_loss']}" if finite
+                                          else "the weights became inf or nan", step, cfg))
             metrics["tokens_per_s"] = tokens_seen / train_time
             metrics["train_loss"] = loss_all.item()
             if not quiet:

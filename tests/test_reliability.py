@@ -219,6 +219,25 @@ def interrupted_after_text(corpus, tmp_path):
     return cfg
 
 
+def test_a_diverging_pretraining_saves_nothing_and_names_the_step(tiny_corpus, tmp_path):
+    for iters in (3, 1):                                         # 1: the last step is the one that diverges
+        out = tmp_path / str(iters)
+        message = one_line_error(train_module.main, "--data-dir", tiny_corpus.out_dir, "--out-dir", out, *TINY_ARGS,
+                                 "--batch-size", 4, "--lr", 1e30, "--warmup-iters", 1, "--eval-interval", 1,
+                                 "--max-iters", iters, "--device", "cpu")
+        assert "at step 1" in message and "lower --lr" in message
+        assert not (out / "ckpt.pt").exists()
+
+
+def test_a_diverging_finetune_writes_neither_model_nor_results(trained, tmp_path):
+    out, result = tmp_path / "ft.pt", tmp_path / "r.json"
+    message = one_line_error(finetune.main, "--checkpoint", checkpoint_of(trained), "--mode", "full", "--lr", 1e30,
+                             "--facts", 1, "--steps-per-fact", 1, "--out", out, "--json", result, "--device", "cpu",
+                             "--quiet")
+    assert "fact 1" in message and "lower --lr" in message
+    assert not out.exists() and not result.exists()
+
+
 @pytest.mark.parametrize("option, value", [("--lr", "inf"), ("--lr", "nan"), ("--lr", "-1"), ("--weight-decay", "-0.1")])
 def test_learning_rate_and_decay_must_be_finite_and_not_negative(trained, tiny_corpus, tmp_path, option, value):
     message = one_line_error(finetune.main, "--checkpoint", checkpoint_of(trained), "--mode", "full", "--facts", 1,
