@@ -359,6 +359,11 @@ def check_same_corpus(ckpt, tok_text, meta, data_dir):
                          f"corpus in {data_dir} (vocab {meta['vocab_size']}); use the corpus it was trained on")
 
 
+def checkpoint_train_tokens(ckpt):
+    """The pretraining tokens of the corpus a checkpoint was trained on (train.bin, read-only)."""
+    return np.memmap(os.path.join(ckpt["data_dir"], "train.bin"), dtype=ckpt["data_meta"]["dtype"], mode="r")
+
+
 def checkpoint_corpus(ckpt):
     """(validation tokens, facts.json) of the corpus a checkpoint was trained on."""
     data_dir = ckpt["data_dir"]

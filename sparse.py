@@ -19,12 +19,12 @@ its checkpoint (load_or_compute_background).
 import hashlib
 import math
 import os
+import sys
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from model import save_checkpoint
+from model import checkpoint_train_tokens, config_dict, save_checkpoint
 from train import get_batch
 
 
@@ -152,10 +152,12 @@ def fingerprint(model):
 
 def load_or_compute_background(cfg, model, ckpt, device):
     """Background statistics of each value table (background_stats), from pretraining
-    windows, cached beside the checkpoint and reused while the model and the background
-    settings are the same."""
+    windows, cached beside the checkpoint and reused while everything that changes the reads
+    is the same: the weights, the model args (mem_topk, heads, ...), the corpus and the
+    background settings. A cache that cannot be written is a warning: the run goes on."""
     path = os.path.splitext(cfg.checkpoint)[0] + ".background.pt"
-    key = {"fingerprint": fingerprint(model), "units": cfg.background_batches,
+    key = {"fingerprint": fingerprint(model), "model_args": config_dict(model.config), "data_dir": ckpt["data_dir"],
+           "data_meta": ckpt["data_meta"], "units": cfg.background_batches,
            "unit_windows": cfg.background_batch_size, "seed": cfg.seed}
     if os.path.exists(path):
         try:
@@ -164,15 +166,18 @@ def load_or_compute_background(cfg, model, ckpt, device):
                 return cached["stats"]
         except Exception:
             pass                                                        # recompute below
-    meta = ckpt["data_meta"]
-    train_data = np.memmap(os.path.join(ckpt["data_dir"], "train.bin"), dtype=meta["dtype"], mode="r")
+    train_data = checkpoint_train_tokens(ckpt)
     if not cfg.quiet:
         print(f"background: counting slot reads in {cfg.background_batches} units of "
               f"{cfg.background_batch_size} x {model.config.block_size} tokens -> {path}")
     units = pretraining_units(train_data, model.config.block_size, cfg.background_batches,
                               cfg.background_batch_size, cfg.seed)
     stats = background_stats(model, units, device, cfg.quiet)
-    save_checkpoint(path, {"key": key, "stats": stats})
+    try:
+        save_checkpoint(path, {"key": key, "stats": stats})
+    except OSError as e:
+        print(f"warning: could not cache the background statistics in {path} ({e.strerror or e}); "
+              "they will be counted again next time", file=sys.stderr)
     return stats
 
 

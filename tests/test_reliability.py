@@ -296,6 +296,33 @@ def test_one_failing_write_loses_neither_the_model_nor_the_results(trained, tmp_
         assert json.loads(paths["--json"].read_text())["facts"] == 1
 
 
+def test_background_statistics_that_cannot_be_cached_warn_and_go_on(trained, tmp_path, monkeypatch, capsys):
+    ckpt = str(tmp_path / "ckpt.pt")                              # its folder as if read-only
+    shutil.copy(checkpoint_of(trained), ckpt)
+
+    def read_only(path, obj):
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr("sparse.save_checkpoint", read_only)
+    result = tmp_path / "elsewhere" / "r.json"
+    finetune.main(["--checkpoint", ckpt, "--facts", "1", "--steps-per-fact", "1", "--background-batches", "5",
+                   "--json", str(result), "--device", "cpu", "--quiet"])
+    assert json.loads(result.read_text())["mode"] == "sparse"
+    err = capsys.readouterr().err
+    assert "warning" in err and "Permission denied" in err and "background" in err
+
+
+def test_background_statistics_are_cached_per_model_args_too(trained, tmp_path):
+    from finetune import FinetuneConfig
+    from sparse import load_or_compute_background
+    model, _, ckpt = load_checkpoint(checkpoint_of(trained))
+    fc = FinetuneConfig(checkpoint=str(tmp_path / "ckpt.pt"), background_batches=3)
+    load_or_compute_background(fc, model, ckpt, "cpu")
+    fewer = model_module.GPT(GPTConfig(**{**ckpt["model_args"], "mem_topk": 2})).eval()
+    fewer.load_state_dict(model.state_dict())                    # the same weights, fewer slots kept per head
+    reads = load_or_compute_background(fc, fewer, ckpt, "cpu")[0]["reads"]
+    assert reads.sum() == 3 * 1 * 32 * 2 * 2                      # units x windows x tokens x heads x kept
+
+
 MALFORMED = {
     "unknown model arg": lambda c: {**c, "model_args": {**c["model_args"], "mem_gate": True}},
     "model_args None": lambda c: {**c, "model_args": None},
