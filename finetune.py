@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from common import check_range, config_parser, keep_freed_memory, pick_device, split
 from data.prepare import write_text
+from data.tokenizer import EOT
 from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair
 from lora import add_lora, merge_lora
 from model import GPTConfig, check_writable, checkpoint_corpus, load_checkpoint, save_checkpoint
@@ -90,18 +91,22 @@ class FinetuneConfig:
 # facts and batches
 
 def read_facts_file(path):
-    """Read and check a JSON Lines facts file; a bad line raises ValueError naming it."""
+    """Read and check a JSON Lines facts file (UTF-8, a BOM allowed); a bad line raises ValueError naming it."""
     if not os.path.exists(path):
         raise ValueError(f"facts file {path} does not exist")
     keys = {"paraphrases", "question", "answer", "heldout_question"}
     facts = []
     if not os.path.isfile(path):
         raise ValueError(f"facts file {path} is not a file")
-    with open(path, "r", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            where = f"{path} line {n}"
+            try:                                       # line by line, so a bad byte is named by its line
+                line = raw.decode("utf-8-sig")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: not UTF-8 text (byte {raw[e.start]:#x}); save the file as UTF-8") from None
             if not line.strip():
                 continue
-            where = f"{path} line {n}"
             try:
                 d = json.loads(line)
             except json.JSONDecodeError as e:
@@ -118,6 +123,8 @@ def read_facts_file(path):
             for k in ("question", "answer", "heldout_question"):
                 if k in d and not (isinstance(d[k], str) and d[k].strip()):
                     raise ValueError(f"{where}: {k} must be a non-empty string")
+            if any(EOT in s for s in p + [d[k] for k in ("question", "answer", "heldout_question") if k in d]):
+                raise ValueError(f"{where}: {EOT} is the separator the model reads between texts; remove it")
             facts.append({"paraphrases": p, "questions": [d["question"]],
                           "heldout_question": d.get("heldout_question"), "answer": d["answer"], "where": where})
     if not facts:

@@ -352,6 +352,18 @@ def test_a_corpus_meta_without_dtype_gives_one_line(tiny_corpus, tmp_path):
     assert "meta.json" in message and "dtype" in message
 
 
+def test_facts_file_text_problems_give_one_line_naming_file_and_line(trained, tmp_path):
+    eot = json.dumps({"paraphrases": ["Tom ran."], "question": "Who ran?", "answer": "Tom.<|endoftext|>"})
+    (tmp_path / "eot.jsonl").write_text(GOOD + "\n" + eot + "\n", encoding="utf-8")
+    (tmp_path / "latin.jsonl").write_bytes((GOOD + "\n" + GOOD.replace("Tom", "Zoë") + "\n").encode("latin-1"))
+    for name, problem in (("eot.jsonl", "<|endoftext|>"), ("latin.jsonl", "UTF-8")):
+        message = one_line_error(finetune.main, "--checkpoint", checkpoint_of(trained), "--facts-file",
+                                 tmp_path / name, "--device", "cpu")
+        assert f"{tmp_path / name} line 2" in message and problem in message
+    (tmp_path / "bom.jsonl").write_text(GOOD + "\n", encoding="utf-8-sig")   # as Windows Notepad saves it
+    assert finetune.read_facts_file(str(tmp_path / "bom.jsonl"))[0]["answer"] == "Oakton."
+
+
 def test_the_next_save_removes_what_a_killed_save_left(tmp_path):
     from conftest import ROOT
     path = str(tmp_path / "ckpt.pt")
