@@ -1,6 +1,8 @@
 """
 Prepare a training corpus in three stages, each skipped when its output exists (so the
-script is safe to re-run and an interrupted run redoes only the unfinished stage):
+script is safe to re-run and an interrupted run redoes only the unfinished stage). Each
+stage records the settings it was written with (stages.json; meta.json for the last), and a
+re-run with other settings is refused rather than mixing two corpora:
 
   1. text:      train.txt, val.txt (stories + background-fact documents) and facts.json
   2. tokenizer: bpe<vocab>.tiktoken, a byte-level BPE trained on train.txt (or gpt2)
@@ -71,6 +73,54 @@ def write_text(path, text):
     write_atomic(path, w)
 
 
+STAGES = ("text", "tokenizer", "tokens")
+
+
+def stage_settings(cfg, stage):
+    """The settings a stage's output depends on: all but the folder (the text: not the
+    tokenizer's two), as JSON gives them back."""
+    s = {k: v for k, v in vars(cfg).items() if k != "out_dir" and not (stage == "text" and k in ("tokenizer", "vocab_size"))}
+    return json.loads(json.dumps(s))
+
+
+def other_settings(cfg, stage, recorded):
+    """The refusal when a stage's output was written with other settings than the command's."""
+    diff = [f"--{k.replace('_', '-')} {recorded.get(k)} there, {v} here"
+            for k, v in stage_settings(cfg, stage).items() if recorded.get(k) != v]
+    return (f"{cfg.out_dir} holds a corpus prepared with other settings ({', '.join(diff)}); "
+            "run with those, pass another --out-dir, or delete that folder")
+
+
+def records(cfg):
+    """Stage -> the settings it was written with, of the stages that finished (stages.json)."""
+    path = os.path.join(cfg.out_dir, "stages.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, "r", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def stage_done(cfg, stage, paths):
+    """Whether a stage can be skipped: its outputs exist and were recorded with these settings.
+    Outputs recorded with other settings are refused; outputs with no record (a run killed
+    before recording them) are written again."""
+    recorded = records(cfg).get(stage)
+    if recorded is None or not all(os.path.exists(p) for p in paths):
+        return False
+    if recorded != stage_settings(cfg, stage):
+        raise ValueError(other_settings(cfg, stage, recorded))
+    return True
+
+
+def record(cfg, stage, done):
+    """Before a stage is written (done False): forget it and the stages after it, whose input it
+    is. After (done True): record the settings it was written with."""
+    kept = {k: v for k, v in records(cfg).items() if STAGES.index(k) < STAGES.index(stage)}
+    if done:
+        kept[stage] = stage_settings(cfg, stage)
+    write_text(os.path.join(cfg.out_dir, "stages.json"), json.dumps(kept, indent=1))
+
+
 def world_of(cfg):
     return corpus.make_world(cfg.seed, cfg.n_people, cfg.n_animals, cfg.n_towns)
 
@@ -106,8 +156,9 @@ def download(url, path):
 
 def stage_text(cfg):
     paths = [os.path.join(cfg.out_dir, n) for n in ("train.txt", "val.txt")]
-    if all(os.path.exists(p) for p in paths):
+    if stage_done(cfg, "text", paths):
         return
+    record(cfg, "text", done=False)
     rng = random.Random(cfg.seed)
     world = world_of(cfg)
     if cfg.source == "generated":
@@ -123,6 +174,7 @@ def stage_text(cfg):
     rng.shuffle(docs)
     write_text(paths[0], EOT.join(docs) + EOT)
     write_text(paths[1], EOT.join(val) + EOT)
+    record(cfg, "text", done=True)
     print(f"text: {len(train):,} stories + {len(docs) - len(train):,} fact documents, "
           f"{len(world.background)} background facts")
 
@@ -133,10 +185,11 @@ def tokenizer_path(cfg):
 
 def stage_tokenizer(cfg):
     path = tokenizer_path(cfg)
-    if cfg.tokenizer == "gpt2" or os.path.exists(path):
+    if cfg.tokenizer == "gpt2" or stage_done(cfg, "tokenizer", [path]):
         return
     if cfg.tokenizer != "bpe":
         raise ValueError(f"unknown tokenizer {cfg.tokenizer!r}: use bpe or gpt2")
+    record(cfg, "tokenizer", done=False)
     with open(os.path.join(cfg.out_dir, "train.txt"), "r", encoding="utf-8") as f:
         text = f.read()
     # Invented names are left out of the merge statistics and their syllables put in: every
@@ -147,6 +200,7 @@ def stage_tokenizer(cfg):
     counts = word_counts(text, exclude=world_of(cfg).names(), pieces=syllables)
     ranks = train_bpe(counts, cfg.vocab_size)
     write_atomic(path, lambda tmp: save_ranks(tmp, ranks))
+    record(cfg, "tokenizer", done=True)
     print(f"tokenizer: {len(ranks) + 1} tokens from {len(counts):,} distinct words")
 
 
@@ -196,11 +250,12 @@ def stage_tokens(cfg):
 def prepare(cfg):
     """Run every unfinished stage; return the out_dir."""
     meta_path = os.path.join(cfg.out_dir, "meta.json")
-    if os.path.exists(meta_path):
+    if os.path.exists(meta_path):                      # the last stage's record: the corpus is complete
         with open(meta_path, "r", encoding="utf-8") as f:
-            if json.load(f)["config"] != vars(cfg):
-                raise ValueError(f"{cfg.out_dir} holds a corpus prepared with other settings; "
-                                 "pass another --out-dir or delete that folder")
+            recorded = {k: v for k, v in json.load(f).get("config", {}).items() if k != "out_dir"}
+        if recorded != stage_settings(cfg, "tokens"):
+            raise ValueError(other_settings(cfg, "tokens", recorded))
+        return cfg.out_dir
     os.makedirs(cfg.out_dir, exist_ok=True)
     stage_text(cfg)
     stage_tokenizer(cfg)

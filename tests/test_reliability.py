@@ -219,6 +219,30 @@ def interrupted_after_text(corpus, tmp_path):
     return cfg
 
 
+@pytest.mark.parametrize("option, value, recorded", [("--seed", 7, 1337), ("--n-stories", 500, 1500)])
+def test_prepare_refuses_to_go_on_from_a_stage_written_with_other_settings(tiny_corpus, tmp_path, option, value,
+                                                                           recorded):
+    cfg = interrupted_after_text(tiny_corpus, tmp_path)
+    text = (tmp_path / "corpus" / "train.txt").read_bytes()
+    tiny = ["--n-stories", cfg.n_stories, "--n-val-stories", cfg.n_val_stories, "--fact-repeats", cfg.fact_repeats,
+            "--vocab-size", cfg.vocab_size]
+    message = one_line_error(prepare_module.main, "--out-dir", cfg.out_dir, *tiny, option, value)
+    assert f"{option} {recorded} there, {value} here" in message and "--out-dir" in message
+    assert (tmp_path / "corpus" / "train.txt").read_bytes() == text and not (tmp_path / "corpus" / "train.bin").exists()
+
+
+def test_prepare_redoes_a_stage_it_has_no_record_of(tiny_corpus, tmp_path):
+    cfg = interrupted_after_text(tiny_corpus, tmp_path)
+    records = os.path.join(cfg.out_dir, "stages.json")
+    if os.path.exists(records):                                  # as a run killed before it recorded its stages
+        os.remove(records)
+    prepare_module.prepare(replace(cfg, seed=7))
+    kb = prepare_module.load_facts(cfg.out_dir)
+    text = (tmp_path / "corpus" / "train.txt").read_text(encoding="utf-8")
+    assert kb["seed"] == 7
+    assert all(f["subject"] in text for f in kb["background"])   # text and facts of one seed
+
+
 def test_a_diverging_pretraining_saves_nothing_and_names_the_step(tiny_corpus, tmp_path):
     for iters in (3, 1):                                         # 1: the last step is the one that diverges
         out = tmp_path / str(iters)
