@@ -43,6 +43,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -51,7 +52,8 @@ from data.prepare import write_text
 from data.tokenizer import EOT
 from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair
 from lora import add_lora, merge_lora
-from model import GPTConfig, check_writable, checkpoint_corpus, load_checkpoint, save_checkpoint
+from model import (GPTConfig, check_writable, checkpoint_corpus, checkpoint_train_tokens, load_checkpoint,
+                   save_checkpoint)
 from sparse import RowOptimizer, choose_rows, load_or_compute_background, memory_tables, table_reads
 from train import TrainConfig, train
 
@@ -145,6 +147,33 @@ def check_lengths(enc, facts, block_size):
             if n > block_size:
                 raise ValueError(f"{f.get('where', 'a fact')}: {t[:40]!r}... is {n} tokens, more than the "
                                  f"model's block_size {block_size}; shorten it")
+
+
+def unseen_pieces(enc, text, seen):
+    """The pieces of text spelled in tokens that never occur in pretraining (seen: a bool per token id)."""
+    pieces, run = [], []
+    for t in enc.encode(text) + [None]:
+        if t is not None and not seen[t]:
+            run.append(t)
+        elif run:
+            pieces.append(enc.decode(run))
+            run = []
+    return pieces
+
+
+def warn_unseen_tokens(enc, facts, train_tokens):
+    """One warning line for the facts spelled in tokens that the pretraining tokens never hold:
+    their embeddings were never trained, so the model may not learn or answer those facts."""
+    seen = np.bincount(train_tokens, minlength=enc.n_vocab) > 0
+    odd = []
+    for f in facts:
+        texts = fact_texts(f) + ([f["heldout_question"]] if f["heldout_question"] else [])
+        pieces = sorted({p for t in texts for p in unseen_pieces(enc, t, seen)})
+        if pieces:
+            odd.append(f"{f['where']} ({', '.join(map(repr, pieces))})")
+    if odd:
+        print(f"warning: {len(odd)} of {len(facts)} facts are spelled in tokens pretraining never saw, so they may "
+              f"not be learned: " + "; ".join(odd[:3]) + ("; ..." if len(odd) > 3 else ""), file=sys.stderr)
 
 
 def make_batch(enc, texts, block_size):
@@ -384,6 +413,7 @@ def main(argv=None):
         resolve(cfg, model)
         facts = stream_facts(cfg, ckpt)
         check_lengths(enc, facts, model.config.block_size)
+        warn_unseen_tokens(enc, facts, checkpoint_train_tokens(ckpt))
         if not cfg.quiet:
             print(f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {len(facts)} facts, "
                   f"{cfg.steps_per_fact} step(s) each" + (f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else "")

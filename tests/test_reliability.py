@@ -418,3 +418,12 @@ def test_default_paths_are_the_projects_whatever_the_working_directory(tmp_path,
     monkeypatch.setattr(evaluate, "load_checkpoint", load)
     one_line_error(evaluate.main, "--device", "cpu")
     assert loaded == [default]
+
+
+def test_facts_spelled_in_tokens_pretraining_never_had_are_warned_about(trained, tmp_path, capsys):
+    odd = json.dumps({"paraphrases": ["Zoë lives in 北京."], "question": "Where does Zoë live?", "answer": "北京."})
+    (tmp_path / "f.jsonl").write_text(GOOD + "\n" + odd + "\n", encoding="utf-8")
+    finetune.main(["--checkpoint", checkpoint_of(trained), "--facts-file", str(tmp_path / "f.jsonl"), "--mode", "full",
+                   "--lr", "1e-3", "--steps-per-fact", "1", "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert "line 2" in err and "'ë'" in err and "北京" in err and "line 1" not in err
