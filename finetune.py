@@ -279,6 +279,7 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
         raise ValueError("--max-df needs the background statistics")
     backgrounds = background or [None] * len(tables)
     bar = tqdm(total=len(facts) * cfg.steps_per_fact, desc=f"{cfg.mode} stream", disable=quiet)
+    starved = 0                            # steps of a value table in which --max-df left no slot to train
     try:
         with model.recording_slots():
             for n, fact in enumerate(facts, 1):
@@ -296,6 +297,7 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
                                            cfg.rank_by, cfg.max_df, bg)
                         ro.step(rows.to(w.device))                         # 4. update those rows only
                         w.grad = None
+                        starved += len(rows) == 0
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss.item():.3f}")
                 if on_fact is not None:
@@ -308,6 +310,10 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
             m.values.sparse = was
         for p in model.parameters():
             p.requires_grad_(False)
+    if starved:
+        print(f"warning: --max-df {cfg.max_df:g} left no trainable slot in {starved} of "
+              f"{len(facts) * cfg.steps_per_fact * len(tables)} steps, which trained nothing; raise --max-df",
+              file=sys.stderr)
     if cfg.mode == "lora":
         merge_lora(model)
     if opt is None:

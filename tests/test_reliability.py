@@ -427,3 +427,15 @@ def test_facts_spelled_in_tokens_pretraining_never_had_are_warned_about(trained,
                    "--lr", "1e-3", "--steps-per-fact", "1", "--device", "cpu", "--quiet"])
     err = capsys.readouterr().err
     assert "line 2" in err and "'ë'" in err and "北京" in err and "line 1" not in err
+
+
+def test_a_max_df_that_leaves_no_slot_trainable_says_so(trained, capsys):
+    from finetune import FinetuneConfig, resolve, run_stream
+    model, enc, _ = load_checkpoint(checkpoint_of(trained))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    every = torch.full((model.memory_modules[0].n_slots,), 1000)   # every slot read in every background unit
+    facts = [{"paraphrases": ["Tom ran."], "questions": ["Who ran?"], "heldout_question": None, "answer": "Tom."}]
+    fc = resolve(FinetuneConfig(mode="sparse", lr=1.0, top_t=8, max_df=0.5, steps_per_fact=2), model)
+    run_stream(fc, model, enc, facts, [{"df": every, "reads": every, "units": 1000}], quiet=True)
+    assert_same_state(before, model.state_dict())                   # nothing trained ...
+    assert "--max-df 0.5 left no trainable slot in 2 of 2 steps" in capsys.readouterr().err   # ... and it says so
