@@ -417,6 +417,8 @@ def main(argv=None):
         device = pick_device(cfg.device)
         model, enc, ckpt = load_base(cfg, device)
         resolve(cfg, model)
+        if cfg.optimizer == "sgd" and cfg.weight_decay:
+            print("note: --weight-decay is AdamW's; SGD ignores it", file=sys.stderr)
         facts = stream_facts(cfg, ckpt)
         check_lengths(enc, facts, model.config.block_size)
         warn_unseen_tokens(enc, facts, checkpoint_train_tokens(ckpt))

@@ -159,6 +159,9 @@ def train(cfg, mcfg, quiet=False):
         mcfg.memory_layers = ()
     if cfg.resume:  # the checkpoint's own model args and training recipe win over the command line's
         model, _, ckpt = load_checkpoint(ckpt_path, device)
+        missing = [k for k in ("step", "optimizers", "data_rng", "torch_rng", "train_config") if k not in ckpt]
+        if missing:
+            raise ValueError(f"cannot resume from {ckpt_path}: it has no {', '.join(missing)}")
         mcfg = model.config
         check_same_corpus(ckpt, tok_text, meta, cfg.data_dir)
         cfg = replace(cfg, **{k: v for k, v in ckpt["train_config"].items() if k in RECIPE})
@@ -173,6 +176,9 @@ def train(cfg, mcfg, quiet=False):
     gen = torch.Generator().manual_seed(cfg.seed)
     start = 0
     if cfg.resume:
+        if not ckpt["optimizers"] and rank == 0:
+            print(f"note: {ckpt_path} holds no optimizer state (finetune.py --out writes none); "
+                  "training goes on with fresh optimizers", file=sys.stderr)
         for o, s in zip(opts, ckpt["optimizers"]):
             o.load_state_dict(s)
         start = ckpt["step"]

@@ -439,3 +439,20 @@ def test_a_max_df_that_leaves_no_slot_trainable_says_so(trained, capsys):
     run_stream(fc, model, enc, facts, [{"df": every, "reads": every, "units": 1000}], quiet=True)
     assert_same_state(before, model.state_dict())                   # nothing trained ...
     assert "--max-df 0.5 left no trainable slot in 2 of 2 steps" in capsys.readouterr().err   # ... and it says so
+
+
+def test_weight_decay_ignored_by_sgd_is_said_to_be(trained, capsys):
+    finetune.main(["--checkpoint", checkpoint_of(trained), "--mode", "full", "--optimizer", "sgd", "--lr", "1e-3",
+                   "--weight-decay", "0.1", "--facts", "1", "--steps-per-fact", "1", "--device", "cpu", "--quiet"])
+    assert "--weight-decay" in capsys.readouterr().err
+
+
+def test_resuming_a_finetuned_checkpoint_says_its_optimizers_start_afresh(trained, tiny_corpus, tmp_path, capsys):
+    finetune.main(["--checkpoint", checkpoint_of(trained), "--mode", "full", "--lr", "1e-3", "--facts", "1",
+                   "--steps-per-fact", "1", "--out", str(tmp_path / "ckpt.pt"), "--device", "cpu", "--quiet"])
+    capsys.readouterr()
+    tiny_run(tiny_corpus, tmp_path, resume=True, max_iters=61, eval_interval=61)
+    assert "fresh optimizers" in capsys.readouterr().err
+    save_checkpoint(str(tmp_path / "ckpt.pt"), {k: v for k, v in weights(tmp_path).items() if k != "data_rng"})
+    with pytest.raises(ValueError, match="cannot resume from .* it has no data_rng"):
+        tiny_run(tiny_corpus, tmp_path, resume=True, max_iters=62)
