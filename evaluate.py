@@ -152,6 +152,8 @@ def main(argv=None):
         model, enc, ckpt = load_checkpoint(args.checkpoint, device)
         val, kb = checkpoint_corpus(ckpt)
         taught = ckpt.get("finetune", {}).get("facts_taught")
+        if not taught and not 1 <= args.facts <= len(kb["new"]):
+            raise ValueError(f"--facts must be between 1 and the corpus's {len(kb['new'])} new facts, not {args.facts}")
         facts = taught or corpus_facts(kb["new"][:args.facts])
         m = measure(model, enc, facts, kb["background"], val, device)
     except (OSError, RuntimeError, ValueError) as e:

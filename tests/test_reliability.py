@@ -456,3 +456,9 @@ def test_resuming_a_finetuned_checkpoint_says_its_optimizers_start_afresh(traine
     save_checkpoint(str(tmp_path / "ckpt.pt"), {k: v for k, v in weights(tmp_path).items() if k != "data_rng"})
     with pytest.raises(ValueError, match="cannot resume from .* it has no data_rng"):
         tiny_run(tiny_corpus, tmp_path, resume=True, max_iters=62)
+
+
+@pytest.mark.parametrize("n", [0, -1, 5000])
+def test_evaluate_scores_only_as_many_new_facts_as_there_are(trained, n):
+    assert "--facts" in one_line_error(evaluate.main, "--checkpoint", checkpoint_of(trained), "--facts", n,
+                                       "--device", "cpu")
