@@ -46,8 +46,7 @@ class TrainConfig:
     device: str = "auto"                 # auto | cpu | cuda | mps
     compile: bool = False                # torch.compile the model (helps on GPU, not on CPU)
     resume: bool = False                 # continue exactly from out_dir/ckpt.pt (weights, optimizers, data order, lr recipe)
-    stop_at: int = 0                     # end this run at this step with a checkpoint (the lr schedule still
-                                         # runs to max_iters; go on with --resume); 0 = max_iters
+    stop_at: int = 0                     # end this sitting at this step, checkpoint saved; --resume goes on (the lr schedule still ends at max_iters); 0 = max_iters
 
 
 # What --resume takes from the checkpoint, whatever the command line says, so that a resumed

@@ -462,3 +462,12 @@ def test_resuming_a_finetuned_checkpoint_says_its_optimizers_start_afresh(traine
 def test_evaluate_scores_only_as_many_new_facts_as_there_are(trained, n):
     assert "--facts" in one_line_error(evaluate.main, "--checkpoint", checkpoint_of(trained), "--facts", n,
                                        "--device", "cpu")
+
+
+def test_every_option_has_its_whole_help_text():
+    """--help takes an option's text from the comment on its line; a comment continued on the next line is cut off."""
+    from data.prepare import DataConfig
+    for dc in (TrainConfig, GPTConfig, DataConfig, finetune.FinetuneConfig):
+        lines = inspect.getsource(dc).splitlines()
+        for line, after in zip(lines, lines[1:]):
+            assert not (re.match(r"\s+\w+: .*#", line) and re.match(r"\s+#", after)), f"{dc.__name__}: {line.strip()}"
