@@ -114,30 +114,18 @@ def test_rows_outside_the_selection_stay_bit_identical(kind):
         assert not torch.equal(w[rows], before[rows])
 
 
-def test_row_sgd_matches_torch_sgd_on_the_selected_rows():
+@pytest.mark.parametrize("kind, reference, hyper, grad_scale", [
+    ("sgd", torch.optim.SGD, dict(lr=0.3), 1.0),
+    # betas, eps and decay away from the defaults, and gradients small enough for eps to matter
+    ("adamw", torch.optim.AdamW, dict(lr=0.01, weight_decay=0.2, betas=(0.8, 0.9), eps=1e-3), 1e-3)])
+def test_row_optimizer_matches_torch_on_the_selected_rows(kind, reference, hyper, grad_scale):
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(6, 4))
     rows = torch.tensor([1, 4])
     ref = torch.nn.Parameter(w[rows].detach().clone())
-    opt, ref_opt = RowOptimizer(w, "sgd", lr=0.3), torch.optim.SGD([ref], lr=0.3)
+    opt, ref_opt = RowOptimizer(w, kind, **hyper), reference([ref], **hyper)
     for _ in range(3):
-        g = torch.randn(6, 4)
-        w.grad, ref.grad = g, g[rows].clone()
-        opt.step(rows)
-        ref_opt.step()
-    torch.testing.assert_close(w[rows], ref, rtol=0, atol=1e-6)
-
-
-def test_row_adamw_matches_torch_adamw_on_the_selected_rows():
-    # betas, eps and decay away from the defaults, and gradients small enough for eps to matter
-    torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(6, 4))
-    rows = torch.tensor([2, 5])
-    ref = torch.nn.Parameter(w[rows].detach().clone())
-    hyper = dict(lr=0.01, weight_decay=0.2, betas=(0.8, 0.9), eps=1e-3)
-    opt, ref_opt = RowOptimizer(w, "adamw", **hyper), torch.optim.AdamW([ref], **hyper)
-    for _ in range(3):
-        g = torch.randn(6, 4) * 1e-3
+        g = torch.randn(6, 4) * grad_scale
         w.grad, ref.grad = g, g[rows].clone()
         opt.step(rows)
         ref_opt.step()
