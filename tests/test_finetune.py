@@ -1,5 +1,4 @@
 import json
-import math
 import os
 
 import pytest
@@ -8,8 +7,7 @@ import torch
 from conftest import TINY_MODEL
 from finetune import FinetuneConfig, fact_texts, main, make_batch, read_facts_file, resolve, run_stream
 from lora import LoRALinear, add_lora, merge_lora
-from sparse import (RowOptimizer, background_stats, choose_rows, fingerprint, load_or_compute_background, pretraining_units,
-                    sequence_scores, slot_counts, slot_scores, top_slots)
+from sparse import background_stats, fingerprint, load_or_compute_background, pretraining_units, slot_counts
 from model import GPT, GPTConfig, load_checkpoint
 
 JSON_KEYS = {"mode", "optimizer", "lr", "top_t", "ranking", "facts", "steps_per_fact", "learned_acc",
@@ -20,66 +18,6 @@ JSON_KEYS = {"mode", "optimizer", "lr", "top_t", "ranking", "facts", "steps_per_
 def tiny_model(**kw):
     torch.manual_seed(0)
     return GPT(GPTConfig(**{**TINY_MODEL, "vocab_size": 60, **kw})).eval()
-
-
-@pytest.mark.parametrize("kind", ["sgd", "adamw"])
-def test_rows_outside_the_selection_stay_bit_identical(kind):
-    torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(10, 4))
-    opt = RowOptimizer(w, kind, lr=0.1, weight_decay=0.5)
-    for rows in ([1, 3], [5], [1, 7], [2]):                 # rows 1 and 3 carry AdamW moments later
-        before = w.detach().clone()
-        w.grad = torch.randn(10, 4)                          # a gradient on every row, as in the model
-        opt.step(torch.tensor(rows))
-        others = [r for r in range(10) if r not in rows]
-        assert torch.equal(w[others], before[others])       # bit-exact, not approximately
-        assert not torch.equal(w[rows], before[rows])
-
-
-def test_row_adamw_matches_torch_adamw_on_the_selected_row():
-    torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(6, 4))
-    ref = torch.nn.Parameter(w[2:3].detach().clone())
-    opt = RowOptimizer(w, "adamw", lr=0.01, weight_decay=0.1)
-    ref_opt = torch.optim.AdamW([ref], lr=0.01, weight_decay=0.1)
-    for _ in range(3):
-        g = torch.randn(6, 4)
-        w.grad, ref.grad = g, g[2:3].clone()
-        opt.step(torch.tensor([2]))
-        ref_opt.step()
-    assert torch.allclose(w[2:3], ref, atol=1e-6)
-
-
-def test_row_adamw_bias_correction_counts_each_rows_own_updates():
-    torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(6, 4))
-    ref = torch.nn.Parameter(w[4:5].detach().clone())           # row 4: selected at steps 1 and 3 only
-    opt = RowOptimizer(w, "adamw", lr=0.01)
-    ref_opt = torch.optim.AdamW([ref], lr=0.01, weight_decay=0.0)
-    for rows in ([4, 0], [0], [4, 1]):
-        g = torch.randn(6, 4)
-        w.grad = g
-        opt.step(torch.tensor(rows))
-        if 4 in rows:
-            ref.grad = g[4:5].clone()
-            ref_opt.step()                                       # AdamW's own step 1, then step 2
-    counts = [opt.steps[opt.where[r]].item() if opt.where[r] >= 0 else 0 for r in range(6)]
-    assert counts == [2, 1, 0, 0, 2, 0]
-    assert opt.exp_avg.shape == (3, 4) and opt.steps.shape == (3,)   # state for the 3 rows ever selected, no more
-    assert torch.allclose(w[4:5], ref, atol=1e-6)
-
-
-def test_tfidf_scores_on_a_hand_computed_example():
-    counts = torch.tensor([2, 1, 0, 1])
-    df = torch.tensor([0, 3, 1, 1])                           # |B| = 3 background units
-    # tf = (1/2, 1/4, 0, 1/4); idf = log(4/1), log(4/4), log(4/2), log(4/2)
-    expected = torch.tensor([0.5 * math.log(4), 0.0, 0.0, 0.25 * math.log(2)], dtype=torch.double)
-    bg = {"df": df, "reads": torch.zeros(4, dtype=torch.long), "units": 3}
-    assert torch.allclose(slot_scores(counts, "tfidf", bg), expected)
-    assert torch.equal(top_slots(slot_scores(counts, "tfidf", bg), counts, 2), torch.tensor([0, 3]))
-    assert torch.allclose(slot_scores(counts, "tf"), torch.tensor([0.5, 0.25, 0, 0.25], dtype=torch.double))
-    # never an unread slot, even when t is larger than the slots read
-    assert torch.equal(top_slots(torch.ones(4, dtype=torch.double), counts, 10), torch.tensor([0, 1, 3]))
 
 
 def test_slot_counts_ignore_padding_and_the_separator(trained):
@@ -209,31 +147,6 @@ def test_end_to_end_stream_learns_a_fact(trained, tmp_path):
     assert model(x, y)[1].item() < before - 0.05               # 5.64 -> 5.54 when measured
 
 
-def test_kl_scores_on_a_hand_computed_example():
-    counts = torch.tensor([2, 1, 0, 1])                        # tf = (1/2, 1/4, 0, 1/4)
-    reads = torch.tensor([5, 1, 1, 1])                         # background q = (6, 2, 2, 2) / 12
-    bg = {"df": torch.zeros(4, dtype=torch.long), "reads": reads, "units": 3}
-    expected = torch.tensor([0.5 * math.log(1.0), 0.25 * math.log(1.5), 0.0, 0.25 * math.log(1.5)], dtype=torch.double)
-    assert torch.allclose(slot_scores(counts, "kl", bg), expected)
-    # slot 0 is read most but no more than the background reads it; 1 and 3 are the surprising ones
-    assert torch.equal(top_slots(slot_scores(counts, "kl", bg), counts, 2), torch.tensor([1, 3]))
-    assert slot_scores(counts, "kl", bg).sum() == pytest.approx(0.5 * math.log(1.5))   # the terms sum to KL
-
-
-def test_sequence_ranking_keeps_each_slots_best_row():
-    # two rows of 2 tokens, 1 head, 1 kept slot each; the second token of row 1 is padding
-    indices = torch.tensor([[0, 1], [2, 3]]).view(2, 2, 1, 1)
-    mask = torch.tensor([[True, True], [True, False]])
-    scores = sequence_scores(indices, mask, 4, "tf", None)
-    # row 0 reads slots 0, 1 (tf 1/2 each); row 1 reads slot 2 alone (tf 1); padding's slot 3 is never read
-    assert torch.allclose(scores, torch.tensor([0.5, 0.5, 1.0, -math.inf], dtype=torch.double))
-    # kl can be negative: a slot keeps its own row's score, not a 0 from a row that never read it
-    bg = {"reads": torch.tensor([100, 0, 0, 0]), "df": None, "units": 1}     # q = (101, 1, 1, 1) / 104
-    kl = sequence_scores(indices, mask, 4, "kl", bg)
-    assert kl[0] == pytest.approx(0.5 * math.log(0.5 / (101 / 104))) and kl[0] < 0
-    assert kl[2] == pytest.approx(math.log(104))
-
-
 def test_background_frequencies_are_cached_per_model(trained, tmp_path, monkeypatch):
     cfg, _, _, _ = trained
     model, _, ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
@@ -258,19 +171,6 @@ def test_background_counts_units_and_reads():
     heads, k = model.memory_modules[0].heads, model.memory_modules[0].topk
     assert st["reads"].sum() == 4 * 2 * 32 * heads * k           # units x windows x tokens x heads x kept
     assert (st["reads"] >= st["df"]).all()
-
-
-@pytest.mark.parametrize("ranking, rank_by, uncapped, capped", [
-    ("tfidf", "batch", [0, 3], [1, 3]), ("tf", "batch", [0, 2], [2, 3]), ("tf", "sequence", [0, 2], [2, 3])])
-def test_max_df_drops_the_slots_above_the_cap_before_top_t(ranking, rank_by, uncapped, capped):
-    # one row of 5 tokens, 1 head, 2 slots each: slot 0 is read 4 times, slot 2 3 times, slot 3 twice, slot 1 once
-    reads = torch.tensor([[0, 2], [0, 2], [0, 2], [0, 3], [3, 1]]).view(1, 5, 1, 2)
-    count = torch.ones(1, 5, dtype=torch.bool)
-    # df of |B| = 1000 units; the cap 0.1 x 1000 = 100 allows slot 2 (df 100), not slot 0 (df 101).
-    # tf = 0.4, 0.1, 0.3, 0.2; tfidf = tf * log(1001 / (df + 1)): 0.913, 0.691, 0.688, 1.382
-    bg = {"df": torch.tensor([101, 0, 100, 0, 0, 0]), "reads": torch.zeros(6, dtype=torch.long), "units": 1000}
-    assert choose_rows(reads, count, 6, 2, ranking, rank_by, 1.0, bg).tolist() == uncapped
-    assert choose_rows(reads, count, 6, 2, ranking, rank_by, 0.1, bg).tolist() == capped
 
 
 def test_max_df_through_the_stream_trains_only_slots_under_the_cap(trained):

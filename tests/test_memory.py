@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -26,6 +28,39 @@ def test_product_keys_equal_exhaustive_topk(n_keys, topk):
         ref_scores, ref_idx = exhaustive_topk(mem, x)
     assert torch.equal(idx, ref_idx)
     torch.testing.assert_close(scores, ref_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_output_is_the_gated_softmax_weighted_sum_of_the_kept_values():
+    """out = W_2(y * silu(W_1 x)), y = sum over heads and kept slots of w_i V[i], w = softmax of
+    the head's kept scores: written out as a loop over the kept slots."""
+    torch.manual_seed(0)
+    mem = ProductKeyMemory(8, n_keys=8, heads=2, topk=3, k_dim=4)
+    x = torch.randn(2, 3, 8)
+    with torch.no_grad():
+        out = mem(x).view(6, 8)
+        scores, idx = mem.lookup(x.view(6, 8))                    # checked above against all 64 keys
+    V, W1, W2 = mem.values.weight.detach(), mem.gate.weight.detach(), mem.proj.weight.detach()
+    for n in range(6):
+        y = torch.zeros(8)
+        for h in range(2):
+            e = [math.exp(s) for s in scores[n, h].tolist()]
+            for j in range(3):
+                y += e[j] / sum(e) * V[idx[n, h, j]]
+        z = W1 @ x.view(6, 8)[n]
+        silu = z / (1 + torch.exp(-z))
+        torch.testing.assert_close(out[n], W2 @ (y * silu), rtol=1e-5, atol=1e-6)
+
+
+def test_init_follows_the_references():
+    """Sub-keys U(-1/sqrt(k_dim), 1/sqrt(k_dim)); values N(0, 1/v_dim); W_q, W_1, W_2 N(0, 1/d); query bias 0."""
+    torch.manual_seed(0)
+    mem = ProductKeyMemory(64, n_keys=64, heads=4, topk=4, k_dim=32, v_dim=16)
+    bound = 32 ** -0.5
+    assert 0.99 * bound < mem.keys.abs().max() <= bound        # 16,384 draws fill the interval
+    for w, std in [(mem.values.weight, 16 ** -0.5), (mem.query.weight, 64 ** -0.5),
+                   (mem.gate.weight, 64 ** -0.5), (mem.proj.weight, 64 ** -0.5)]:
+        assert w.std().item() == pytest.approx(std, rel=0.05)   # at least 1,024 draws each
+    assert not mem.query.bias.any()
 
 
 @pytest.mark.parametrize("sparse", [True, False])

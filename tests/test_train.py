@@ -1,3 +1,4 @@
+import math
 import os
 
 import numpy as np
@@ -110,7 +111,10 @@ def test_resume_of_a_finished_run_is_refused(trained):
 def test_lr_schedule_warms_up_then_decays_to_min():
     cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_iters=10, max_iters=110)
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(4, cfg) == pytest.approx(0.5)                     # linear warmup: lr (it + 1) / warmup
     assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(60, cfg) == pytest.approx(0.55)
+    # cosine, not linear, decay: a quarter of the way, min + (1 + cos(pi / 4)) / 2 (lr - min), not 0.775
+    assert lr_at(35, cfg) == pytest.approx(0.1 + 0.5 * (1 + math.cos(math.pi / 4)) * 0.9)
     assert lr_at(110, cfg) == pytest.approx(0.1) and lr_at(500, cfg) == pytest.approx(0.1)
 
 

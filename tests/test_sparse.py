@@ -1,0 +1,151 @@
+"""sparse.py on hand-made reads and counts: scores, row choice, background statistics, row updates.
+The optimizer tests come last: the first torch.optim step imports torch._dynamo (seconds), and
+tests/mutants.py stops at the first failure."""
+
+import contextlib
+import math
+
+import pytest
+import torch
+
+from sparse import RowOptimizer, background_stats, choose_rows, sequence_scores, slot_scores, top_slots
+
+
+def test_tfidf_scores_on_a_hand_computed_example():
+    counts = torch.tensor([2, 1, 0, 1])
+    df = torch.tensor([0, 3, 1, 1])                           # |B| = 3 background units
+    # tf = (1/2, 1/4, 0, 1/4); idf = log(4/1), log(4/4), log(4/2), log(4/2)
+    expected = torch.tensor([0.5 * math.log(4), 0.0, 0.0, 0.25 * math.log(2)], dtype=torch.double)
+    bg = {"df": df, "reads": torch.zeros(4, dtype=torch.long), "units": 3}
+    assert torch.allclose(slot_scores(counts, "tfidf", bg), expected)
+    assert torch.equal(top_slots(slot_scores(counts, "tfidf", bg), counts, 2), torch.tensor([0, 3]))
+    assert torch.allclose(slot_scores(counts, "tf"), torch.tensor([0.5, 0.25, 0, 0.25], dtype=torch.double))
+    # never an unread slot, even when t is larger than the slots read
+    assert torch.equal(top_slots(torch.ones(4, dtype=torch.double), counts, 10), torch.tensor([0, 1, 3]))
+
+
+def test_kl_scores_on_a_hand_computed_example():
+    counts = torch.tensor([2, 1, 0, 1])                        # tf = (1/2, 1/4, 0, 1/4)
+    reads = torch.tensor([5, 1, 1, 1])                         # background q = (6, 2, 2, 2) / 12
+    bg = {"df": torch.zeros(4, dtype=torch.long), "reads": reads, "units": 3}
+    expected = torch.tensor([0.5 * math.log(1.0), 0.25 * math.log(1.5), 0.0, 0.25 * math.log(1.5)], dtype=torch.double)
+    assert torch.allclose(slot_scores(counts, "kl", bg), expected)
+    # slot 0 is read most but no more than the background reads it; 1 and 3 are the surprising ones
+    assert torch.equal(top_slots(slot_scores(counts, "kl", bg), counts, 2), torch.tensor([1, 3]))
+    assert slot_scores(counts, "kl", bg).sum() == pytest.approx(0.5 * math.log(1.5))   # the terms sum to KL
+
+
+def test_sequence_ranking_keeps_each_slots_best_row():
+    # two rows of 2 tokens, 1 head, 1 kept slot each; the second token of row 1 is padding
+    indices = torch.tensor([[0, 1], [2, 3]]).view(2, 2, 1, 1)
+    mask = torch.tensor([[True, True], [True, False]])
+    scores = sequence_scores(indices, mask, 4, "tf", None)
+    # row 0 reads slots 0, 1 (tf 1/2 each); row 1 reads slot 2 alone (tf 1); padding's slot 3 is never read
+    assert torch.allclose(scores, torch.tensor([0.5, 0.5, 1.0, -math.inf], dtype=torch.double))
+    # kl can be negative: a slot keeps its own row's score, not a 0 from a row that never read it
+    bg = {"reads": torch.tensor([100, 0, 0, 0]), "df": None, "units": 1}     # q = (101, 1, 1, 1) / 104
+    kl = sequence_scores(indices, mask, 4, "kl", bg)
+    assert kl[0] == pytest.approx(0.5 * math.log(0.5 / (101 / 104))) and kl[0] < 0
+    assert kl[2] == pytest.approx(math.log(104))
+
+
+def test_choose_rows_counts_only_the_counted_tokens():
+    # one row: the separator and two paddings read slot 5, three text tokens read slots 0, 0, 1
+    reads = torch.tensor([5, 0, 0, 1, 5, 5]).view(1, 6, 1, 1)
+    count = torch.tensor([[False, True, True, True, False, False]])
+    # tf over the counted reads: slot 0 2/3, slot 1 1/3, slot 5 unread (counted, it would be 1/2 and first)
+    assert choose_rows(reads, count, 6, 2, "tf").tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("ranking, rank_by, uncapped, capped", [
+    ("tfidf", "batch", [0, 3], [1, 3]), ("tf", "batch", [0, 2], [2, 3]), ("tf", "sequence", [0, 2], [2, 3])])
+def test_max_df_drops_the_slots_above_the_cap_before_top_t(ranking, rank_by, uncapped, capped):
+    # one row of 5 tokens, 1 head, 2 slots each: slot 0 is read 4 times, slot 2 3 times, slot 3 twice, slot 1 once
+    reads = torch.tensor([[0, 2], [0, 2], [0, 2], [0, 3], [3, 1]]).view(1, 5, 1, 2)
+    count = torch.ones(1, 5, dtype=torch.bool)
+    # df of |B| = 1000 units; the cap 0.1 x 1000 = 100 allows slot 2 (df 100), not slot 0 (df 101).
+    # tf = 0.4, 0.1, 0.3, 0.2; tfidf = tf * log(1001 / (df + 1)): 0.913, 0.691, 0.688, 1.382
+    bg = {"df": torch.tensor([101, 0, 100, 0, 0, 0]), "reads": torch.zeros(6, dtype=torch.long), "units": 1000}
+    assert choose_rows(reads, count, 6, 2, ranking, rank_by, 1.0, bg).tolist() == uncapped
+    assert choose_rows(reads, count, 6, 2, ranking, rank_by, 0.1, bg).tolist() == capped
+
+
+class ReadsItsTokens:
+    """A stand-in model with one memory table of 8 slots in which every token reads one slot,
+    the slot of its own id: the reads of a unit are its tokens."""
+
+    def __init__(self):
+        self.memory_modules = [torch.nn.Module()]
+        self.memory_modules[0].values = torch.nn.EmbeddingBag(8, 1)
+
+    @contextlib.contextmanager
+    def recording_slots(self):
+        yield
+
+    def __call__(self, x):
+        self.reads = x.view(*x.shape, 1, 1)                        # (B, T, 1 head, 1 kept slot)
+
+    def slot_reads(self):
+        return [self.reads]
+
+
+def test_background_df_counts_units_that_read_a_slot_and_skips_uncounted_tokens():
+    F, T = False, True
+    units = [(torch.tensor([[7, 1, 2, 2], [7, 3, 7, 7]]), torch.tensor([[F, T, T, T], [F, T, F, F]])),
+             (torch.tensor([[7, 2, 4, 7]]), torch.tensor([[F, T, T, F]])),   # 7: separator and padding
+             (torch.tensor([[1, 1]]), None)]                                  # no mask: every token counts
+    st = background_stats(ReadsItsTokens(), units, "cpu", quiet=True)[0]
+    assert st["units"] == 3
+    assert st["df"].tolist() == [0, 2, 2, 1, 1, 0, 0, 0]            # slot 1 in units 1 and 3, slot 2 in 1 and 2
+    assert st["reads"].tolist() == [0, 3, 3, 1, 1, 0, 0, 0]
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_rows_outside_the_selection_stay_bit_identical(kind):
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(10, 4))
+    opt = RowOptimizer(w, kind, lr=0.1, weight_decay=0.5)
+    for rows in ([1, 3], [5], [1, 7], [2]):                 # rows 1 and 3 carry AdamW moments later
+        before = w.detach().clone()
+        w.grad = torch.randn(10, 4)                          # a gradient on every row, as in the model
+        opt.step(torch.tensor(rows))
+        others = [r for r in range(10) if r not in rows]
+        assert torch.equal(w[others], before[others])       # bit-exact, not approximately
+        assert not torch.equal(w[rows], before[rows])
+
+
+@pytest.mark.parametrize("kind, reference, hyper, grad_scale", [
+    ("sgd", torch.optim.SGD, dict(lr=0.3), 1.0),
+    # betas, eps and decay away from the defaults, and gradients small enough for eps to matter
+    ("adamw", torch.optim.AdamW, dict(lr=0.01, weight_decay=0.2, betas=(0.8, 0.9), eps=1e-3), 1e-3)])
+def test_row_optimizer_matches_torch_on_the_selected_rows(kind, reference, hyper, grad_scale):
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(6, 4))
+    rows = torch.tensor([1, 4])
+    ref = torch.nn.Parameter(w[rows].detach().clone())
+    opt, ref_opt = RowOptimizer(w, kind, **hyper), reference([ref], **hyper)
+    for _ in range(3):
+        g = torch.randn(6, 4) * grad_scale
+        w.grad, ref.grad = g, g[rows].clone()
+        opt.step(rows)
+        ref_opt.step()
+    torch.testing.assert_close(w[rows], ref, rtol=0, atol=1e-6)
+
+
+def test_row_adamw_bias_correction_counts_each_rows_own_updates():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(6, 4))
+    ref = torch.nn.Parameter(w[4:5].detach().clone())           # row 4: selected at steps 1 and 3 only
+    opt = RowOptimizer(w, "adamw", lr=0.01)
+    ref_opt = torch.optim.AdamW([ref], lr=0.01, weight_decay=0.0)
+    for rows in ([4, 0], [0], [4, 1]):
+        g = torch.randn(6, 4)
+        w.grad = g
+        opt.step(torch.tensor(rows))
+        if 4 in rows:
+            ref.grad = g[4:5].clone()
+            ref_opt.step()                                       # AdamW's own step 1, then step 2
+    counts = [opt.steps[opt.where[r]].item() if opt.where[r] >= 0 else 0 for r in range(6)]
+    assert counts == [2, 1, 0, 0, 2, 0]
+    assert opt.exp_avg.shape == (3, 4) and opt.steps.shape == (3,)   # state for the 3 rows ever selected, no more
+    assert torch.allclose(w[4:5], ref, atol=1e-6)
