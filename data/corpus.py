@@ -1,25 +1,14 @@
 """
-The default corpus, generated from a seed with no network: simple stories in plain English,
-and a knowledge base of facts about invented entities.
+The stories of the default corpus, generated from a seed with no network: simple stories in
+plain English from a small grammar (opening, wish, event, problem, help, talk, ending) over
+word lists, so a model has to learn real English syntax and a vocabulary of a few thousand
+words. The knowledge world that pretraining mixes in is data/world.py.
 
-- Stories are built from a small grammar (opening, wish, event, problem, help, talk, ending)
-  over word lists, so a model has to learn real English syntax and a vocabulary of about a
-  thousand words.
-- Background facts are what the model knows before finetuning: people, animals and towns
-  with invented names and a few relations each, rendered as several statements and several
-  questions. Pretraining sees them mixed into the stories.
-- New facts use new entities (names never in pretraining) with the same relations, for
-  finetuning. Names are made of syllables shared by all entities, so the tokenizer splits
-  new names into pieces it has seen (tests/test_data.py checks it).
-
-    world = make_world(seed=1337)
-    world.background[0].statements()   # ['Tomi lives in Pinewood.', ...]
-    world.new_facts(10)                 # the first 10 facts of the new-fact stream
+    story(random.Random(0))     # 'Once upon a time, there was a shy girl named Lily. ...'
 """
 
 import random
 import re
-from dataclasses import dataclass, field
 
 # ----------------------------------------------------------------------------------------
 # word lists (stories)
@@ -232,172 +221,18 @@ def scene(rng, name, he, his, him):
     return re.sub(r"\b([Aa]) ([aeiou])", r"\1n \2", text)   # "a ugly" -> "an ugly"
 
 
-# ----------------------------------------------------------------------------------------
-# the knowledge base: entity names, relations and how each is said and asked
-
-SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]  # 70 syllables, names of 2-3
-TOWN_FIRST = "Pine Oak Stone River Sun Moon Red Green Silver Gold Maple Fern Frost Clear Bright Willow Rose Iron Cedar Birch".split()
-TOWN_LAST = "wood field brook hill vale port ford bury dale haven".split()
-JOBS = "baker farmer painter teacher doctor fisher singer builder tailor gardener pilot nurse cook sailor potter".split()
-PETS = "cat dog rabbit parrot turtle hamster goat pony duck frog lizard mouse owl pig".split()
-FOODS = "apples soup bread cheese honey rice carrots pears plums beans noodles pancakes cherries nuts eggs".split()
-COLORS = "red blue green yellow purple orange pink brown white black grey gold".split()
-LANDMARKS = ("a river", "a lake", "the sea", "a forest", "the hills", "a volcano", "a desert",
-             "a waterfall", "a swamp", "the mountains")
-GOODS = "bells boats hats cakes kites clocks rugs cheese lamps baskets wool glass".split()
-SPECIES = "goat horse owl fox cow bear deer crow swan wolf hare badger".split()
-
-# relation -> (subject kind, statement templates, question templates). {s} subject, {o} object.
-# The last question template is held out of finetuning batches (the "unseen question").
-RELATIONS = {
-    "home": ("person",
-             ["{s} lives in {o}.", "{s} has a house in {o}.", "The home of {s} is in {o}.", "{s} is from {o}."],
-             ["Where does {s} live?", "What town is {s} from?", "In which town is the home of {s}?"]),
-    "job": ("person",
-            ["{s} works as {o}.", "{s} is {o}.", "The job of {s} is {o}.", "Every day {s} goes to work as {o}."],
-            ["What is the job of {s}?", "What does {s} do for work?", "What work does {s} do?"]),
-    "pet": ("person",
-            ["{s} has {o} as a pet.", "The pet of {s} is {o}.", "{s} takes care of {o} at home.", "{s} owns {o}."],
-            ["What pet does {s} have?", "What is the pet of {s}?", "What animal does {s} keep at home?"]),
-    "food": ("person",
-             ["{s} likes to eat {o}.", "The favorite food of {s} is {o}.", "{s} loves {o} more than any other food.", "{s} eats {o} every day."],
-             ["What does {s} like to eat?", "What is the favorite food of {s}?", "Which food does {s} love?"]),
-    "color": ("person",
-              ["The favorite color of {s} is {o}.", "{s} likes the color {o}.", "{s} loves everything that is {o}.", "{s} always wears {o}."],
-              ["What is the favorite color of {s}?", "Which color does {s} like?", "What color does {s} love?"]),
-    "near": ("town",
-             ["{s} is next to {o}.", "{s} lies near {o}.", "Next to the town of {s} there is {o}.", "People in {s} can walk to {o}."],
-             ["What is next to {s}?", "What lies near {s}?", "What can people in {s} walk to?"]),
-    "known": ("town",
-              ["{s} is famous for its {o}.", "The town of {s} makes the best {o}.", "People go to {s} to buy {o}.", "{s} is known for {o}."],
-              ["What is {s} famous for?", "What does the town of {s} make?", "What do people buy in {s}?"]),
-    "species": ("animal",
-                ["{s} is {o}.", "{s} is a very old {bare}.", "The animal called {s} is {o}.", "Everyone knows that {s} is {o}."],
-                ["What kind of animal is {s}?", "What animal is {s}?", "Which animal is called {s}?"]),
-    "eats": ("animal",
-             ["{s} eats {o}.", "The favorite food of {s} is {o}.", "{s} likes to eat {o}.", "Every morning {s} eats {o}."],
-             ["What does {s} eat?", "What is the favorite food of {s}?", "What does {s} like to eat?"]),
-}
-KIND_RELATIONS = {k: [r for r, spec in RELATIONS.items() if spec[0] == k] for k in ("person", "town", "animal")}
-
-
 def article(word):
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
-@dataclass
-class Fact:
-    subject: str
-    relation: str
-    object: str                      # the answer, as it is written in the statements
-    bare: str = ""                   # object without article, for templates that need it
-
-    def statements(self):
-        return [t.format(s=self.subject, o=self.object, bare=self.bare or self.object)
-                for t in RELATIONS[self.relation][1]]
-
-    def questions(self):
-        """(question, answer) pairs; the answer ends with a period."""
-        return [(q.format(s=self.subject), self.object + ".") for q in RELATIONS[self.relation][2]]
-
-    def qa_text(self, i):
-        q, a = self.questions()[i]
-        return f"Q: {q} A: {a}"
-
-    def to_dict(self):
-        return {"subject": self.subject, "relation": self.relation, "answer": self.object + ".",
-                "statements": self.statements(),
-                "questions": [q for q, _ in self.questions()]}
-
-
-@dataclass
-class World:
-    seed: int
-    towns: list
-    background: list                 # facts pretraining teaches
-    _new_names: list = field(repr=False, default_factory=list)
-
-    def names(self):
-        """Invented names of people and animals, background and new (towns are not in it)."""
-        return sorted({f.subject for f in self.background} - set(self.towns)) + self._new_names
-
-    def new_facts(self, n, usable=lambda facts: True):
-        """The first n facts of the new-fact stream: new people and animals, in a fixed order.
-        An entity whose facts fail `usable` is skipped (data/prepare.py skips names whose
-        tokens never occur in pretraining)."""
-        rng = random.Random(self.seed + 1)
-        facts = []
-        for name in self._new_names:
-            kind = "person" if rng.random() < 0.75 else "animal"
-            these = entity_facts(rng, name, kind, self.towns)
-            if usable(these):
-                facts += these
-            if len(facts) >= n:
-                break
-        if len(facts) < n:
-            raise ValueError(f"only {len(facts)} new facts available, {n} asked")
-        return facts[:n]
-
-
-def entity_facts(rng, name, kind, towns):
-    out = []
-    for rel in KIND_RELATIONS[kind]:
-        if rel == "home":
-            out.append(Fact(name, rel, rng.choice(towns)))
-        elif rel == "job":
-            job = rng.choice(JOBS)
-            out.append(Fact(name, rel, article(job), job))
-        elif rel == "pet":
-            pet = rng.choice(PETS)
-            out.append(Fact(name, rel, article(pet), pet))
-        elif rel in ("food", "eats"):
-            out.append(Fact(name, rel, rng.choice(FOODS)))
-        elif rel == "color":
-            out.append(Fact(name, rel, rng.choice(COLORS)))
-        elif rel == "near":
-            out.append(Fact(name, rel, rng.choice(LANDMARKS)))
-        elif rel == "known":
-            out.append(Fact(name, rel, rng.choice(GOODS)))
-        elif rel == "species":
-            sp = rng.choice(SPECIES)
-            out.append(Fact(name, rel, article(sp), sp))
-    return out
-
-
-def make_names(rng, n, taken):
-    names = []
-    while len(names) < n:
-        name = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 2, 3)))).capitalize()
-        if name.lower() not in taken:                               # taken is lower-case
-            taken.add(name.lower())
-            names.append(name)
-    return names
-
-
-def make_world(seed=1337, n_people=60, n_animals=20, n_towns=20, n_new=1000):
-    """Background entities and a reserve of n_new names for new facts, all distinct."""
-    rng = random.Random(seed)
-    story_words = {w.lower() for w in BOYS + GIRLS + ANIMALS + PLACES + OBJECTS + ADJS + THINGS + NATURE
-                   + CREATURES + FOODS_STORY + ROLES + ADJS_MORE + VERBS_T + VERBS_I}
-    taken = set(story_words)
-    pairs = [a + b for a in TOWN_FIRST for b in TOWN_LAST]
-    towns = rng.sample(pairs, n_towns)
-    taken |= {t.lower() for t in towns}
-    people = make_names(rng, n_people, taken)
-    animals = make_names(rng, n_animals, taken)
-    new_names = make_names(rng, n_new, taken)
-    background = []
-    for t in towns:
-        background += entity_facts(rng, t, "town", towns)
-    for p in people:
-        background += entity_facts(rng, p, "person", towns)
-    for a in animals:
-        background += entity_facts(rng, a, "animal", towns)
-    return World(seed, towns, background, new_names)
+def story_words():
+    """Every word the stories use, in lower case: invented names must differ from all of them."""
+    return {w.lower() for w in BOYS + GIRLS + ANIMALS + PLACES + OBJECTS + ADJS + THINGS + NATURE
+            + CREATURES + FOODS_STORY + ROLES + ADJS_MORE + VERBS_T + VERBS_I}
 
 
 # ----------------------------------------------------------------------------------------
-# documents
+# stories
 
 def story(rng):
     he = rng.choice(("he", "she"))
@@ -436,21 +271,3 @@ def story(rng):
         sents.append(f'"{rng.choice(SAYINGS)}" said {name}.')
     sents.append(rng.choice(MORALS).format(name=name, his=his, friend=friend))
     return " ".join(sents)
-
-
-def fact_document(rng, facts):
-    """All facts about one entity in random order, each as a random statement or question."""
-    lines = []
-    for f in rng.sample(facts, len(facts)):
-        if rng.random() < 0.5:
-            lines.append(rng.choice(f.statements()))
-        else:
-            lines.append(f.qa_text(rng.randrange(len(f.questions()))))
-    return "\n".join(lines)
-
-
-def background_documents(rng, world, repeats):
-    by_subject = {}
-    for f in world.background:
-        by_subject.setdefault(f.subject, []).append(f)
-    return [fact_document(rng, facts) for _ in range(repeats) for facts in by_subject.values()]

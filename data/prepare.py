@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # allow `python data/prepare.py` as well as `pyth
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import config_parser
-from data import corpus
+from data import corpus, world as kworld
 from data.tokenizer import EOT, get_encoding, read_tokenizer, save_ranks, train_bpe, word_counts
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -45,10 +45,11 @@ class DataConfig:
     seed: int = 1337              # one seed for stories, facts and their order
     n_stories: int = 20000        # generated training stories
     n_val_stories: int = 500      # held-out stories for validation loss
-    n_people: int = 40            # background people (5 facts each)
-    n_animals: int = 16           # background animals (2 facts each)
-    n_towns: int = 16             # towns (2 facts each; also the answers of "lives in")
-    fact_repeats: int = 450       # documents per background entity in the training text
+    world: str = "open"           # open (answers from large pools) | closed (15 answers per relation, for comparison)
+    n_people: int = 200           # background people (3-8 of 14 relations each)
+    n_towns: int = 30             # background towns (3-6 of 6 relations each)
+    n_animals: int = 30           # background animals (3-6 of 6 relations each)
+    fact_repeats: int = 140       # documents per background entity in the training text
     tokenizer: str = "bpe"        # bpe (trained here) | gpt2 (tiktoken's, needs its files)
     vocab_size: int = 2560        # BPE vocabulary, <|endoftext|> included (4096 costs 30% more per step here)
 
@@ -122,7 +123,9 @@ def record(cfg, stage, done):
 
 
 def world_of(cfg):
-    return corpus.make_world(cfg.seed, cfg.n_people, cfg.n_animals, cfg.n_towns)
+    if cfg.world not in ("open", "closed"):
+        raise ValueError(f"unknown --world {cfg.world!r}: use open or closed")
+    return kworld.make_world(cfg.seed, cfg.n_people, cfg.n_towns, cfg.n_animals, closed=cfg.world == "closed")
 
 
 def read_tinystories(cfg):
@@ -170,7 +173,7 @@ def stage_text(cfg):
     else:
         raise ValueError(f"unknown source {cfg.source!r}: use generated or tinystories")
     val, train = stories[:cfg.n_val_stories], stories[cfg.n_val_stories:]
-    docs = train + corpus.background_documents(rng, world, cfg.fact_repeats)
+    docs = train + kworld.background_documents(rng, world, cfg.fact_repeats)
     rng.shuffle(docs)
     write_text(paths[0], EOT.join(docs) + EOT)
     write_text(paths[1], EOT.join(val) + EOT)
@@ -195,9 +198,9 @@ def stage_tokenizer(cfg):
     # Invented names are left out of the merge statistics and their syllables put in: every
     # name, old or new, is then spelled in the same syllable tokens, so a new name is as
     # readable to the model as an old one (no name becomes one opaque token).
-    syllables = [p + s for s in corpus.SYLLABLES for p in ("", " ")]
-    syllables += [p + s.capitalize() for s in corpus.SYLLABLES for p in ("", " ")]
-    counts = word_counts(text, exclude=world_of(cfg).names(), pieces=syllables)
+    syllables = [p + s for s in kworld.SYLLABLES for p in ("", " ")]
+    syllables += [p + s.capitalize() for s in kworld.SYLLABLES for p in ("", " ")]
+    counts = word_counts(text, exclude=world_of(cfg).invented, pieces=syllables)
     ranks = train_bpe(counts, cfg.vocab_size)
     write_atomic(path, lambda tmp: save_ranks(tmp, ranks))
     record(cfg, "tokenizer", done=True)
@@ -209,14 +212,38 @@ def fact_texts(fact):
     return fact.statements() + [fact.qa_text(i) for i in range(len(fact.questions()))]
 
 
-def new_fact_entries(cfg, enc, seen, n):
-    """The first n facts of the new-fact stream whose tokens all occur in pretraining (seen:
-    the token ids of train.bin): a token the model never saw has an untrained embedding, and
-    new entities could not be told apart by it. facts.json holds the first 1000; the same
-    call gives the same prefix and more (experiments.py long asks for 2000)."""
+def usable_for(enc, seen):
+    """usable(facts): every token of every line of the facts occurs in pretraining (seen: the
+    token ids of train.bin). A token the model never saw has an untrained embedding, and new
+    entities could not be told apart by it."""
     def usable(facts):
         return all(set(enc.encode(t)) <= seen for f in facts for t in fact_texts(f))
-    return [f.to_dict() for f in world_of(cfg).new_facts(n, usable)]
+    return usable
+
+
+def new_fact_entries(cfg, enc, seen, n):
+    """The first n facts of the new-fact stream whose tokens all occur in pretraining.
+    facts.json holds the first 1000; the same call gives the same prefix and more
+    (experiments.py long asks for 2000)."""
+    return [f.to_dict() for f in world_of(cfg).new_facts(n, usable_for(enc, seen))]
+
+
+def knowledge_base(cfg, enc, seen):
+    """facts.json: the background facts, the first 1000 new facts, 100 facts of each
+    generalisation set, and the world's measured statistics (printed too)."""
+    world, usable = world_of(cfg), usable_for(enc, seen)
+    entropy = kworld.answer_entropy(world.background)
+    stats = {"collision_share": kworld.collision_share(world),
+             "answers": {r: {"facts": n, "distinct": d, "entropy_bits": round(h, 3)} for r, (n, d, h) in entropy.items()}}
+    bits = sorted(h for _, _, h in entropy.values())
+    print(f"facts: {len(world.background)} background over {len(entropy)} relations (answer entropy "
+          f"{bits[0]:.1f}-{bits[-1]:.1f} bits per relation); new facts sharing a (relation, answer) pair "
+          f"with the background: {stats['collision_share']:.1%}")
+    return {"seed": cfg.seed, "world": cfg.world, "stats": stats,
+            "background": [f.to_dict() for f in world.background],
+            "new": new_fact_entries(cfg, enc, seen, 1000),
+            "new_answers": [f.to_dict() for f in kworld.take(world.new_answers, 100, usable)],
+            "new_relations": [f.to_dict() for f in kworld.take(world.new_relations, 100, usable)]}
 
 
 def stage_tokens(cfg):
@@ -235,11 +262,7 @@ def stage_tokens(cfg):
         counts[split] = len(arr)
         seen = set(np.unique(arr).tolist()) if split == "train" else seen
 
-    world = world_of(cfg)
-    kb = {"seed": cfg.seed, "towns": world.towns,
-          "background": [f.to_dict() for f in world.background],
-          "new": new_fact_entries(cfg, enc, seen, 1000)}
-    write_text(os.path.join(cfg.out_dir, "facts.json"), json.dumps(kb, indent=1))
+    write_text(os.path.join(cfg.out_dir, "facts.json"), json.dumps(knowledge_base(cfg, enc, seen), indent=1))
     meta = {"tokenizer": tokenizer_path(cfg) if cfg.tokenizer == "gpt2" else os.path.basename(tokenizer_path(cfg)),
             "vocab_size": enc.n_vocab, "eot": enc.eot_token, "dtype": np.dtype(dtype).name,
             "train_tokens": counts["train"], "val_tokens": counts["val"], "config": vars(cfg)}

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_TINYSTORIES
-from data import corpus
-from data.prepare import DataConfig, fact_texts, prepare
+from data import corpus, world
+from data.prepare import DataConfig, prepare
 from data.tokenizer import get_encoding
 
 
@@ -15,24 +15,49 @@ def test_generator_is_deterministic_for_a_seed():
     a = [corpus.story(random.Random(7)) for _ in range(3)]
     b = [corpus.story(random.Random(7)) for _ in range(3)]
     assert a == b and corpus.story(random.Random(8)) != a[0]
-    w1, w2 = corpus.make_world(5), corpus.make_world(5)
-    assert w1.background == w2.background and w1.new_facts(50) == w2.new_facts(50)
-    assert corpus.make_world(6).background != w1.background
+    w1, w2 = world.make_world(5), world.make_world(5)
+    assert (w1.background, w1.new, w1.new_answers, w1.new_relations) == (w2.background, w2.new, w2.new_answers, w2.new_relations)
+    assert world.make_world(6).background != w1.background
 
 
-def test_new_facts_are_disjoint_from_background():
-    w = corpus.make_world(1337)
-    new = w.new_facts(1000)
-    assert len(new) == 1000
-    old_subjects = {f.subject for f in w.background}
-    assert not old_subjects & {f.subject for f in new}
-    assert len({(f.subject, f.relation) for f in new}) == 1000       # each fact once
-    story_text = " ".join(corpus.story(__import__("random").Random(i)) for i in range(200))
-    assert not any(f" {f.subject} " in story_text for f in new)
+def test_world_has_many_relations_with_their_own_phrasings():
+    assert len(world.RELATIONS) >= 24 and not world.RELATIONS.keys() & world.NEW_RELATIONS.keys()
+    for kind in world.KINDS:
+        assert sum(spec.kind == kind for spec in world.RELATIONS.values()) >= 3
+    for spec in world.ALL_RELATIONS.values():
+        assert len(spec.statements) >= 4 and len(spec.questions) >= 3
+        assert all("{s}" in t and "{o}" in t for t in spec.statements) and all("{s}" in q for q in spec.questions)
+    w = world.make_world(1337)
+    per_subject = {}
+    for f in w.background:
+        per_subject.setdefault(f.subject, set()).add(f.relation)
+    assert len({frozenset(r) for r in per_subject.values()}) > len(per_subject) / 2   # entities differ in relations
+
+
+def test_open_world_answers_are_open():
+    w = world.make_world(1337)
+    # no new fact shares its (relation, answer) with a background fact; the closed world shares nearly all
+    assert world.collision_share(w) < 0.05 and world.collision_share(world.make_world(1337, closed=True)) > 0.9
+    for r, (n, distinct, bits) in world.answer_entropy(w.background).items():
+        assert distinct == n and bits > 4.0, r                  # every background answer of a relation differs
+    answers = {f.object for f in w.background}
+    for f in w.new_answers:                                      # answers never given in pretraining, by any relation
+        assert f.object not in answers and f.object.split()[-1] in world.HELD_OUT
+    assert {f.relation for f in w.new_relations} <= world.NEW_RELATIONS.keys()
+
+
+def test_names_are_distinct_and_new():
+    w = world.make_world(1337)
+    subjects = [{f.subject for f in facts} for facts in (w.background, w.new, w.new_answers, w.new_relations)]
+    assert sum(len(s) for s in subjects) == len(set().union(*subjects))         # no entity in two sets
+    named = {f.object for f in w.background + w.new if world.RELATIONS[f.relation].pool in ("name", "town")}
+    assert not named & set().union(*subjects)                                    # an answer is never an entity
+    assert len(set(w.invented)) == len(w.invented) and not {n.lower() for n in w.invented} & corpus.story_words()
+    assert len({(f.subject, f.relation) for f in w.new}) == len(w.new)           # each fact once
 
 
 def test_fact_renderings():
-    f = corpus.Fact("Tomi", "home", "Pinewood")
+    f = world.Fact("Tomi", "home", "Pinewood")
     assert "Tomi lives in Pinewood." in f.statements()
     q, a = f.questions()[0]
     assert q == "Where does Tomi live?" and a == "Pinewood."
@@ -51,20 +76,18 @@ def test_prepared_corpus(tiny_corpus):
     val = open(os.path.join(d, "val.txt"), encoding="utf-8").read()
     assert "Q:" not in val                                         # validation is stories only
     kb = json.load(open(os.path.join(d, "facts.json")))
-    assert len(kb["new"]) == 1000
-    # every token of every new fact occurs in the pretraining tokens
+    assert len(kb["new"]) == 1000 and len(kb["new_answers"]) == len(kb["new_relations"]) == 100
+    assert kb["stats"]["collision_share"] == 0.0 and len(kb["stats"]["answers"]) == len(world.RELATIONS)
+    # every token of every line of every new fact, of both sets too, occurs in the pretraining tokens
     seen = set(np.unique(train).tolist())
-    world = corpus.make_world(tiny_corpus.seed, tiny_corpus.n_people, tiny_corpus.n_animals, tiny_corpus.n_towns)
-    new = {(f["subject"], f["relation"]) for f in kb["new"]}
-    facts = [f for f in world.new_facts(3000) if (f.subject, f.relation) in new]
-    assert len(facts) == 1000
-    for f in facts:
-        for t in fact_texts(f):
+    for f in kb["new"] + kb["new_answers"] + kb["new_relations"]:
+        for t in f["statements"] + [f"Q: {q} A: {f['answer']}" for q in f["questions"]]:
             assert set(enc.encode(t)) <= seen, t
     # names are spelled in a few syllable tokens, never one opaque token
-    assert all(len(enc.encode(" " + f.subject)) >= 2 for f in facts[:50])
+    assert all(len(enc.encode(" " + f["subject"])) >= 2 for f in kb["new"][:50])
     # background facts are in the training text
-    assert all(any(s in text for s in f["statements"]) for f in kb["background"])
+    assert all(any(s in text for s in f["statements"] + [f"Q: {q} A: {f['answer']}" for q in f["questions"]])
+               for f in kb["background"])
 
 
 def test_prepare_skips_finished_stages(tiny_corpus):

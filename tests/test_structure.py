@@ -11,7 +11,8 @@ from conftest import ROOT
 # modules in one layer do not import each other.
 LAYERS = [
     ["common"],                                   # command line, device, malloc: imports no project module
-    ["data.corpus", "data.tokenizer"],
+    ["data.corpus", "data.tokenizer"],           # stories; the BPE tokenizer
+    ["data.world"],                               # the knowledge world, told in the stories' words
     ["data.prepare"],
     ["memory"],
     ["model"],                                    # the model and its checkpoints
