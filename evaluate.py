@@ -14,6 +14,8 @@ text spelled in other tokens counts as wrong.
 
 import argparse
 import os
+import random
+import re
 import sys
 
 import numpy as np
@@ -101,27 +103,82 @@ def qa_correct(model, enc, items, device, batch_size=128):
     return correct
 
 
+SENTENCE_END = re.compile(r'(?<=[.!?])["\u201d]?\s+(?=["\u201c]?[A-Z])')
+
+
+def story_endings(val_tokens, enc, n_choices=4, seed=0):
+    """The skill probe's items, like HellaSwag: for each held-out story (the validation text,
+    never trained on), the story without its last sentence and n_choices endings, its own last
+    sentence (the answer) and the last sentences of other stories, in a shuffled order.
+    Returns [(context, endings, answer index)]."""
+    rng = random.Random(seed)
+    stories = enc.decode(np.asarray(val_tokens).tolist()).split(EOT)
+    split = []
+    for s in stories:
+        parts = SENTENCE_END.split(s.strip())
+        if len(parts) >= 2:
+            split.append((s.strip()[:len(s.strip()) - len(parts[-1])].rstrip(), parts[-1]))
+    items = []
+    for i, (context, ending) in enumerate(split):
+        others = rng.sample([e for j, (_, e) in enumerate(split) if j != i and e != ending], n_choices - 1)
+        endings = [ending] + others
+        rng.shuffle(endings)
+        items.append((context, endings, endings.index(ending)))
+    return items
+
+
+@torch.no_grad()
+def skill_accuracy(model, enc, items, device, batch_size=64):
+    """Share of story_endings items where the right ending has the highest mean log-likelihood
+    per token given the story (the context is cut from the left to fit the model's window)."""
+    T = model.config.block_size
+    rows = []                                                        # (item, tokens, first ending token)
+    for n, (context, endings, _) in enumerate(items):
+        for e in endings:
+            end = enc.encode(" " + e)[:T - 1]
+            ctx = enc.encode(context)[-(T - len(end)):]
+            rows.append((n, ctx + end, len(ctx)))
+    scores = torch.empty(len(rows))
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        L = max(len(t) for _, t, _ in chunk)
+        x = torch.zeros((len(chunk), L), dtype=torch.long)
+        y = torch.full((len(chunk), L), -1, dtype=torch.long)
+        for r, (_, t, start) in enumerate(chunk):
+            x[r, :len(t)] = torch.tensor(t)
+            y[r, start - 1:len(t) - 1] = torch.tensor(t[start:])       # predict the ending's tokens
+        logp = torch.log_softmax(model(x.to(device))[0].float(), dim=-1).cpu()   # (B, L, vocab)
+        mask = y >= 0
+        tok = logp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+        scores[i:i + len(chunk)] = tok.sum(1) / mask.sum(1)
+    k = len(items[0][1])
+    best = scores.view(len(items), k).argmax(1)
+    return float((best == torch.tensor([a for _, _, a in items])).double().mean())
+
+
 def corpus_facts(entries):
     """facts.json entries -> stream facts, the form finetune.py teaches and measure() scores:
     all statements and the first two questions are trained; the last question is held out
-    (its unseen phrasing, learned_acc_unseen_question)."""
+    (its unseen phrasing, unseen_acc)."""
     return [{"paraphrases": f["statements"], "questions": f["questions"][:-1],
              "heldout_question": f["questions"][-1], "answer": f["answer"], "where": f"new fact {i + 1}"}
             for i, f in enumerate(entries)]
 
 
-def measure(model, enc, facts, background, val, device):
+def measure(model, enc, facts, background, val, device, skill=None):
     """Every number finetune.py's table reports, on the model as it is now: accuracy on the
     stream facts' trained questions and on their unseen phrasings, on the background facts
-    (and which of their questions it gets right), val loss and slot usage."""
+    (and which of their questions it gets right), on the skill probe's items (story_endings),
+    val loss and slot usage."""
     model.eval()
     loss, usage = validate(model, val, model.config.block_size, device)
     seen = qa_items(facts)                                  # the questions trained on
     unseen = [qa_pair(f["heldout_question"], f["answer"]) for f in facts if f["heldout_question"]]
     known = qa_correct(model, enc, qa_items(background), device)   # per background question
     return {"learned_acc": qa_accuracy(model, enc, seen, device),
-            "learned_acc_unseen_question": qa_accuracy(model, enc, unseen, device) if unseen else None,
-            "heldout_acc": sum(known) / max(len(known), 1), "background_correct": known,
+            "unseen_acc": qa_accuracy(model, enc, unseen, device) if unseen else None,
+            "background_acc": sum(known) / max(len(known), 1), "background_correct": known,
+            "skill_acc": skill_accuracy(model, enc, skill, device) if skill else None,
             "val_loss": loss, "slots": usage}
 
 
@@ -159,9 +216,9 @@ def main(argv=None):
     except (OSError, RuntimeError, ValueError) as e:
         sys.exit(f"error: {e}")
     print(f"val loss {m['val_loss']:.4f}")
-    print(f"background facts {m['heldout_acc']:.3f}")
+    print(f"background facts {m['background_acc']:.3f}")
     what = "taught by finetune.py" if taught else "not taught to this checkpoint"
-    unseen = m["learned_acc_unseen_question"]
+    unseen = m["unseen_acc"]
     print(f"new facts ({len(facts)}, {what}) {m['learned_acc']:.3f}"
           + ("" if unseen is None else f", on their unseen phrasing {unseen:.3f}"))
     for i, u in enumerate(m["slots"]):
