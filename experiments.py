@@ -81,9 +81,9 @@ def point(run, field):
 
 
 def line(name, r):
-    unseen = r["learned_acc_unseen_question"]
+    unseen = r["unseen_acc"]
     return (f"{name:<26} learned {r['learned_acc']:.3f}  unseen phrasing {'-' if unseen is None else f'{unseen:.3f}'}  "
-            f"background {r['heldout_acc_before']:.3f} -> {r['heldout_acc_after']:.3f} (drop {r['heldout_drop']:.1%})  "
+            f"background {r['background_acc_before']:.3f} -> {r['background_acc_after']:.3f} (drop {r['background_drop']:.1%})  "
             f"val loss {r['val_loss_before']:.4f} -> {r['val_loss_after']:.4f}  [{r['seconds']:.0f}s]")
 
 
@@ -416,7 +416,7 @@ def plot(name, data, path, title):
             groups.setdefault(group(r["run"], key), []).append(r)
         for g, rs in groups.items():
             for i, ax in enumerate(axes[0]):
-                xs = [r["heldout_drop"] * 100 if i == 0 else (r["val_loss_after"] / r["val_loss_before"] - 1) * 100 for r in rs]
+                xs = [r["background_drop"] * 100 if i == 0 else (r["val_loss_after"] / r["val_loss_before"] - 1) * 100 for r in rs]
                 ys = [r["learned_acc"] * 100 for r in rs]
                 ax.plot(xs, ys, "o-", label=g)
                 for r, x, y in zip(rs, xs, ys):

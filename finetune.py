@@ -30,7 +30,7 @@ Facts file (--facts-file): JSON Lines, one fact per line, UTF-8:
   {"paraphrases": ["Mira lives in Oakton.", "Mira has a house in Oakton."],
    "question": "Where does Mira live?", "answer": "Oakton.",
    "heldout_question": "What town is Mira from?"}
-"heldout_question" is optional: it is never trained on and scores learned_acc_unseen_question.
+"heldout_question" is optional: it is never trained on and scores unseen_acc.
 Each batch holds the paraphrases plus the line "Q: <question> A: <answer>". Scoring is greedy
 exact match of " <answer>" after "Q: <question> A:".
 """
@@ -50,7 +50,7 @@ from tqdm import tqdm
 from common import check_range, config_parser, keep_freed_memory, pick_device, split
 from data.prepare import write_text
 from data.tokenizer import EOT
-from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair
+from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair, story_endings
 from lora import add_lora, merge_lora
 from model import (GPTConfig, check_writable, checkpoint_corpus, checkpoint_train_tokens, load_checkpoint,
                    save_checkpoint)
@@ -87,6 +87,7 @@ class FinetuneConfig:
     json: str = ""                         # write the results to this JSON file
     out: str = ""                          # save the finetuned model here (a checkpoint evaluate.py reads)
     quiet: bool = False                    # print the table only: no progress bars, no example answers
+    set_facts: int = 50                    # facts of each generalisation set (new answers, new relations) also taught, each from the base model; 0 = none
 
 
 # ----------------------------------------------------------------------------------------
@@ -211,8 +212,8 @@ def resolve(cfg, model):
         raise ValueError(f"no measured default learning rate for {cfg.mode} with {cfg.optimizer}; pass --lr")
     cfg.lr = cfg.lr or DEFAULT_LR[(cfg.mode, cfg.optimizer)]
     check_range(cfg, positive=("lr",), not_negative=("weight_decay",))
-    if cfg.steps_per_fact < 1 or cfg.facts < 1:
-        raise ValueError("--steps-per-fact and --facts must be at least 1")
+    if cfg.steps_per_fact < 1 or cfg.facts < 1 or cfg.set_facts < 0:
+        raise ValueError("--steps-per-fact and --facts must be at least 1, --set-facts at least 0")
     if cfg.mode == "sparse":
         if not model.memory_modules:
             raise ValueError("--mode sparse needs a model with memory layers; this one is dense")
@@ -325,47 +326,52 @@ def diverged(what, fact, step, cfg):
     return f"{what} at fact {fact}, step {step}: the stream diverged; lower --lr ({cfg.lr:g})"
 
 
-def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None):
+def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None, stream="new facts"):
     """Measure, stream, measure again. Returns (results with the --json keys, the measurements
-    before, the measurements after); pass the ones before back as `before` to reuse them for
-    another run on the same model and facts. stats: background statistics to rank against
-    instead of the pretraining ones."""
+    before, the measurements after). Pass the measurements before back as `before` to reuse
+    them for another run from the same model (the results take only what does not depend on
+    the facts from them: background facts, skill, val loss). stats: background statistics to
+    rank against instead of the pretraining ones. stream: the name the results give the facts."""
     device = next(model.parameters()).device
     val, kb = checkpoint_corpus(ckpt)
-    background = kb["background"]
-    before = before or measure(model, enc, facts, background, val, device)
+    background, skill = kb["background"], story_endings(val, enc)
+    before = before or measure(model, enc, facts, background, val, device, skill)
     needs = cfg.mode == "sparse" and (cfg.ranking != "tf" or cfg.max_df < 1)
     if needs and stats is None:
         stats = load_or_compute_background(cfg, model, ckpt, device)
     t0 = time.time()
     run_stream(cfg, model, enc, facts, stats, quiet)
     seconds = time.time() - t0
-    after = measure(model, enc, facts, background, val, device)
+    after = measure(model, enc, facts, background, val, device, skill)
     if not math.isfinite(after["val_loss"]):
         raise ValueError(diverged(f"val loss is {after['val_loss']} after the last step", len(facts),
                                   cfg.steps_per_fact, cfg))
     sparse = cfg.mode == "sparse"
-    return {"mode": cfg.mode, "optimizer": cfg.optimizer, "lr": cfg.lr,
+    return {"stream": stream, "mode": cfg.mode, "optimizer": cfg.optimizer, "lr": cfg.lr,
             "top_t": cfg.top_t if sparse else None, "ranking": cfg.ranking if sparse else None,
             "facts": len(facts), "steps_per_fact": cfg.steps_per_fact,
-            "learned_acc": after["learned_acc"], "learned_acc_unseen_question": after["learned_acc_unseen_question"],
-            "heldout_acc_before": before["heldout_acc"], "heldout_acc_after": after["heldout_acc"],
-            "heldout_drop": (before["heldout_acc"] - after["heldout_acc"]) / before["heldout_acc"] if before["heldout_acc"] else 0.0,
+            "learned_acc": after["learned_acc"], "unseen_acc": after["unseen_acc"],
+            "background_acc_before": before["background_acc"], "background_acc_after": after["background_acc"],
+            "background_drop": (before["background_acc"] - after["background_acc"]) / before["background_acc"] if before["background_acc"] else 0.0,
+            "skill_acc_before": before["skill_acc"], "skill_acc_after": after["skill_acc"],
+            "skill_drop": (before["skill_acc"] - after["skill_acc"]) / before["skill_acc"],
             "val_loss_before": before["val_loss"], "val_loss_after": after["val_loss"],
             "seconds": seconds}, before, after
 
 
 def format_table(results):
-    """One row per run. drop = (before - after) / before of the background-fact accuracy, so a
-    positive drop is forgetting; the val loss change is after / before - 1 (positive: worse)."""
-    lines = [f"{'mode':<7} {'optimizer':<10} {'lr':<8} {'learned':>7} {'unseen phrasing':>15}   "
-             f"{'background facts (before -> after, drop)':<41} val loss (before -> after, change)"]
+    """One row per stream. learned: its taught questions answered exactly; unseen: each fact's
+    unseen phrasing; background facts and skill: accuracy before -> after and its drop,
+    (before - after) / before, so a positive drop is forgetting; val loss: after / before - 1."""
+    def change(r, key):
+        return f"{r[key + '_before']:.3f} -> {r[key + '_after']:.3f} ({r[key.replace('_acc', '_drop')]:.1%} drop)"
+    lines = [f"{'stream':<14} {'facts':>5} {'learned':>7} {'unseen':>6}   {'background facts':<27} "
+             f"{'skill (story endings)':<27} val loss"]
     for r in results:
-        unseen = "-" if r["learned_acc_unseen_question"] is None else f"{r['learned_acc_unseen_question']:.3f}"
-        background = f"{r['heldout_acc_before']:.3f} -> {r['heldout_acc_after']:.3f}, {r['heldout_drop']:.1%}"
-        lines.append(f"{r['mode']:<7} {r['optimizer']:<10} {r['lr']:<8.3g} {r['learned_acc']:>7.3f} {unseen:>15}   "
-                     f"{background:<41} {r['val_loss_before']:.4f} -> {r['val_loss_after']:.4f}, "
-                     f"{r['val_loss_after'] / r['val_loss_before'] - 1:+.1%}")
+        unseen = "-" if r["unseen_acc"] is None else f"{r['unseen_acc']:.3f}"
+        lines.append(f"{r['stream']:<14} {r['facts']:>5} {r['learned_acc']:>7.3f} {unseen:>6}   "
+                     f"{change(r, 'background_acc'):<27} {change(r, 'skill_acc'):<27} "
+                     f"{r['val_loss_before']:.4f} -> {r['val_loss_after']:.4f} ({r['val_loss_after'] / r['val_loss_before'] - 1:+.1%})")
     return "\n".join(lines)
 
 
@@ -426,14 +432,22 @@ def main(argv=None):
             print(f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {len(facts)} facts, "
                   f"{cfg.steps_per_fact} step(s) each" + (f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else "")
                   + (f", none read in more than {cfg.max_df:.0%} of the background units" if cfg.mode == "sparse" and cfg.max_df < 1 else ""))
-        base = None if cfg.quiet else copy.deepcopy(model)          # the model before, for show_examples
-        result, before, after = finetune(cfg, model, enc, ckpt, facts, quiet=cfg.quiet)
+        base = copy.deepcopy(model)                                 # the model before: every stream starts from it
+        name = os.path.basename(cfg.facts_file) if cfg.facts_file else "new facts"
+        result, before, after = finetune(cfg, model, enc, ckpt, facts, quiet=cfg.quiet, stream=name)
+        results, taught = [result], copy.deepcopy(model.state_dict())   # the model --out saves
+        for key in ("new_answers", "new_relations") if cfg.set_facts and not cfg.facts_file else ():
+            model.load_state_dict(base.state_dict())                # each generalisation set on its own
+            extra = corpus_facts(checkpoint_corpus(ckpt)[1][key][:cfg.set_facts])
+            results.append(finetune(cfg, model, enc, ckpt, extra, before, cfg.quiet, stream=key.replace("_", " "))[0])
+        model.load_state_dict(taught)
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")
-    print(format_table([result]))
+    print(format_table(results))
     if not cfg.quiet:
         print(f"stream took {result['seconds']:.1f}s")
         show_examples(base, model, enc, facts, checkpoint_corpus(ckpt)[1]["background"], before, after, device)
+    result = {**result, **{r["stream"].replace(" ", "_"): r for r in results[1:]}}   # the sets nested in the JSON
     # The model, then the results, each on its own: one failing write never loses the other.
     writes = [("--out", cfg.out, lambda: save_checkpoint(cfg.out, {**ckpt, "model": model.state_dict(), "optimizers": [],
                                                                     "finetune": {**vars(cfg), "facts_taught": facts}})),

@@ -10,9 +10,9 @@ from lora import LoRALinear, add_lora, merge_lora
 from sparse import background_stats, fingerprint, load_or_compute_background, pretraining_units, slot_counts
 from model import GPT, GPTConfig, load_checkpoint
 
-JSON_KEYS = {"mode", "optimizer", "lr", "top_t", "ranking", "facts", "steps_per_fact", "learned_acc",
-             "learned_acc_unseen_question", "heldout_acc_before", "heldout_acc_after", "heldout_drop",
-             "val_loss_before", "val_loss_after", "seconds"}
+JSON_KEYS = {"stream", "mode", "optimizer", "lr", "top_t", "ranking", "facts", "steps_per_fact", "learned_acc",
+             "unseen_acc", "background_acc_before", "background_acc_after", "background_drop",
+             "skill_acc_before", "skill_acc_after", "skill_drop", "val_loss_before", "val_loss_after", "seconds"}
 
 
 def tiny_model(**kw):
@@ -128,12 +128,12 @@ def test_end_to_end_stream_learns_a_fact(trained, tmp_path):
     # The 60-step CI model is too weak for its 256-slot memory alone to learn a 6-token
     # answer exactly (the README's runs show sparse learning on the real model), so the
     # exact-match check goes through full finetuning and the sparse check through the loss.
-    # lr 1e-2 overshoots on some machines (0 learned); 1e-3 to 3e-3 learn it at 1 and 2 threads
+    # 300 steps: lr 1e-3 to 3e-3 all learn it exactly, at 1 and 2 threads (100 steps did only at some)
     main(["--checkpoint", ckpt, "--facts-file", path, "--mode", "full", "--lr", "2e-3",
-          "--steps-per-fact", "100", "--json", str(out), "--device", "cpu"])
+          "--steps-per-fact", "300", "--json", str(out), "--device", "cpu"])
     r = json.loads(out.read_text())
     assert set(r) == JSON_KEYS
-    assert r["learned_acc"] == 1.0 and r["facts"] == 1 and r["learned_acc_unseen_question"] is None
+    assert r["learned_acc"] == 1.0 and r["facts"] == 1 and r["unseen_acc"] is None
     main(["--checkpoint", ckpt, "--facts-file", path, "--mode", "full", "--lr", "1e-9",   # no learning: can fail
           "--json", str(out), "--device", "cpu"])
     assert json.loads(out.read_text())["learned_acc"] == 0.0
@@ -230,7 +230,7 @@ def test_finetuned_checkpoint_is_scored_on_the_facts_it_was_taught(trained, tmp_
     evaluate_main(["--checkpoint", out, "--device", "cpu"])
     printed = capsys.readouterr().out
     assert f"new facts (1, taught by finetune.py) {r['learned_acc']:.3f}" in printed
-    assert f"val loss {r['val_loss_after']:.4f}" in printed and f"background facts {r['heldout_acc_after']:.3f}" in printed
+    assert f"val loss {r['val_loss_after']:.4f}" in printed and f"background facts {r['background_acc_after']:.3f}" in printed
     _, _, ckpt = load_checkpoint(out)
     assert ckpt["finetune"]["mode"] == "full" and ckpt["finetune"]["facts_taught"][0]["answer"] == "Oakton."
 
@@ -343,8 +343,9 @@ def test_the_demo_prints_answers_before_and_after_and_quiet_keeps_only_the_table
     lines = capsys.readouterr().out.splitlines()
     r = json.loads(result.read_text())
     header, row = lines[1:3]
-    assert "unseen phrasing" in header and "background facts (before -> after, drop)" in header
-    assert f"{r['heldout_acc_before']:.3f} -> {r['heldout_acc_after']:.3f}, {r['heldout_drop']:.1%} " in row
+    assert all(column in header for column in ("learned", "unseen", "background facts", "skill", "val loss"))
+    assert f"{r['background_acc_before']:.3f} -> {r['background_acc_after']:.3f} ({r['background_drop']:.1%} drop)" in row
+    assert f"{r['skill_acc_before']:.3f} -> {r['skill_acc_after']:.3f} ({r['skill_drop']:.1%} drop)" in row
     base, enc, _ = load_checkpoint(ckpt)
     tuned = load_checkpoint(out)[0]
     prompt = "Q: Where does Tom live? A:"
