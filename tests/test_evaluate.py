@@ -1,6 +1,8 @@
+import math
+
 import torch
 
-from evaluate import EOT, qa_accuracy, qa_correct
+from evaluate import EOT, qa_accuracy, qa_correct, skill_accuracy, story_endings
 
 
 class Chars:
@@ -26,3 +28,45 @@ def test_exact_match_needs_every_answer_token_and_only_those():
              ("Q: Who? A:", " Tom")]               # right: greedy decoding starts with these tokens
     assert qa_correct(knows_tom, Chars(), items, "cpu", batch_size=3) == [True, False, False, True]
     assert qa_accuracy(knows_tom, Chars(), items, "cpu") == 0.5
+
+
+class CharsText(Chars):
+    def decode(self, ids):
+        return "".join(EOT if i == 0 else chr(i) for i in ids)
+
+
+STORIES = ["Tom had a kite. It flew away. Tom cried.", "Ann saw a frog! The frog sat still. Ann smiled.",
+           "Max ran home. He was tired. Max slept.", "Sue baked a cake. \"Yum!\" said Sue. Sue ate it.",
+           "Bob fed the dog. The dog wagged. Bob laughed."]
+
+
+def test_story_endings_offer_the_true_last_sentence_among_the_others():
+    tokens = [t for s in STORIES for t in [ord(c) for c in s] + [0]]           # stories separated by token 0
+    items = story_endings(tokens, CharsText(), n_choices=3, seed=1)
+    last = [s.rsplit(". ", 1)[-1] for s in STORIES]
+    assert len(items) == len(STORIES)
+    for story, last_sentence, (context, endings, answer) in zip(STORIES, last, items):
+        assert context + " " + last_sentence == story and endings[answer] == last_sentence
+        assert len(endings) == 3 and set(endings) - {last_sentence} <= set(last) - {last_sentence}
+    assert story_endings(tokens, CharsText(), n_choices=3, seed=1) == items               # the same from a seed
+
+
+class Block:
+    block_size = 64
+
+
+def likes(letter):
+    """A stand-in model for which every next token is `letter` with probability 1/2, any other 1/510."""
+    def model(x):
+        logits = torch.zeros(x.shape[0], x.shape[1], 256)
+        logits[..., ord(letter)] = math.log(255 / 1)
+        return logits, None
+    model.config = Block()
+    return model
+
+
+def test_skill_accuracy_picks_the_ending_with_the_highest_mean_log_likelihood():
+    items = [("Story.", ["xxxx", "abcd", "xa"], 0),       # the right one is all x: the model's favourite
+             ("Story.", ["xb", "ab", "bb"], 0),           # half x beats none
+             ("Story.", ["ab", "xxx", "b"], 0)]           # all x, but it is not the right one
+    assert skill_accuracy(likes("x"), CharsText(), items, "cpu", batch_size=2) == 2 / 3
