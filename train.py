@@ -226,7 +226,7 @@ def train(cfg, mcfg, quiet=False):
         else:
             loss_all = loss.detach()
         if not torch.isfinite(loss_all):
-            raise SystemExit(diverged(f"loss became {loss_all.item()}", it, cfg))
+            raise SystemExit(diverged(f"loss became {loss_all.item()}", it + 1, cfg))
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(grad_params, cfg.grad_clip)

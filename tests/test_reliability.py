@@ -122,13 +122,13 @@ def test_a_nan_loss_stops_with_its_step_and_keeps_the_last_checkpoint(tiny_corpu
         logits, loss = forward(self, idx, targets)
         if self.training:
             calls.append(1)
-            if len(calls) == 15:                                   # training step 14 (0-based)
+            if len(calls) == 15:                                   # training step 15
                 loss = loss * float("nan")
         return logits, loss
     monkeypatch.setattr(model_module.GPT, "forward", poisoned)
     with pytest.raises(SystemExit) as e:
         tiny_run(tiny_corpus, tmp_path)
-    assert "loss became nan at step 14" in str(e.value)
+    assert "loss became nan at step 15" in str(e.value)
     ckpt = weights(tmp_path)
     assert ckpt["step"] == 10 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
