@@ -414,6 +414,27 @@ def stream_facts(cfg, ckpt):
     return corpus_facts(new[:cfg.facts])
 
 
+def write_outputs(cfg, ckpt, model, facts, results):
+    """Write --out (the model) and --json (the first stream's results, the generalisation sets
+    nested under their names), each on its own: one failing write never loses the other.
+    Returns what could not be written, or None."""
+    result = {**results[0], **{r["stream"].replace(" ", "_"): r for r in results[1:]}}
+    writes = [("--out", cfg.out, lambda: save_checkpoint(cfg.out, {**ckpt, "model": model.state_dict(), "optimizers": [],
+                                                                    "finetune": {**vars(cfg), "facts_taught": facts}})),
+              ("--json", cfg.json, lambda: write_text(cfg.json, json.dumps(result, indent=1, allow_nan=False)))]
+    written, failed = [], []
+    for flag, path, write in writes:
+        if path:
+            try:
+                write()
+                written.append(f"{flag} {path}")
+            except (OSError, ValueError) as e:
+                failed.append(f"{flag} {path} ({getattr(e, 'strerror', None) or e})")
+    if failed:
+        return f"could not write {' or '.join(failed)}" + "".join(f"; {w} was written" for w in written)
+    return None
+
+
 def main(argv=None):
     args = config_parser(__doc__, FinetuneConfig).parse_args(argv)
     cfg = split(args, FinetuneConfig)
@@ -443,25 +464,13 @@ def main(argv=None):
         model.load_state_dict(taught)
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")
+    failed = write_outputs(cfg, ckpt, model, facts, results)      # first: printing cannot lose them
     print(format_table(results))
     if not cfg.quiet:
         print(f"stream took {result['seconds']:.1f}s")
         show_examples(base, model, enc, facts, checkpoint_corpus(ckpt)[1]["background"], before, after, device)
-    result = {**result, **{r["stream"].replace(" ", "_"): r for r in results[1:]}}   # the sets nested in the JSON
-    # The model, then the results, each on its own: one failing write never loses the other.
-    writes = [("--out", cfg.out, lambda: save_checkpoint(cfg.out, {**ckpt, "model": model.state_dict(), "optimizers": [],
-                                                                    "finetune": {**vars(cfg), "facts_taught": facts}})),
-              ("--json", cfg.json, lambda: write_text(cfg.json, json.dumps(result, indent=1, allow_nan=False)))]
-    written, failed = [], []
-    for flag, path, write in writes:
-        if path:
-            try:
-                write()
-                written.append(f"{flag} {path}")
-            except (OSError, ValueError) as e:
-                failed.append(f"{flag} {path} ({getattr(e, 'strerror', None) or e})")
     if failed:
-        sys.exit(f"error: could not write {' or '.join(failed)}" + "".join(f"; {w} was written" for w in written))
+        sys.exit(f"error: {failed}")
 
 
 if __name__ == "__main__":

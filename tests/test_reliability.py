@@ -321,6 +321,20 @@ def test_one_failing_write_loses_neither_the_model_nor_the_results(trained, tmp_
         assert json.loads(paths["--json"].read_text())["facts"] == 1
 
 
+def test_the_model_and_results_are_written_before_the_examples_are_printed(trained, tmp_path, monkeypatch):
+    def interrupted(*args):                                      # Ctrl-C, or a console that cannot print a fact
+        raise KeyboardInterrupt
+    monkeypatch.setattr(finetune, "show_examples", interrupted)
+    out, result = tmp_path / "ft.pt", tmp_path / "r.json"
+    with pytest.raises(KeyboardInterrupt):
+        finetune.main(["--checkpoint", checkpoint_of(trained), "--mode", "full", "--lr", "1e-3", "--facts", "2",
+                       "--steps-per-fact", "1", "--set-facts", "1", "--out", str(out), "--json", str(result),
+                       "--device", "cpu"])
+    r = json.loads(result.read_text())
+    assert (r["facts"], r["new_answers"]["facts"], r["new_relations"]["facts"]) == (2, 1, 1)
+    assert len(load_checkpoint(str(out))[2]["finetune"]["facts_taught"]) == 2
+
+
 def test_background_statistics_that_cannot_be_cached_warn_and_go_on(trained, tmp_path, monkeypatch, capsys):
     ckpt = str(tmp_path / "ckpt.pt")                              # its folder as if read-only
     shutil.copy(checkpoint_of(trained), ckpt)
