@@ -290,21 +290,24 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
                     if not torch.isfinite(loss):
                         raise ValueError(diverged(f"the loss became {loss.item()}", n, step, cfg))
                     loss.backward()                                        # 2. backward
+                    updated = []                                           # what this step changed
                     if opt is not None:                                    # full and lora: a plain optimizer step
                         opt.step()
                         opt.zero_grad(set_to_none=True)
+                        updated += params
                     for (w, _), reads, bg, ro in zip(tables, table_reads(model, tables), backgrounds, row_opts):
                         rows = choose_rows(reads, count, w.shape[0], cfg.top_t, cfg.ranking,   # 3. choose rows
-                                           cfg.rank_by, cfg.max_df, bg)
-                        ro.step(rows.to(w.device))                         # 4. update those rows only
+                                           cfg.rank_by, cfg.max_df, bg).to(w.device)
+                        ro.step(rows)                                      # 4. update those rows only
                         w.grad = None
                         starved += len(rows) == 0
+                        updated.append(w[rows])
+                    if not all(torch.isfinite(t).all() for t in updated):  # 5. only what this step changed:
+                        raise ValueError(diverged("the weights became inf or nan", n, step, cfg))   # cheap
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss.item():.3f}")
                 if on_fact is not None:
                     on_fact(n)
-        if not all(torch.isfinite(p).all() for p in model.parameters()):   # the last step, no loss after it
-            raise ValueError(diverged("the weights became inf or nan", len(facts), cfg.steps_per_fact, cfg))
     finally:
         bar.close()
         for m, was in zip(model.memory_modules, sparse_grad):

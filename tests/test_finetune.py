@@ -88,6 +88,25 @@ def test_sparse_stream_changes_only_selected_value_rows(trained):
     assert all(torch.equal(after[k], before[k]) for k in after if k != name)
 
 
+def test_weights_that_break_are_named_at_the_fact_and_step_that_broke_them(trained, monkeypatch):
+    from sparse import RowOptimizer
+    steps = []
+
+    class Breaks(RowOptimizer):                               # fact 1's second step writes inf into its rows
+        def step(self, rows):
+            super().step(rows)
+            steps.append(rows)
+            if len(steps) == 2:
+                self.weight.data[rows] = float("inf")
+    monkeypatch.setattr("finetune.RowOptimizer", Breaks)
+    model, enc, _ = load_checkpoint(os.path.join(trained[0].out_dir, "ckpt.pt"))
+    facts = [{"paraphrases": [f"{name} ran."], "questions": ["Who ran?"], "heldout_question": None, "answer": f"{name}."}
+             for name in ("Tom", "Ann", "Ben")]
+    fc = resolve(FinetuneConfig(mode="sparse", ranking="tf", lr=1.0, top_t=4, steps_per_fact=2), model)
+    with pytest.raises(ValueError, match="the weights became inf or nan at fact 1, step 2:"):
+        run_stream(fc, model, enc, facts, quiet=True)
+
+
 def write_lines(path, lines):
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return str(path)
