@@ -87,15 +87,24 @@ def line(name, r):
             f"val loss {r['val_loss_before']:.4f} -> {r['val_loss_after']:.4f}  [{r['seconds']:.0f}s]")
 
 
-def setup(args):
-    """(model, enc, ckpt, facts, base config, device) as every experiment starts."""
+def setup(args, needs_memory=True):
+    """(model, enc, ckpt, facts, base config, device) as every experiment starts. needs_memory:
+    the experiment has nothing to run without a memory layer, so a dense model is refused."""
     device = pick_device(args.device)
     cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, facts=args.facts, steps_per_fact=args.steps_per_fact,
                             lr=args.lr, device=args.device)
     model, enc, ckpt = ft.load_base(cfg, device)
+    if needs_memory:
+        refuse_dense(args, model)
     facts = ft.stream_facts(cfg, ckpt)
     ft.check_lengths(enc, facts, model.config.block_size)
     return model, enc, ckpt, facts, cfg, device
+
+
+def refuse_dense(args, model):
+    if not model.memory_modules:
+        raise ValueError(f"{args.experiment} studies the memory layer, and {args.checkpoint} has none (a dense "
+                         "model); give a memory model's --checkpoint")
 
 
 def fact_units(enc, facts, block_size):
@@ -107,13 +116,17 @@ def fact_units(enc, facts, block_size):
 
 def sweep(args, runs, key, field):
     """Finetune a fresh copy of the base model for each run; one result dict per run."""
-    model, enc, ckpt, facts, base_cfg, device = setup(args)
+    sparse = [run.get("mode", "sparse") == "sparse" for run in runs]
+    model, enc, ckpt, facts, base_cfg, device = setup(args, needs_memory=all(sparse))
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    n_slots = model.memory_modules[0].n_slots
+    n_slots = model.memory_modules[0].n_slots if model.memory_modules else 0
     results, diverged, before = [], [], None
-    for run in runs:
+    for run, needs_memory in zip(runs, sparse):
         name = group(run, key) if field == key else f"{group(run, key)} {field.replace('top_', '')}={point(run, field)}"
         settings = {k: v for k, v in run.items() if k != "background"}
+        if needs_memory and not n_slots:                                # full and LoRA run on a dense model
+            print(f"{name:<26} skipped: the model has no memory layer")
+            continue
         if settings.get("top_t", 0) > n_slots:
             print(f"{name:<26} skipped: t is larger than the {n_slots} slots")
             continue
@@ -139,11 +152,14 @@ def sweep(args, runs, key, field):
 
 def curves(args, every=10):
     """Learned-so-far and background accuracy after every `every` facts, for each method."""
-    model, enc, ckpt, facts, base_cfg, device = setup(args)
+    model, enc, ckpt, facts, base_cfg, device = setup(args, needs_memory=False)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
     out = {}
     for mode in ("full", "lora", "sparse"):
+        if mode == "sparse" and not model.memory_modules:                # full and LoRA run on a dense model
+            print("sparse  skipped: the model has no memory layer")
+            continue
         cfg = ft.resolve(ft.FinetuneConfig(**{**vars(base_cfg), "mode": mode, "lr": 0.0}), model)
         model.load_state_dict(base)
         points = [{"facts": 0, "learned_so_far": None, "first_facts": None,
@@ -182,6 +198,7 @@ def long_stream(args, points=5):
     device = pick_device(args.device)
     cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, steps_per_fact=args.steps_per_fact, lr=args.lr, device=args.device)
     model, enc, ckpt = ft.load_base(cfg, device)
+    refuse_dense(args, model)
     cfg = ft.resolve(cfg, model)
     entries = new_facts(ckpt, enc, 2 * args.facts)
     streams = [corpus_facts(entries[:args.facts]), corpus_facts(entries[args.facts:])]
@@ -439,8 +456,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", choices=sorted([*SWEEPS, "curves", "slots", "forgetting", "long", "real-text"]))
     p.add_argument("--checkpoint", default=ft.DEFAULT_CHECKPOINT, help="pretrained model (made first if it is the default and missing)")
-    p.add_argument("--facts", type=int, default=0, help="new facts in the stream; 0 = 50 (long: 500 in each of its two "
-                   "streams), which keeps each experiment under 15 min on 2 CPU cores")
+    p.add_argument("--facts", type=int, default=None, help="new facts in the stream (default 50; long: 500 in each of "
+                   "its two streams), which keeps each experiment under 15 min on 2 CPU cores")
     p.add_argument("--steps-per-fact", type=int, default=ft.FinetuneConfig.steps_per_fact, help="steps on each fact's batch")
     p.add_argument("--lr", type=float, default=0.0, help="learning rate where a run does not set one; 0 = finetune.py's "
                    "default (curves always uses each method's default)")
@@ -449,6 +466,8 @@ def main(argv=None):
     p.add_argument("--tinystories-file", default=SHARED_TINYSTORIES if os.path.exists(SHARED_TINYSTORIES) else "",
                    help="real-text: local TinyStories text (default: the shared sample when present, else download)")
     args = p.parse_args(argv)
+    if args.facts is not None and args.facts < 1:
+        sys.exit(f"error: --facts must be at least 1, not {args.facts}")
     args.facts = args.facts or (500 if args.experiment == "long" else 50)
     keep_freed_memory()
     t0 = time.time()

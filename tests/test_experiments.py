@@ -1,6 +1,7 @@
 import json
 import os
 
+import pytest
 import torch
 
 import experiments
@@ -8,6 +9,7 @@ from conftest import TINY_MODEL
 from finetune import make_batch, fact_texts
 from sparse import background_stats
 from model import GPT, GPTConfig, load_checkpoint
+from train import TrainConfig, train
 
 FACTS = [{"paraphrases": ["Tom ran.", "Tom ran home."], "questions": ["Who ran?"], "heldout_question": None, "answer": "Tom."},
          {"paraphrases": ["Ann sat."], "questions": ["Who sat?"], "heldout_question": None, "answer": "Ann."}]
@@ -96,3 +98,26 @@ def test_memory_off_zeroes_the_memory_only_inside_the_block():
     with experiments.memory_off(model):
         off = model(x)[0]
     assert not torch.allclose(off, base) and torch.equal(model(x)[0], base)
+
+
+def test_a_dense_checkpoint_runs_full_and_lora_and_is_refused_where_only_memory_runs(tiny_corpus, tmp_path, capsys):
+    train(TrainConfig(data_dir=tiny_corpus.out_dir, out_dir=str(tmp_path), batch_size=4, max_iters=2, eval_interval=2,
+                      dense=True, device="cpu"), GPTConfig(**TINY_MODEL), quiet=True)
+    args = ["--checkpoint", str(tmp_path / "ckpt.pt"), "--facts", "1", "--steps-per-fact", "1", "--device", "cpu",
+            "--out-dir", str(tmp_path / "out")]
+    experiments.main(["compare", *args])
+    assert "sparse                     skipped: the model has no memory layer" in capsys.readouterr().out
+    assert [r["mode"] for r in json.loads((tmp_path / "out" / "compare.json").read_text())["results"]] == ["full", "lora"]
+    for name in ("topt", "slots", "forgetting", "long"):
+        with pytest.raises(SystemExit) as e:
+            experiments.main([name, *args])
+        assert f"{name} studies the memory layer" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["compare", "long"])
+def test_facts_below_one_are_refused_before_any_work(tmp_path, monkeypatch, name):
+    monkeypatch.setattr(experiments.ft, "load_base", lambda *a: pytest.fail("the experiment started"))
+    for n in ("0", "-5"):
+        with pytest.raises(SystemExit) as e:
+            experiments.main([name, "--facts", n, "--out-dir", str(tmp_path), "--device", "cpu"])
+        assert str(e.value) == f"error: --facts must be at least 1, not {n}"
