@@ -1,6 +1,7 @@
 """
 What every script shares, at the bottom of the import order (it imports no project module):
-the command line built from a config dataclass, the device, and glibc's memory setting.
+the command line built from a config dataclass, the device, glibc's memory setting, and the
+one atomic file writer every output goes through (checkpoints, the prepared corpus, results).
 
 Checkpoints are saved and loaded beside the model they rebuild (model.py); a prepared
 corpus is written and read in data/prepare.py.
@@ -9,9 +10,11 @@ corpus is written and read in data/prepare.py.
 import argparse
 import ctypes
 import inspect
+import json
 import math
 import os
 import re
+import tempfile
 from dataclasses import fields
 
 import torch
@@ -87,3 +90,90 @@ def keep_freed_memory():
         return
     libc.mallopt(-3, 1 << 30)    # M_MMAP_THRESHOLD: blocks up to 1 GiB come from the reusable heap
     libc.mallopt(-1, 1 << 30)    # M_TRIM_THRESHOLD: keep up to 1 GiB of free heap
+
+
+# ----------------------------------------------------------------------------------------
+# files written atomically
+
+def temporary_file(path):
+    """(fd, name) of a new temporary file beside path, <name>.<pid>.<random>.tmp: one per writer,
+    and the pid says whose it is (remove_stale_temporaries)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return tempfile.mkstemp(dir=folder, prefix=f"{name}.{os.getpid()}.", suffix=".tmp")
+
+
+def running(pid):
+    """Is process pid alive? Elsewhere than POSIX say no: there a file open for writing cannot be deleted anyway."""
+    if os.name != "posix":
+        return False
+    try:
+        os.kill(pid, 0)                                 # signal 0 only asks
+    except ProcessLookupError:
+        return False
+    except PermissionError:                             # alive, another user's
+        pass
+    return True
+
+
+def remove_stale_temporaries(path):
+    """Delete the temporary files that killed writes of path left: temporary_file's names whose
+    process is gone, and the <name>.<random>.tmp of earlier versions. No other file is touched."""
+    folder, name = os.path.split(os.path.abspath(path))
+    ours = re.compile(re.escape(name) + r"\.(?:(\d+)\.)?[a-z0-9_]{8}\.tmp")
+    for f in os.listdir(folder):
+        m = ours.fullmatch(f)
+        if m and not (m.group(1) and running(int(m.group(1)))):
+            try:
+                os.remove(os.path.join(folder, f))
+            except OSError:                             # a read-only folder: the write below says so
+                pass
+
+
+def check_writable(path, what):
+    """Fail now, before any work, if path could not be written at the end: make its folder, and
+    create and delete a temporary file there. ValueError names the option (what) and the path."""
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path} is a folder; give a file name")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fd, tmp = temporary_file(path)
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        raise ValueError(f"{what} {path} cannot be written ({e.strerror or e}); choose another path") from None
+
+
+def write_atomic(path, write):
+    """write(f) fills a temporary file beside path (f opened for binary writing), which is
+    fsynced and renamed over path; then the folder is fsynced, so the rename survives a power
+    cut too. A kill at any moment leaves the old file intact, a failed write leaves no half
+    file behind, and the temporary files of killed writes are removed by the next write."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    remove_stale_temporaries(path)
+    fd, tmp = temporary_file(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    if os.name == "posix":
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_text(path, text):
+    """Atomically, in UTF-8."""
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_json(path, data):
+    """Atomically, indented; a NaN or inf is a ValueError rather than a file no JSON reader accepts."""
+    write_text(path, json.dumps(data, indent=1, allow_nan=False))

@@ -25,7 +25,6 @@ default learning rate and t.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -35,10 +34,10 @@ import numpy as np
 import torch
 
 import finetune as ft
-from common import ROOT, keep_freed_memory, pick_device
+from common import ROOT, check_writable, keep_freed_memory, pick_device, write_json
 from data.prepare import DataConfig, new_fact_entries, prepare
 from evaluate import corpus_facts, qa_accuracy, qa_correct, qa_items
-from model import GPTConfig, check_writable, checkpoint_corpus
+from model import GPTConfig, checkpoint_corpus
 from sparse import background_stats, choose_rows, load_or_compute_background, slot_counts
 from train import TrainConfig, train
 
@@ -491,8 +490,10 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     data = {"experiment": args.experiment, "checkpoint": args.checkpoint, "facts": args.facts,
             "steps_per_fact": args.steps_per_fact, "seed": ft.FinetuneConfig.seed, **data, "seconds": time.time() - t0}
-    with open(path + ".json", "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
+    try:
+        write_json(path + ".json", data)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: could not write {path}.json ({getattr(e, 'strerror', None) or e})")
     plot(args.experiment, data, path + ".png", f"{args.experiment}: {args.facts} facts x {args.steps_per_fact} steps")
     print(f"{time.time() - t0:.0f}s | wrote {path}.json and {path}.png")
 

@@ -47,13 +47,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import check_range, config_parser, keep_freed_memory, pick_device, split
-from data.prepare import write_text
+from common import check_range, check_writable, config_parser, keep_freed_memory, pick_device, split, write_json
 from data.tokenizer import EOT
 from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair, story_endings
 from lora import add_lora, merge_lora
-from model import (GPTConfig, check_writable, checkpoint_corpus, checkpoint_train_tokens, load_checkpoint,
-                   save_checkpoint)
+from model import GPTConfig, checkpoint_corpus, checkpoint_train_tokens, load_checkpoint, save_checkpoint
 from sparse import RowOptimizer, choose_rows, load_or_compute_background, memory_tables, table_reads
 from train import TrainConfig, train
 
@@ -424,7 +422,7 @@ def write_outputs(cfg, ckpt, model, facts, results):
     result = {**results[0], **{r["stream"].replace(" ", "_"): r for r in results[1:]}}
     writes = [("--out", cfg.out, lambda: save_checkpoint(cfg.out, {**ckpt, "model": model.state_dict(), "optimizers": [],
                                                                     "finetune": {**vars(cfg), "facts_taught": facts}})),
-              ("--json", cfg.json, lambda: write_text(cfg.json, json.dumps(result, indent=1, allow_nan=False)))]
+              ("--json", cfg.json, lambda: write_json(cfg.json, result))]
     written, failed = [], []
     for flag, path, write in writes:
         if path:

@@ -13,8 +13,6 @@ A checkpoint holds the model's args beside its weights, so the file alone rebuil
 
 import math
 import os
-import re
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, asdict, fields
 
@@ -23,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common import write_atomic
 from data.prepare import load_facts, read_corpus_meta
 from data.tokenizer import encoding_from_text, read_tokenizer
 from memory import ProductKeyMemory
@@ -223,76 +222,10 @@ def config_dict(cfg):
 # ----------------------------------------------------------------------------------------
 # checkpoints
 
-def temporary_file(path):
-    """(fd, name) of a new temporary file beside path, <name>.<pid>.<random>.tmp: one per writer,
-    and the pid says whose it is (remove_stale_temporaries)."""
-    folder, name = os.path.split(os.path.abspath(path))
-    return tempfile.mkstemp(dir=folder, prefix=f"{name}.{os.getpid()}.", suffix=".tmp")
-
-
-def running(pid):
-    """Is process pid alive? Elsewhere than POSIX say no: there a file open for writing cannot be deleted anyway."""
-    if os.name != "posix":
-        return False
-    try:
-        os.kill(pid, 0)                                 # signal 0 only asks
-    except ProcessLookupError:
-        return False
-    except PermissionError:                             # alive, another user's
-        pass
-    return True
-
-
-def remove_stale_temporaries(path):
-    """Delete the temporary files that killed saves of path left: temporary_file's names whose
-    process is gone, and the <name>.<random>.tmp of earlier versions. No other file is touched."""
-    folder, name = os.path.split(os.path.abspath(path))
-    ours = re.compile(re.escape(name) + r"\.(?:(\d+)\.)?[a-z0-9_]{8}\.tmp")
-    for f in os.listdir(folder):
-        m = ours.fullmatch(f)
-        if m and not (m.group(1) and running(int(m.group(1)))):
-            try:
-                os.remove(os.path.join(folder, f))
-            except OSError:                             # a read-only folder: the save below says so
-                pass
-
-
-def check_writable(path, what):
-    """Fail now, before any work, if path could not be written at the end: make its folder, and
-    create and delete a temporary file there. ValueError names the option (what) and the path."""
-    if os.path.isdir(path):
-        raise ValueError(f"{what} {path} is a folder; give a file name")
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fd, tmp = temporary_file(path)
-        os.close(fd)
-        os.remove(tmp)
-    except OSError as e:
-        raise ValueError(f"{what} {path} cannot be written ({e.strerror or e}); choose another path") from None
-
-
 def save_checkpoint(path, obj):
-    """Atomic: write a temporary file, fsync, rename. A kill at any moment leaves the old file
-    intact, and the temporary files of killed saves are removed by the next save."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    remove_stale_temporaries(path)
-    fd, tmp = temporary_file(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):                         # a failed write leaves no half file behind
-            os.remove(tmp)
-    if os.name == "posix":                              # make the rename itself survive a power cut
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """Atomic (common.write_atomic): a kill at any moment leaves the old file intact, and the
+    temporary files of killed saves are removed by the next save."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path, device="cpu"):

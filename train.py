@@ -22,10 +22,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from common import ROOT, check_range, config_parser, keep_freed_memory, pick_device, split
+from common import ROOT, check_range, check_writable, config_parser, keep_freed_memory, pick_device, split
 from data.prepare import DataConfig, load_facts, prepare, read_corpus_meta
 from evaluate import qa_accuracy, qa_items, validate
-from model import GPT, GPTConfig, check_same_corpus, check_writable, config_dict, load_checkpoint, save_checkpoint
+from model import GPT, GPTConfig, check_same_corpus, config_dict, load_checkpoint, save_checkpoint
 
 
 @dataclass

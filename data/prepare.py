@@ -28,7 +28,7 @@ import numpy as np
 if __package__ in (None, ""):  # allow `python data/prepare.py` as well as `python -m data.prepare`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import config_parser
+from common import config_parser, write_atomic, write_json, write_text
 from data import corpus, world as kworld
 from data.tokenizer import EOT, get_encoding, read_tokenizer, save_ranks, train_bpe, word_counts
 
@@ -52,26 +52,6 @@ class DataConfig:
     fact_repeats: int = 140       # documents per background entity in the training text
     tokenizer: str = "bpe"        # bpe (trained here) | gpt2 (tiktoken's, needs its files)
     vocab_size: int = 2560        # BPE vocabulary, <|endoftext|> included (4096 costs 30% more per step here)
-
-
-def write_atomic(path, write):
-    """Write through a temporary file and rename, so a killed run never leaves half a file."""
-    tmp = path + ".tmp"
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):                         # a failed write leaves no half file behind
-            os.remove(tmp)
-
-
-def write_text(path, text):
-    def w(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    write_atomic(path, w)
 
 
 STAGES = ("text", "tokenizer", "tokens")
@@ -119,7 +99,7 @@ def record(cfg, stage, done):
     kept = {k: v for k, v in records(cfg).items() if STAGES.index(k) < STAGES.index(stage)}
     if done:
         kept[stage] = stage_settings(cfg, stage)
-    write_text(os.path.join(cfg.out_dir, "stages.json"), json.dumps(kept, indent=1))
+    write_json(os.path.join(cfg.out_dir, "stages.json"), kept)
 
 
 def world_of(cfg):
@@ -149,8 +129,8 @@ def download(url, path):
     print(f"downloading {url}")
     with urllib.request.urlopen(url) as r:
         total = int(r.headers.get("Content-Length", 0)) or None
-        def w(tmp):
-            with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True) as bar:
+        def w(f):
+            with tqdm(total=total, unit="B", unit_scale=True) as bar:
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
                     bar.update(len(chunk))
@@ -202,7 +182,7 @@ def stage_tokenizer(cfg):
     syllables += [p + s.capitalize() for s in kworld.SYLLABLES for p in ("", " ")]
     counts = word_counts(text, exclude=world_of(cfg).invented, pieces=syllables)
     ranks = train_bpe(counts, cfg.vocab_size)
-    write_atomic(path, lambda tmp: save_ranks(tmp, ranks))
+    save_ranks(path, ranks)
     record(cfg, "tokenizer", done=True)
     print(f"tokenizer: {len(ranks) + 1} tokens from {len(counts):,} distinct words")
 
@@ -258,15 +238,15 @@ def stage_tokens(cfg):
         with open(os.path.join(cfg.out_dir, f"{split}.txt"), "r", encoding="utf-8") as f:
             ids = enc.encode(f.read(), allowed_special={EOT})
         arr = np.array(ids, dtype=dtype)
-        write_atomic(os.path.join(cfg.out_dir, f"{split}.bin"), lambda tmp: arr.tofile(tmp))
+        write_atomic(os.path.join(cfg.out_dir, f"{split}.bin"), arr.tofile)
         counts[split] = len(arr)
         seen = set(np.unique(arr).tolist()) if split == "train" else seen
 
-    write_text(os.path.join(cfg.out_dir, "facts.json"), json.dumps(knowledge_base(cfg, enc, seen), indent=1))
+    write_json(os.path.join(cfg.out_dir, "facts.json"), knowledge_base(cfg, enc, seen))
     meta = {"tokenizer": tokenizer_path(cfg) if cfg.tokenizer == "gpt2" else os.path.basename(tokenizer_path(cfg)),
             "vocab_size": enc.n_vocab, "eot": enc.eot_token, "dtype": np.dtype(dtype).name,
             "train_tokens": counts["train"], "val_tokens": counts["val"], "config": vars(cfg)}
-    write_text(meta_path, json.dumps(meta, indent=1))
+    write_json(meta_path, meta)
     print(f"tokens: {counts['train']:,} train, {counts['val']:,} val ({meta['dtype']})")
 
 

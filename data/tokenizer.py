@@ -18,6 +18,8 @@ from collections import Counter
 
 import tiktoken
 
+from common import write_text
+
 EOT = "<|endoftext|>"
 # GPT-2's split pattern, as tiktoken uses it when encoding.
 PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -97,9 +99,8 @@ def train_bpe(counts, vocab_size):
 
 
 def save_ranks(path, ranks):
-    with open(path, "w", encoding="utf-8") as f:
-        for i, tok in enumerate(ranks):
-            f.write(f"{base64.b64encode(tok).decode('ascii')} {i}\n")
+    """Atomically (common.write_text)."""
+    write_text(path, "".join(f"{base64.b64encode(tok).decode('ascii')} {i}\n" for i, tok in enumerate(ranks)))
 
 
 def encoding_from_text(text):

@@ -301,6 +301,13 @@ def test_every_output_path_is_checked_before_any_work(trained, tmp_path, monkeyp
         assert f"--out-dir {out}" in message
 
 
+def test_experiment_results_are_written_atomically_and_only_as_valid_json(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments, "sweep", lambda *a: {"results": [], "val_loss": float("nan")})
+    message = one_line_error(experiments.main, "compare", "--out-dir", tmp_path, "--device", "cpu")
+    assert f"could not write {tmp_path / 'compare'}.json" in message and "not JSON compliant" in message
+    assert os.listdir(tmp_path) == []                            # no half file, no temporary file
+
+
 @pytest.mark.parametrize("blocked", ["--json", "--out"])
 def test_one_failing_write_loses_neither_the_model_nor_the_results(trained, tmp_path, monkeypatch, blocked):
     paths = {"--out": tmp_path / "models" / "ft.pt", "--json": tmp_path / "results" / "r.json"}   # folders not there yet
