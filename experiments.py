@@ -30,14 +30,13 @@ import sys
 import time
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 
 import finetune as ft
 from common import ROOT, check_writable, keep_freed_memory, pick_device, write_json
-from data.prepare import DataConfig, new_fact_entries, prepare
+from data.prepare import DataConfig, new_fact_entries, prepare, seen_tokens
 from evaluate import corpus_facts, qa_accuracy, qa_correct, qa_items
-from model import GPTConfig, checkpoint_corpus
+from model import GPTConfig, checkpoint_corpus, checkpoint_train_tokens
 from sparse import background_stats, choose_rows, load_or_compute_background, slot_counts
 from train import TrainConfig, train
 
@@ -186,9 +185,7 @@ def new_facts(ckpt, enc, n):
     entries = checkpoint_corpus(ckpt)[1]["new"]
     if n <= len(entries):
         return entries[:n]
-    meta = ckpt["data_meta"]
-    train = np.memmap(os.path.join(ckpt["data_dir"], "train.bin"), dtype=meta["dtype"], mode="r")
-    return new_fact_entries(DataConfig(**meta["config"]), enc, set(np.unique(train).tolist()), n)
+    return new_fact_entries(DataConfig(**ckpt["data_meta"]["config"]), enc, seen_tokens(checkpoint_train_tokens(ckpt)), n)
 
 
 def long_stream(args, points=5):

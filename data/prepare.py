@@ -201,6 +201,11 @@ def usable_for(enc, seen):
     return usable
 
 
+def seen_tokens(train_tokens):
+    """The token ids that pretraining holds: the ones a new fact may be spelled in."""
+    return set(np.unique(train_tokens).tolist())
+
+
 def new_fact_entries(cfg, enc, seen, n):
     """The first n facts of the new-fact stream whose tokens all occur in pretraining.
     facts.json holds the first 1000; the same call gives the same prefix and more
@@ -240,7 +245,7 @@ def stage_tokens(cfg):
         arr = np.array(ids, dtype=dtype)
         write_atomic(os.path.join(cfg.out_dir, f"{split}.bin"), arr.tofile)
         counts[split] = len(arr)
-        seen = set(np.unique(arr).tolist()) if split == "train" else seen
+        seen = seen_tokens(arr) if split == "train" else seen
 
     write_json(os.path.join(cfg.out_dir, "facts.json"), knowledge_base(cfg, enc, seen))
     meta = {"tokenizer": tokenizer_path(cfg) if cfg.tokenizer == "gpt2" else os.path.basename(tokenizer_path(cfg)),
