@@ -31,6 +31,7 @@ import argparse
 import os
 import resource
 import statistics
+import sys
 import time
 
 import torch
@@ -257,7 +258,10 @@ def main(argv=None):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads"
           + (", glibc's default malloc settings" if args.glibc_default else ", freed memory kept (common.keep_freed_memory)"))
     if args.large:
-        device = pick_device(args.device)
+        try:
+            device = pick_device(args.device)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
         name = torch.cuda.get_device_name() if device == "cuda" else device
         print(f"\n7. d=768, 12 layers, 1M-slot memory (4 heads x top-32) in block 6, {args.batch_size} x 128 tokens, "
               f"on {name}{', torch.compile' if args.compile else ''}")

@@ -61,8 +61,13 @@ def check_range(cfg, positive=(), not_negative=()):
                              f"{'above 0' if name in positive else '0 or more'}, not {value:g}")
 
 
+class Diverged(RuntimeError):
+    """A run whose loss or weights became inf or nan: main() prints it as one line, and
+    experiments.py records it and goes on with its next run."""
+
+
 def pick_device(name="auto"):
-    """auto: cuda, then mps, then cpu. A named device that is not there is a one-line error."""
+    """auto: cuda, then mps, then cpu. A named device that is not there is a ValueError."""
     if name == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -70,11 +75,11 @@ def pick_device(name="auto"):
             return "mps"
         return "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda asked for but no CUDA device is available")
+        raise ValueError("--device cuda asked for but no CUDA device is available")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise SystemExit("error: --device mps asked for but MPS is not available")
+        raise ValueError("--device mps asked for but MPS is not available")
     if name not in ("cpu", "cuda", "mps"):
-        raise SystemExit(f"error: unknown device {name!r}: use auto, cpu, cuda or mps")
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
     return name
 
 

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 import torch
 
 import finetune as ft
-from common import ROOT, check_writable, keep_freed_memory, pick_device, write_json
+from common import ROOT, Diverged, check_writable, keep_freed_memory, pick_device, write_json
 from data.prepare import DataConfig, new_fact_entries, prepare, seen_tokens
 from evaluate import corpus_facts, qa_accuracy, qa_correct, qa_items
 from model import GPTConfig, checkpoint_corpus, checkpoint_train_tokens
@@ -137,7 +137,7 @@ def sweep(args, runs, key, field):
             stats = background_stats(model, fact_units(enc, facts, model.config.block_size), device, quiet=True)
         try:
             r, before, _ = ft.finetune(cfg, model, enc, ckpt, facts, before, quiet=True, stats=stats)
-        except ValueError as e:                                         # the loss diverged: record it, go on
+        except Diverged as e:                                           # record it, go on
             print(f"{name:<26} diverged: {e}", flush=True)
             diverged.append({"run": run, "error": str(e)})
             model = ft.load_base(base_cfg, device)[0]                   # LoRA adapters may still be wrapped in

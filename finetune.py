@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import check_range, check_writable, config_parser, keep_freed_memory, pick_device, split, write_json
+from common import Diverged, check_range, check_writable, config_parser, keep_freed_memory, pick_device, split, write_json
 from data.tokenizer import EOT
 from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair, story_endings
 from lora import add_lora, merge_lora
@@ -286,7 +286,7 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
                 for step in range(1, cfg.steps_per_fact + 1):
                     _, loss = model(x, y)                                  # 1. forward (records the slots read)
                     if not torch.isfinite(loss):
-                        raise ValueError(diverged(f"the loss became {loss.item()}", n, step, cfg))
+                        raise stream_diverged(f"the loss became {loss.item()}", n, step, cfg)
                     loss.backward()                                        # 2. backward
                     updated = []                                           # what this step changed
                     if opt is not None:                                    # full and lora: a plain optimizer step
@@ -301,7 +301,7 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
                         starved += len(rows) == 0
                         updated.append(w[rows])
                     if not all(torch.isfinite(t).all() for t in updated):  # 5. only what this step changed:
-                        raise ValueError(diverged("the weights became inf or nan", n, step, cfg))   # cheap
+                        raise stream_diverged("the weights became inf or nan", n, step, cfg)   #    cheap
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss.item():.3f}")
                 if on_fact is not None:
@@ -323,8 +323,9 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
     return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
 
 
-def diverged(what, fact, step, cfg):
-    return f"{what} at fact {fact}, step {step}: the stream diverged; lower --lr ({cfg.lr:g})"
+def stream_diverged(what, fact, step, cfg):
+    """The error a diverging stream ends with (train.pretraining_diverged: pretraining's)."""
+    return Diverged(f"{what} at fact {fact}, step {step}: the stream diverged; lower --lr ({cfg.lr:g})")
 
 
 def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None, stream="new facts"):
@@ -345,8 +346,8 @@ def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None,
     seconds = time.time() - t0
     after = measure(model, enc, facts, background, val, device, skill)
     if not math.isfinite(after["val_loss"]):
-        raise ValueError(diverged(f"val loss is {after['val_loss']} after the last step", len(facts),
-                                  cfg.steps_per_fact, cfg))
+        raise stream_diverged(f"val loss is {after['val_loss']} after the last step", len(facts),
+                              cfg.steps_per_fact, cfg)
     sparse = cfg.mode == "sparse"
     return {"stream": stream, "mode": cfg.mode, "optimizer": cfg.optimizer, "lr": cfg.lr,
             "top_t": cfg.top_t if sparse else None, "ranking": cfg.ranking if sparse else None,

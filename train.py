@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from common import ROOT, check_range, check_writable, config_parser, keep_freed_memory, pick_device, split
+from common import ROOT, Diverged, check_range, check_writable, config_parser, keep_freed_memory, pick_device, split
 from data.prepare import DataConfig, load_facts, prepare, read_corpus_meta
 from evaluate import qa_accuracy, qa_items, validate
 from model import GPT, GPTConfig, check_same_corpus, config_dict, load_checkpoint, save_checkpoint
@@ -118,10 +118,10 @@ def evaluate_all(model, enc, val, kb, device):
     return out
 
 
-def diverged(what, step, cfg):
-    """The one line a diverging run ends with."""
-    return (f"error: {what} at step {step}: training diverged, and nothing from that step on is saved; "
-            f"lower --lr ({cfg.lr:g}) or --value-lr ({cfg.value_lr:g})")
+def pretraining_diverged(what, step, cfg):
+    """The error a diverging pretraining run ends with (finetune.stream_diverged: a stream's)."""
+    return Diverged(f"{what} at step {step}: training diverged, and nothing from that step on is saved; "
+                    f"lower --lr ({cfg.lr:g}) or --value-lr ({cfg.value_lr:g})")
 
 
 def train(cfg, mcfg, quiet=False):
@@ -140,7 +140,7 @@ def train(cfg, mcfg, quiet=False):
     meta_path = os.path.join(cfg.data_dir, "meta.json")
     if not os.path.exists(meta_path):
         if os.path.abspath(cfg.data_dir) != os.path.abspath(DataConfig.out_dir):
-            raise SystemExit(f"error: {cfg.data_dir} holds no prepared corpus; run python -m data.prepare --out-dir {cfg.data_dir}")
+            raise FileNotFoundError(f"{cfg.data_dir} holds no prepared corpus; run python -m data.prepare --out-dir {cfg.data_dir}")
         if rank == 0:
             print("preparing the default corpus (data/prepare.py) ...")
             prepare(DataConfig())
@@ -226,7 +226,7 @@ def train(cfg, mcfg, quiet=False):
         else:
             loss_all = loss.detach()
         if not torch.isfinite(loss_all):
-            raise SystemExit(diverged(f"loss became {loss_all.item()}", it + 1, cfg))
+            raise pretraining_diverged(f"loss became {loss_all.item()}", it + 1, cfg)
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(grad_params, cfg.grad_clip)
@@ -241,8 +241,8 @@ def train(cfg, mcfg, quiet=False):
             metrics = evaluate_all(model, enc, val_data, kb, device)
             finite = all(torch.isfinite(p).all() for p in model.parameters())
             if not (finite and math.isfinite(metrics["val_loss"])):   # the update after the last loss checked
-                raise SystemExit(diverged(f"val loss became {metrics['val_loss']}" if finite
-                                          else "the weights became inf or nan", step, cfg))
+                raise pretraining_diverged(f"val loss became {metrics['val_loss']}" if finite
+                                           else "the weights became inf or nan", step, cfg)
             metrics["tokens_per_s"] = tokens_seen / train_time
             metrics["train_loss"] = loss_all.item()
             if not quiet:

@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 
+from common import Diverged
 from conftest import TINY_MODEL
 from finetune import FinetuneConfig, fact_texts, main, make_batch, read_facts_file, resolve, run_stream
 from lora import LoRALinear, add_lora, merge_lora
@@ -103,7 +104,7 @@ def test_weights_that_break_are_named_at_the_fact_and_step_that_broke_them(train
     facts = [{"paraphrases": [f"{name} ran."], "questions": ["Who ran?"], "heldout_question": None, "answer": f"{name}."}
              for name in ("Tom", "Ann", "Ben")]
     fc = resolve(FinetuneConfig(mode="sparse", ranking="tf", lr=1.0, top_t=4, steps_per_fact=2), model)
-    with pytest.raises(ValueError, match="the weights became inf or nan at fact 1, step 2:"):
+    with pytest.raises(Diverged, match="the weights became inf or nan at fact 1, step 2:"):
         run_stream(fc, model, enc, facts, quiet=True)
 
 

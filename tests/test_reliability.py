@@ -17,6 +17,7 @@ import experiments
 import finetune
 import model as model_module
 import train as train_module
+from common import Diverged
 from conftest import TINY_MODEL
 from model import GPTConfig, load_checkpoint, save_checkpoint
 from train import TrainConfig, train
@@ -126,9 +127,8 @@ def test_a_nan_loss_stops_with_its_step_and_keeps_the_last_checkpoint(tiny_corpu
                 loss = loss * float("nan")
         return logits, loss
     monkeypatch.setattr(model_module.GPT, "forward", poisoned)
-    with pytest.raises(SystemExit) as e:
-        tiny_run(tiny_corpus, tmp_path)
-    assert "loss became nan at step 15" in str(e.value)
+    with pytest.raises(Diverged, match="loss became nan at step 15: training diverged"):   # not SystemExit: a
+        tiny_run(tiny_corpus, tmp_path)                                                     # library function
     ckpt = weights(tmp_path)
     assert ckpt["step"] == 10 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
