@@ -108,7 +108,7 @@ def refuse_dense(args, model):
 def fact_units(enc, facts, block_size):
     """Background units from the new facts themselves (the paper's Figure 7 ablation): one per fact batch."""
     for fact in facts:
-        x, _, count = ft.make_batch(enc, ft.fact_texts(fact), block_size)
+        x, _, count = ft.make_batch(enc, ft.batch_texts(fact), block_size)
         yield x, count
 
 
@@ -261,7 +261,7 @@ def slots(args, t=ft.FinetuneConfig.top_t, show=3):
     mem = model.memory_modules[0]
     per_fact, totals = [], {"entity_reads": 0, "selected_reads": 0, "entity_tokens": 0, "tokens": 0}
     for n, (fact, entry) in enumerate(zip(facts, entries)):
-        texts = ft.fact_texts(fact)
+        texts = ft.batch_texts(fact)
         x, _, count = ft.make_batch(enc, texts, model.config.block_size)
         with model.recording_slots():
             model(x.to(device))

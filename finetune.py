@@ -133,14 +133,16 @@ def read_facts_file(path):
     return facts
 
 
-def fact_texts(fact):
+def batch_texts(fact):
+    """The lines a stream fact is trained on: its paraphrases and a "Q: <question> A: <answer>"
+    line per question (data.prepare.rendered_lines: a world fact's lines in the corpus)."""
     return fact["paraphrases"] + ["".join(qa_pair(q, fact["answer"])) for q in fact["questions"]]
 
 
 def check_lengths(enc, facts, block_size):
     """Every trained line and every scored question must fit the model's context."""
     for f in facts:
-        lines = fact_texts(f) + (["".join(qa_pair(f["heldout_question"], f["answer"]))] if f["heldout_question"] else [])
+        lines = batch_texts(f) + (["".join(qa_pair(f["heldout_question"], f["answer"]))] if f["heldout_question"] else [])
         for t in lines:
             n = 1 + len(enc.encode(t))                                 # with the leading separator
             if n > block_size:
@@ -166,7 +168,7 @@ def warn_unseen_tokens(enc, facts, train_tokens):
     seen = np.bincount(train_tokens, minlength=enc.n_vocab) > 0
     odd = []
     for f in facts:
-        texts = fact_texts(f) + ([f["heldout_question"]] if f["heldout_question"] else [])
+        texts = batch_texts(f) + ([f["heldout_question"]] if f["heldout_question"] else [])
         pieces = sorted({p for t in texts for p in unseen_pieces(enc, t, seen)})
         if pieces:
             odd.append(f"{f['where']} ({', '.join(map(repr, pieces))})")
@@ -282,7 +284,7 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
     try:
         with model.recording_slots():
             for n, fact in enumerate(facts, 1):
-                x, y, count = (t.to(device) for t in make_batch(enc, fact_texts(fact), model.config.block_size))
+                x, y, count = (t.to(device) for t in make_batch(enc, batch_texts(fact), model.config.block_size))
                 for step in range(1, cfg.steps_per_fact + 1):
                     _, loss = model(x, y)                                  # 1. forward (records the slots read)
                     if not torch.isfinite(loss):

@@ -187,8 +187,9 @@ def stage_tokenizer(cfg):
     print(f"tokenizer: {len(ranks) + 1} tokens from {len(counts):,} distinct words")
 
 
-def fact_texts(fact):
-    """Every line a fact is rendered as (fact lines always start a line)."""
+def rendered_lines(fact):
+    """Every line a world fact is rendered as in the corpus (finetune.batch_texts: the lines a
+    stream fact is trained on)."""
     return fact.statements() + [fact.qa_text(i) for i in range(len(fact.questions()))]
 
 
@@ -197,7 +198,7 @@ def usable_for(enc, seen):
     token ids of train.bin). A token the model never saw has an untrained embedding, and new
     entities could not be told apart by it."""
     def usable(facts):
-        return all(set(enc.encode(t)) <= seen for f in facts for t in fact_texts(f))
+        return all(set(enc.encode(t)) <= seen for f in facts for t in rendered_lines(f))
     return usable
 
 

@@ -6,7 +6,7 @@ import torch
 
 import experiments
 from conftest import TINY_MODEL
-from finetune import make_batch, fact_texts
+from finetune import make_batch, batch_texts
 from sparse import background_stats
 from model import GPT, GPTConfig, load_checkpoint
 from train import TrainConfig, train
@@ -20,7 +20,7 @@ def test_fact_background_counts_one_unit_per_fact_and_only_text_tokens(trained):
     model, enc, _ = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
     st = background_stats(model, experiments.fact_units(enc, FACTS, model.config.block_size), "cpu", quiet=True)[0]
     mem = model.memory_modules[0]
-    tokens = sum(int(make_batch(enc, fact_texts(f), model.config.block_size)[2].sum()) for f in FACTS)
+    tokens = sum(int(make_batch(enc, batch_texts(f), model.config.block_size)[2].sum()) for f in FACTS)
     assert st["units"] == 2 and st["df"].max() <= 2
     assert st["reads"].sum() == tokens * mem.heads * mem.topk     # padding and separators are not read
 

@@ -6,7 +6,7 @@ import torch
 
 from common import Diverged
 from conftest import TINY_MODEL
-from finetune import FinetuneConfig, fact_texts, main, make_batch, read_facts_file, resolve, run_stream
+from finetune import FinetuneConfig, batch_texts, main, make_batch, read_facts_file, resolve, run_stream
 from lora import LoRALinear, add_lora, merge_lora
 from sparse import background_stats, fingerprint, load_or_compute_background, pretraining_units, slot_counts
 from model import GPT, GPTConfig, load_checkpoint
@@ -71,7 +71,7 @@ def test_sparse_stream_changes_only_selected_value_rows(trained):
     mem = model.memory_modules[0]
     df = [torch.randint(0, 51, (mem.n_slots,), generator=torch.Generator().manual_seed(0))]
     bg = [{"df": df[0], "reads": df[0], "units": 50}]
-    x, _, count = make_batch(enc, fact_texts(facts[0]), model.config.block_size)
+    x, _, count = make_batch(enc, batch_texts(facts[0]), model.config.block_size)
     mem.record_indices = True
     model(x)                                                  # the rows TF-IDF should pick, by hand
     c = torch.bincount(mem.last_indices[count].flatten(), minlength=mem.n_slots).double()
@@ -160,7 +160,7 @@ def test_end_to_end_stream_learns_a_fact(trained, tmp_path):
 
     model, enc, _ = load_checkpoint(ckpt)
     facts = read_facts_file(path)
-    x, y, _ = make_batch(enc, fact_texts(facts[0]), model.config.block_size)
+    x, y, _ = make_batch(enc, batch_texts(facts[0]), model.config.block_size)
     before = model(x, y)[1].item()
     fc = resolve(FinetuneConfig(optimizer="adamw", lr=0.1, top_t=100, steps_per_fact=40), model)
     run_stream(fc, model, enc, facts, [{"df": torch.zeros(256, dtype=torch.long), "units": 1000}], quiet=True)
@@ -200,7 +200,7 @@ def test_max_df_through_the_stream_trains_only_slots_under_the_cap(trained):
     facts = [{"paraphrases": ["Tom has a red ball.", "The ball of Tom is red."], "questions": ["What does Tom have?"],
               "heldout_question": None, "answer": "a red ball."}]
     mem = model.memory_modules[0]
-    x, _, count = make_batch(enc, fact_texts(facts[0]), model.config.block_size)
+    x, _, count = make_batch(enc, batch_texts(facts[0]), model.config.block_size)
     with model.recording_slots():
         model(x)
         read = slot_counts(model.slot_reads()[0][count], mem.n_slots) > 0
