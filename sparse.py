@@ -55,7 +55,8 @@ def slot_counts(indices, n_slots):
 # which rows to train: counts -> scores -> mask -> top-t
 
 def slot_scores(counts, ranking="tfidf", background=None):
-    """Scores of every slot for one batch's read counts c (zero-read slots are never picked):
+    """Scores of every slot for one batch's read counts c. An unread slot scores 0, which a read
+    one can too (or less, under kl): top_slots, not the score, keeps unread slots out.
       tf(i)    = c(i) / sum_j c(j)
       tfidf(i) = tf(i) * log((|B| + 1) / (df(i) + 1))       df: background units reading slot i
       kl(i)    = tf(i) * log(tf(i) / q(i))                   q: the background's share of reads,

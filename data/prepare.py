@@ -4,10 +4,11 @@ script is safe to re-run and an interrupted run redoes only the unfinished stage
 stage records the settings it was written with (stages.json; meta.json for the last), and a
 re-run with other settings is refused rather than mixing two corpora:
 
-  1. text:      train.txt, val.txt (stories + background-fact documents) and facts.json
+  1. text:      train.txt, val.txt (stories + background-fact documents)
   2. tokenizer: bpe<vocab>.tiktoken, a byte-level BPE trained on train.txt (or gpt2)
-  3. tokens:    train.bin, val.bin (uint16 token ids; uint32 if the vocab needs it) and
-                meta.json (tokenizer, vocab size, dtype, counts)
+  3. tokens:    train.bin, val.bin (uint16 token ids; uint32 if the vocab needs it), then
+                facts.json (new facts are kept only if pretraining holds all their tokens)
+                and meta.json (tokenizer, vocab size, dtype, counts)
 
     python -m data.prepare                                   # default generated corpus
     python -m data.prepare --source tinystories              # download TinyStories (network)
