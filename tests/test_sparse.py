@@ -129,7 +129,7 @@ def test_row_optimizer_matches_torch_on_the_selected_rows(kind, reference, hyper
         w.grad, ref.grad = g, g[rows].clone()
         opt.step(rows)
         ref_opt.step()
-    torch.testing.assert_close(w[rows], ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(w[rows], ref, rtol=1e-6, atol=1e-7)   # a few ulps: another kernel may fuse differently
 
 
 def test_row_adamw_bias_correction_counts_each_rows_own_updates():

@@ -33,21 +33,26 @@ def project_modules():
     return names
 
 
-def imported(source, known):
-    """Every project module that source imports, anywhere in it (inside functions too)."""
+def imported(source, known, package=""):
+    """Every project module that source imports, anywhere in it (inside functions too).
+    package: the importing module's package, against which relative imports resolve."""
     out = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name in known}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            out |= {node.module} & known
-            out |= {f"{node.module}.{a.name}" for a in node.names} & known   # from data import corpus
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:                                   # from .prepare import x, from . import world
+                parts = package.split(".")
+                module = ".".join(parts[:len(parts) + 1 - node.level] + [module]).strip(".")
+            out |= {module} & known
+            out |= {f"{module}.{a.name}" for a in node.names} & known   # from data import corpus
     return out
 
 
 def upward(name, source, known):
     """The imports of module `name` that are not in a lower layer."""
-    return sorted(m for m in imported(source, known) if RANK[m] >= RANK[name])
+    return sorted(m for m in imported(source, known, name.rpartition(".")[0]) if RANK[m] >= RANK[name])
 
 
 def test_every_module_has_a_place_in_the_order():
@@ -67,3 +72,6 @@ def test_the_check_sees_late_and_aliased_imports():
     assert upward("data.prepare", late, known) == ["finetune", "train"]
     assert upward("evaluate", "from data import corpus\nimport model\n", known) == []
     assert upward("lora", "import sparse\n", known) == ["sparse"]       # same layer: not allowed either
+    relative = "from .prepare import load_facts\nfrom . import world\n"
+    assert upward("data.tokenizer", relative, known) == ["data.prepare", "data.world"]
+    assert upward("data.world", "from .corpus import story\n", known) == []
