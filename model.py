@@ -282,6 +282,14 @@ def checkpoint_problem(ckpt):
         return "its tokenizer is not text"
     if not (isinstance(ckpt["data_dir"], str) and isinstance(ckpt["data_meta"], dict) and "dtype" in ckpt["data_meta"]):
         return "its data_dir or data_meta is malformed"
+    if not isinstance(ckpt.get("train_config", {}), dict):                  # train.py --resume reads it
+        return "its train_config is not a dict"
+    record = ckpt.get("finetune", {})                                       # evaluate.py scores facts_taught
+    taught = record.get("facts_taught", []) if isinstance(record, dict) else None
+    if not (isinstance(taught, list) and all(isinstance(f, dict) and isinstance(f.get("questions"), list)
+                                              and isinstance(f.get("answer"), str) and "heldout_question" in f
+                                              for f in taught)):
+        return "its finetune record is malformed"
     return None
 
 

@@ -376,6 +376,9 @@ MALFORMED = {
     "model not a dict": lambda c: {**c, "model": [torch.zeros(1)]},
     "no data_meta": lambda c: {k: v for k, v in c.items() if k != "data_meta"},
     "weights of another shape": lambda c: {**c, "model_args": {**c["model_args"], "n_embd": 64}},
+    "train_config not a dict": lambda c: {**c, "train_config": 5},
+    "finetune record not a dict": lambda c: {**c, "finetune": ["full"]},
+    "facts taught without questions": lambda c: {**c, "finetune": {"facts_taught": [{"answer": "Tom."}]}},
 }
 
 
