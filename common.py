@@ -122,7 +122,10 @@ def running(pid):
 
 def remove_stale_temporaries(path):
     """Delete the temporary files that killed writes of path left: temporary_file's names whose
-    process is gone, and the <name>.<random>.tmp of earlier versions. No other file is touched."""
+    process is gone, and the <name>.<random>.tmp of earlier versions. No other file is touched.
+    Processes are looked up on this host only: where two hosts write the same file in a shared
+    folder, one may delete the other's temporary file mid-write (that write then fails, and the
+    old file stays intact). Give each host its own output folder."""
     folder, name = os.path.split(os.path.abspath(path))
     ours = re.compile(re.escape(name) + r"\.(?:(\d+)\.)?[a-z0-9_]{8}\.tmp")
     for f in os.listdir(folder):
