@@ -4,8 +4,10 @@ import os
 import pytest
 import torch
 
+import analyses
 import experiments
 from conftest import TINY_MODEL
+from evaluate import qa_items
 from finetune import make_batch, batch_texts
 from sparse import background_stats
 from model import GPT, GPTConfig, load_checkpoint
@@ -57,7 +59,7 @@ def test_more_new_facts_continue_the_corpus_stream(trained):
     cfg = trained[0]
     model, enc, ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
     kb_new = json.loads(open(os.path.join(cfg.data_dir, "facts.json")).read())["new"]
-    more = experiments.new_facts(ckpt, enc, len(kb_new) + 5)
+    more = analyses.new_facts(ckpt, enc, len(kb_new) + 5)
     assert more[:len(kb_new)] == kb_new                             # the same prefix
     old = {(f["subject"], f["relation"]) for f in kb_new}
     assert len(more) == len(kb_new) + 5 and not any((f["subject"], f["relation"]) in old for f in more[-5:])
@@ -66,19 +68,19 @@ def test_more_new_facts_continue_the_corpus_stream(trained):
 def test_forgetting_sorts_broken_answers_into_taught_untaught_and_neither(trained, tmp_path, monkeypatch):
     cfg = trained[0]
     corpus = json.loads(open(os.path.join(cfg.data_dir, "facts.json")).read())
-    items = experiments.qa_items(corpus["background"])
+    items = qa_items(corpus["background"])
     taught = corpus["new"][0]                                         # the stream's only fact
     rel = [f for f in corpus["background"] if f["relation"] == taught["relation"] and f["answer"] != taught["answer"]]
     answers = {f["answer"] for f in corpus["background"] + corpus["new"] if f["relation"] == taught["relation"]}
     untaught = sorted(answers - {taught["answer"], rel[1]["answer"]})[0]
-    to_taught, to_untaught = (experiments.qa_items([f], "first")[0][0] for f in rel[:2])
+    to_taught, to_untaught = (qa_items([f], "first")[0][0] for f in rel[:2])
     to_neither = next(p for p, _ in items if p not in (to_taught, to_untaught))
     now = dict(items)                                                 # a stand-in model: every answer right
-    monkeypatch.setattr(experiments, "qa_correct", lambda model, enc, pairs, device: [now[p] == a for p, a in pairs])
+    monkeypatch.setattr(analyses, "qa_correct", lambda model, enc, pairs, device: [now[p] == a for p, a in pairs])
 
     def stream(*args, **kwargs):
         now[to_taught], now[to_untaught], now[to_neither] = " " + taught["answer"], " " + untaught, " nothing."
-    monkeypatch.setattr(experiments.ft, "run_stream", stream)
+    monkeypatch.setattr(analyses.ft, "run_stream", stream)
     experiments.main(["forgetting", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "1",
                       "--device", "cpu", "--out-dir", str(tmp_path)])
     out = json.loads((tmp_path / "forgetting.json").read_text())
@@ -95,7 +97,7 @@ def test_memory_off_zeroes_the_memory_only_inside_the_block():
     model = GPT(GPTConfig(**{**TINY_MODEL, "vocab_size": 60})).eval()
     x = torch.randint(0, 60, (2, 8))
     base = model(x)[0]
-    with experiments.memory_off(model):
+    with analyses.memory_off(model):
         off = model(x)[0]
     assert not torch.allclose(off, base) and torch.equal(model(x)[0], base)
 

@@ -20,6 +20,7 @@ LAYERS = [
     ["train"],
     ["lora", "sparse"],                           # the two methods' own parts
     ["finetune"],
+    ["analyses"],                                 # experiments.py's looks inside streams
     ["experiments", "bench"],
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -1,0 +1,310 @@
+"""
+The analyses among experiments.py's commands: rather than sweep a setting, each looks inside
+streams at finetune.py's defaults.
+
+    python experiments.py curves        # learned and forgotten after every 10 facts, per method
+    python experiments.py slots         # which slots a fact selects, and which tokens read them
+    python experiments.py forgetting    # which background answers a sparse stream breaks, and what they become
+    python experiments.py long          # sparse: a stream of 500 facts, then 500 more
+
+Each takes experiments.py's parsed command line, prints its lines and returns every number
+(the JSON experiments.py writes); the *_figure after it draws its PNG. setup() is how every
+experiment starts, the sweeps in experiments.py too.
+"""
+
+from contextlib import contextmanager
+
+import torch
+
+import finetune as ft
+from common import pick_device
+from data.prepare import DataConfig, new_fact_entries, seen_tokens
+from evaluate import corpus_facts, qa_accuracy, qa_correct, qa_items
+from model import checkpoint_corpus, checkpoint_train_tokens
+from sparse import choose_rows, load_or_compute_background, slot_counts
+
+
+def setup(args, needs_memory=True):
+    """(model, enc, ckpt, facts, base config, device) as every experiment starts. needs_memory:
+    the experiment has nothing to run without a memory layer, so a dense model is refused."""
+    device = pick_device(args.device)
+    cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, facts=args.facts, steps_per_fact=args.steps_per_fact,
+                            lr=args.lr, device=args.device)
+    model, enc, ckpt = ft.load_base(cfg, device)
+    if needs_memory:
+        refuse_dense(args, model)
+    facts = ft.stream_facts(cfg, ckpt)
+    ft.check_lengths(enc, facts, model.config.block_size)
+    return model, enc, ckpt, facts, cfg, device
+
+
+def refuse_dense(args, model):
+    if not model.memory_modules:
+        raise ValueError(f"{args.experiment} studies the memory layer, and {args.checkpoint} has none (a dense "
+                         "model); give a memory model's --checkpoint")
+
+
+def curves(args, every=10):
+    """Learned-so-far and background accuracy after every `every` facts, for each method."""
+    model, enc, ckpt, facts, base_cfg, device = setup(args, needs_memory=False)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
+    out = {}
+    for mode in ("full", "lora", "sparse"):
+        if mode == "sparse" and not model.memory_modules:                # full and LoRA run on a dense model
+            print("sparse  skipped: the model has no memory layer")
+            continue
+        cfg = ft.resolve(ft.FinetuneConfig(**{**vars(base_cfg), "mode": mode, "lr": 0.0}), model)
+        model.load_state_dict(base)
+        points = [{"facts": 0, "learned_so_far": None, "first_facts": None,
+                   "background": qa_accuracy(model, enc, background, device)}]
+
+        def measure(n):
+            if n % every and n != len(facts):
+                return
+            seen, first = qa_items(facts[:n]), qa_items(facts[:every])    # the taught questions
+            points.append({"facts": n, "learned_so_far": qa_accuracy(model, enc, seen, device),
+                           "first_facts": qa_accuracy(model, enc, first, device),
+                           "background": qa_accuracy(model, enc, background, device)})
+            p = points[-1]
+            print(f"{mode:<7} after {n:>4} facts: learned so far {p['learned_so_far']:.3f} | first {every} facts "
+                  f"{p['first_facts']:.3f} | background {p['background']:.3f}", flush=True)
+        stats = load_or_compute_background(cfg, model, ckpt, device) if mode == "sparse" else None
+        ft.run_stream(cfg, model, enc, facts, stats, quiet=True, on_fact=measure)
+        out[mode] = {"lr": cfg.lr, "optimizer": cfg.optimizer, "points": points}
+    return {"curves": out, "every": every}
+
+
+def curves_figure(plt, data):
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for mode, c in data["curves"].items():
+        pts = c["points"]
+        axes[0].plot([p["facts"] for p in pts[1:]], [p["learned_so_far"] * 100 for p in pts[1:]], "o-", label=mode)
+        axes[1].plot([p["facts"] for p in pts], [p["background"] * 100 for p in pts], "o-", label=mode)
+    for ax, y in zip(axes, ("learned: accuracy on the facts so far (%)", "background-fact accuracy (%)")):
+        ax.set_xlabel("facts streamed")
+        ax.set_ylabel(y)
+        ax.set_ylim(0, 105)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def new_facts(ckpt, enc, n):
+    """The first n new-fact entries: facts.json's, continued by the corpus generator when
+    more are asked (the same prefix; data.prepare.new_fact_entries)."""
+    entries = checkpoint_corpus(ckpt)[1]["new"]
+    if n <= len(entries):
+        return entries[:n]
+    return new_fact_entries(DataConfig(**ckpt["data_meta"]["config"]), enc, seen_tokens(checkpoint_train_tokens(ckpt)), n)
+
+
+def long_stream(args, points=5):
+    """Sparse finetuning on a stream of --facts facts, then a second stream of as many more:
+    after every fifth of each stream, accuracy on both streams' facts and the background."""
+    device = pick_device(args.device)
+    cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, steps_per_fact=args.steps_per_fact, lr=args.lr, device=args.device)
+    model, enc, ckpt = ft.load_base(cfg, device)
+    refuse_dense(args, model)
+    cfg = ft.resolve(cfg, model)
+    entries = new_facts(ckpt, enc, 2 * args.facts)
+    streams = [corpus_facts(entries[:args.facts]), corpus_facts(entries[args.facts:])]
+    for s in streams:
+        ft.check_lengths(enc, s, model.config.block_size)
+    background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
+    items = [qa_items(s) for s in streams]                            # each stream's taught questions
+    stats = load_or_compute_background(cfg, model, ckpt, device)
+    trace = [{"facts": 0, "first": qa_accuracy(model, enc, items[0], device), "second": None,
+              "background": qa_accuracy(model, enc, background, device)}]
+    every = max(1, args.facts // points)
+    for k, stream in enumerate(streams):
+        def measure(n):
+            if n % every and n != len(stream):
+                return
+            p = {"facts": k * args.facts + n, "first": qa_accuracy(model, enc, items[0], device),
+                 "second": qa_accuracy(model, enc, items[1], device) if k else None,
+                 "background": qa_accuracy(model, enc, background, device)}
+            trace.append(p)
+            print(f"after {p['facts']:>5} facts: first stream {p['first']:.3f}"
+                  + ("" if p["second"] is None else f" | second stream {p['second']:.3f}")
+                  + f" | background {p['background']:.3f}", flush=True)
+        ft.run_stream(cfg, model, enc, stream, stats, quiet=True, on_fact=measure)
+    return {"lr": cfg.lr, "top_t": cfg.top_t, "stream": args.facts, "trace": trace}
+
+
+def long_figure(plt, data):
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    tr = data["trace"]
+    ax.plot([p["facts"] for p in tr], [p["first"] * 100 for p in tr], "o-", label="first stream's facts")
+    second = [p for p in tr if p["second"] is not None]
+    ax.plot([p["facts"] for p in second], [p["second"] * 100 for p in second], "o-", label="second stream's facts")
+    ax.plot([p["facts"] for p in tr], [p["background"] * 100 for p in tr], "o-", label="background facts")
+    ax.axvline(data["stream"], color="#999", lw=1)
+    ax.set_xlabel("facts streamed (sparse finetuning)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def token_spans(enc, text):
+    """(start, end) character span of each token of text."""
+    spans, at = [], 0
+    for tok in enc.encode(text):
+        n = len(enc.decode([tok]))
+        spans.append((at, at + n))
+        at += n
+    return spans
+
+
+@torch.no_grad()
+def slots(args, t=ft.FinetuneConfig.top_t, show=3):
+    """For each fact: the core set (slots read by every row of its batch), how many of the
+    top-t fall in it, and which tokens read the top-t; over all facts, the share of top-t
+    reads at entity tokens (the subject's name and the answer) against their share of tokens."""
+    model, enc, ckpt, facts, base_cfg, device = setup(args)
+    entries = checkpoint_corpus(ckpt)[1]["new"][:len(facts)]
+    stats = load_or_compute_background(ft.resolve(base_cfg, model), model, ckpt, device)
+    mem = model.memory_modules[0]
+    per_fact, totals = [], {"entity_reads": 0, "selected_reads": 0, "entity_tokens": 0, "tokens": 0}
+    for n, (fact, entry) in enumerate(zip(facts, entries)):
+        texts = ft.batch_texts(fact)
+        x, _, count = ft.make_batch(enc, texts, model.config.block_size)
+        with model.recording_slots():
+            model(x.to(device))
+            reads = model.slot_reads()[0].cpu()                           # (B, T, H, k)
+        c = slot_counts(reads[count], mem.n_slots)
+        selected = choose_rows(reads, count, mem.n_slots, t, background=stats[0])
+        is_selected = torch.zeros(mem.n_slots, dtype=torch.bool)
+        is_selected[selected] = True
+        core = set.intersection(*(set(reads[b][count[b]].flatten().tolist()) for b in range(len(texts))))
+        marked = []
+        for b, text in enumerate(texts):
+            entity = [(text.find(w), text.find(w) + len(w)) for w in (entry["subject"], entry["answer"].rstrip("."))
+                      if w in text]
+            pieces = []
+            for j, (s, e) in enumerate(token_spans(enc, text)):
+                hits = int(is_selected[reads[b, j + 1].flatten()].sum())   # +1: the leading separator
+                is_entity = any(s < ee and e > ss for ss, ee in entity)
+                totals["tokens"] += 1
+                totals["entity_tokens"] += is_entity
+                totals["selected_reads"] += hits
+                totals["entity_reads"] += hits * is_entity
+                pieces.append(f"[{text[s:e]}]{hits}" if hits else text[s:e])
+            marked.append("".join(pieces))
+        per_fact.append({"fact": texts[0], "subject": entry["subject"], "answer": entry["answer"],
+                         "slots_read": int((c > 0).sum()), "core": len(core),
+                         "top_t_in_core": len(core & set(selected.tolist())), "marked": marked})
+        if n < show:
+            f = per_fact[-1]
+            print(f"fact {n + 1}: subject {f['subject']}, answer {f['answer']}")
+            print(f"  slots read by its batch {f['slots_read']} | core set (read by every row) {f['core']} | "
+                  f"top-{t} slots in the core {f['top_t_in_core']}")
+            print("  tokens that read top-t slots, [token]count of top-t reads:")
+            for m in marked:
+                print("    " + m)
+    mean = lambda k: sum(f[k] for f in per_fact) / len(per_fact)
+    summary = {"facts": len(per_fact), "t": t, "mean_slots_read": mean("slots_read"), "mean_core": mean("core"),
+               "mean_top_t_in_core": mean("top_t_in_core"),
+               "entity_share_of_tokens": totals["entity_tokens"] / totals["tokens"],
+               "entity_share_of_top_t_reads": totals["entity_reads"] / max(totals["selected_reads"], 1)}
+    print(f"over {len(per_fact)} facts: {summary['mean_slots_read']:.0f} slots read per batch, core set "
+          f"{summary['mean_core']:.1f}, top-{t} in the core {summary['mean_top_t_in_core']:.1f}; entity tokens are "
+          f"{summary['entity_share_of_tokens']:.1%} of tokens and take {summary['entity_share_of_top_t_reads']:.1%} "
+          f"of the top-{t} slots' reads")
+    return {"summary": summary, "per_fact": per_fact}
+
+
+def slots_figure(plt, data):
+    s = data["summary"]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.bar(["all tokens", f"reads of the top-{s['t']} slots"],
+           [s["entity_share_of_tokens"] * 100, s["entity_share_of_top_t_reads"] * 100], color=["#999", "#1f77b4"])
+    ax.set_ylabel("at entity tokens: subject name or answer (%)")
+    ax.set_ylim(0, 100)
+    return fig
+
+
+@contextmanager
+def memory_off(model):
+    """Inside the block every memory layer outputs zeros (the whole memory+ block, gate and
+    projection included); the hooks are gone again on the way out."""
+    hooks = [m.register_forward_hook(lambda mod, inp, out: torch.zeros_like(out)) for m in model.memory_modules]
+    try:
+        yield model
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def forgetting(args):
+    """Where the forgetting goes. Before finetuning: background-fact accuracy with the memory
+    layers' output set to zero (how much of it the memory carries). Then a sparse stream at
+    finetune.py's defaults, and for each background question it breaks: what does the model
+    now answer, exactly: an answer the stream taught for the same relation, another answer of
+    that relation, or neither? For comparison, how many taught answers chance would give: each
+    broken question that now gives an answer of its relation, with that answer drawn at random
+    from the relation's other answers."""
+    model, enc, ckpt, facts, base_cfg, device = setup(args)
+    corpus = checkpoint_corpus(ckpt)[1]
+    items = qa_items(corpus["background"])
+    relation = [f["relation"] for f in corpus["background"] for _ in f["questions"]]
+    with memory_off(model):
+        without_memory = qa_accuracy(model, enc, items, device)
+    before = qa_correct(model, enc, items, device)
+    cfg = ft.resolve(base_cfg, model)
+    ft.run_stream(cfg, model, enc, facts, load_or_compute_background(cfg, model, ckpt, device), quiet=True)
+    after = qa_correct(model, enc, items, device)
+    taught, answers = {}, {}                                           # relation -> answers taught / all its answers
+    for entry in corpus["new"][:len(facts)]:
+        taught.setdefault(entry["relation"], set()).add(entry["answer"])
+    for entry in corpus["background"] + corpus["new"]:
+        answers.setdefault(entry["relation"], set()).add(entry["answer"])
+    per_relation = {}
+    for (prompt, answer), r, b, a in zip(items, relation, before, after):
+        row = per_relation.setdefault(r, {"answered_before": 0, "broken": 0, "now_a_taught_answer": 0,
+                                          "now_an_untaught_answer": 0, "taught_by_chance": 0.0})
+        row["answered_before"] += b
+        if not b or a:
+            continue
+        row["broken"] += 1
+        others = sorted(answers[r] - {answer.strip()})                 # every answer of r but the right one
+        taught_others = taught.get(r, set()) - {answer.strip()}
+        now = [x for x, ok in zip(others, qa_correct(model, enc, [(prompt, " " + x) for x in others], device)) if ok]
+        if now:                                                        # at most one answer can be the greedy one
+            row["now_a_taught_answer" if now[0] in taught_others else "now_an_untaught_answer"] += 1
+            row["taught_by_chance"] += len(taught_others) / len(others)
+    total = {k: sum(row[k] for row in per_relation.values()) for k in next(iter(per_relation.values()))}
+    acc_before, acc_after = sum(before) / len(items), sum(after) / len(items)
+    print(f"background facts {acc_before:.3f}; with the memory output zeroed {without_memory:.3f}")
+    print(f"after {len(facts)} facts (sparse, lr {cfg.lr:g}, t = {cfg.top_t}): {acc_after:.3f}; "
+          f"{total['broken']} questions broken; now {total['now_a_taught_answer']} give an answer taught for the same "
+          f"relation ({total['taught_by_chance']:.1f} by chance), {total['now_an_untaught_answer']} another answer of it")
+    for r, row in per_relation.items():
+        print(f"  {r:<8} answered before {row['answered_before']:>4}  broken {row['broken']:>3}  now a taught answer "
+              f"{row['now_a_taught_answer']:>3} (by chance {row['taught_by_chance']:4.1f})  "
+              f"an untaught one {row['now_an_untaught_answer']:>3}  of {len(answers[r])} answers, "
+              f"{len(taught.get(r, ()))} taught")
+        row.update(answers=len(answers[r]), taught=len(taught.get(r, ())))
+    return {"lr": cfg.lr, "top_t": cfg.top_t, "background_before": acc_before,
+            "background_after": acc_after, "background_without_memory": without_memory,
+            **total, "per_relation": per_relation}
+
+
+def forgetting_figure(plt, data):
+    rel = data["per_relation"]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.bar(list(rel), [r["broken"] for r in rel.values()], color="#999", label="broken by the stream")
+    ax.bar(list(rel), [r["now_a_taught_answer"] for r in rel.values()], color="#d62728",
+           label="now an answer taught for the same relation")
+    ax.scatter(list(rel), [r["taught_by_chance"] for r in rel.values()], marker="_", s=400, color="k",
+               label="taught answers expected by chance", zorder=3)
+    ax.set_ylabel("background questions")
+    ax.legend(fontsize=8)
+    return fig
+
+
+# Each analysis: (the function that runs it, the one that draws its figure).
+ANALYSES = {"curves": (curves, curves_figure), "slots": (slots, slots_figure),
+            "forgetting": (forgetting, forgetting_figure), "long": (long_stream, long_figure)}
