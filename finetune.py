@@ -247,37 +247,48 @@ def check_outputs(cfg):
         raise ValueError("--out and --json name the same file; give each its own")
 
 
+def trainable(cfg, model):
+    """What cfg.mode trains: (opt, params, tables, row_opts). full and lora: a torch optimizer
+    over params (every weight, or the adapters lora wraps into the model) and no tables.
+    sparse: no optimizer; the value tables and a RowOptimizer for each. Only the trained
+    weights require gradients."""
+    for p in model.parameters():
+        p.requires_grad_(cfg.mode == "full")
+    if cfg.mode == "sparse":
+        tables = memory_tables(model)
+        for w, _ in tables:
+            w.requires_grad_(True)
+        return None, [], tables, [RowOptimizer(w, cfg.optimizer, cfg.lr, cfg.weight_decay) for w, _ in tables]
+    if cfg.mode == "lora":
+        torch.manual_seed(cfg.seed)
+        params = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
+    else:
+        params = list(model.parameters())
+    opt = (torch.optim.SGD(params, lr=cfg.lr) if cfg.optimizer == "sgd"
+           else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
+    return opt, params, [], []
+
+
+def state_bytes(opt, row_opts):
+    """The bytes of optimizer state kept: the RowOptimizers', or the torch optimizer's tensors."""
+    if opt is None:
+        return sum(ro.state_bytes() for ro in row_opts)
+    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+
+
 def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=None):
     """Finetune model in place on the stream of facts (in sparse mode with tfidf or kl ranking,
     or with max_df < 1, background holds each value table's background_stats). on_fact(n), if given, is called
     after the n-th fact's last step (experiments.py measures learning curves with it).
     Returns the bytes of optimizer state kept."""
+    if cfg.mode == "sparse" and cfg.max_df < 1 and background is None:
+        raise ValueError("--max-df needs the background statistics")
     device = next(model.parameters()).device
     model.eval()                           # no dropout; BatchNorm keeps its pretrained statistics
-    for p in model.parameters():
-        p.requires_grad_(cfg.mode == "full")
     sparse_grad = [m.values.sparse for m in model.memory_modules]
     for m in model.memory_modules:         # dense value gradients, whatever pretraining used:
         m.values.sparse = False            # row selection and torch's optimizers need them
-    tables, row_opts = [], []
-    if cfg.mode == "lora":
-        torch.manual_seed(cfg.seed)
-        params = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
-    elif cfg.mode == "full":
-        params = list(model.parameters())
-    else:
-        tables = memory_tables(model)
-        params = [w for w, _ in tables]
-        for w in params:
-            w.requires_grad_(True)
-        row_opts = [RowOptimizer(w, cfg.optimizer, cfg.lr, cfg.weight_decay) for w in params]
-    opt = None
-    if cfg.mode != "sparse":
-        opt = (torch.optim.SGD(params, lr=cfg.lr) if cfg.optimizer == "sgd"
-               else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
-
-    if cfg.mode == "sparse" and cfg.max_df < 1 and background is None:
-        raise ValueError("--max-df needs the background statistics")
+    opt, params, tables, row_opts = trainable(cfg, model)
     backgrounds = background or [None] * len(tables)
     bar = tqdm(total=len(facts) * cfg.steps_per_fact, desc=f"{cfg.mode} stream", disable=quiet)
     starved = 0                            # steps of a value table in which --max-df left no slot to train
@@ -320,9 +331,7 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
               file=sys.stderr)
     if cfg.mode == "lora":
         merge_lora(model)
-    if opt is None:
-        return sum(ro.state_bytes() for ro in row_opts)
-    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+    return state_bytes(opt, row_opts)
 
 
 def stream_diverged(what, fact, step, cfg):
