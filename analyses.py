@@ -20,6 +20,7 @@ import finetune as ft
 from common import pick_device
 from data.prepare import DataConfig, new_fact_entries, seen_tokens
 from evaluate import corpus_facts, qa_accuracy, qa_correct, qa_items
+from facts import batch_texts, check_lengths, make_batch, stream_facts
 from model import checkpoint_corpus, checkpoint_train_tokens
 from sparse import choose_rows, load_or_compute_background, slot_counts
 
@@ -33,8 +34,8 @@ def setup(args, needs_memory=True):
     model, enc, ckpt = ft.load_base(cfg, device)
     if needs_memory:
         refuse_dense(args, model)
-    facts = ft.stream_facts(cfg, ckpt)
-    ft.check_lengths(enc, facts, model.config.block_size)
+    facts = stream_facts(ckpt, cfg.facts)
+    check_lengths(enc, facts, model.config.block_size)
     return model, enc, ckpt, facts, cfg, device
 
 
@@ -110,7 +111,7 @@ def long_stream(args, points=5):
     entries = new_facts(ckpt, enc, 2 * args.facts)
     streams = [corpus_facts(entries[:args.facts]), corpus_facts(entries[args.facts:])]
     for s in streams:
-        ft.check_lengths(enc, s, model.config.block_size)
+        check_lengths(enc, s, model.config.block_size)
     background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
     items = [qa_items(s) for s in streams]                            # each stream's taught questions
     stats = load_or_compute_background(cfg, model, ckpt, device)
@@ -169,8 +170,8 @@ def slots(args, t=ft.FinetuneConfig.top_t, show=3):
     mem = model.memory_modules[0]
     per_fact, totals = [], {"entity_reads": 0, "selected_reads": 0, "entity_tokens": 0, "tokens": 0}
     for n, (fact, entry) in enumerate(zip(facts, entries)):
-        texts = ft.batch_texts(fact)
-        x, _, count = ft.make_batch(enc, texts, model.config.block_size)
+        texts = batch_texts(fact)
+        x, _, count = make_batch(enc, texts, model.config.block_size)
         with model.recording_slots():
             model(x.to(device))
             reads = model.slot_reads()[0].cpu()                           # (B, T, H, k)

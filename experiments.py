@@ -34,6 +34,7 @@ import finetune as ft
 from analyses import ANALYSES, setup
 from common import ROOT, Diverged, check_writable, keep_freed_memory, write_json
 from data.prepare import DataConfig, prepare
+from facts import batch_texts, make_batch
 from model import GPTConfig
 from sparse import background_stats
 from train import TrainConfig, train
@@ -86,7 +87,7 @@ def line(name, r):
 def fact_units(enc, facts, block_size):
     """Background units from the new facts themselves (the paper's Figure 7 ablation): one per fact batch."""
     for fact in facts:
-        x, _, count = ft.make_batch(enc, ft.batch_texts(fact), block_size)
+        x, _, count = make_batch(enc, batch_texts(fact), block_size)
         yield x, count
 
 

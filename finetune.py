@@ -36,20 +36,18 @@ exact match of " <answer>" after "Q: <question> A:".
 """
 
 import copy
-import json
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from common import Diverged, check_range, check_writable, config_parser, keep_freed_memory, pick_device, split, write_json
-from data.tokenizer import EOT
 from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair, story_endings
+from facts import batch_texts, check_lengths, make_batch, stream_facts, warn_unseen_tokens
 from lora import add_lora, merge_lora
 from model import GPTConfig, checkpoint_corpus, checkpoint_train_tokens, load_checkpoint, save_checkpoint
 from sparse import RowOptimizer, choose_rows, load_or_compute_background, memory_tables, table_reads
@@ -86,116 +84,6 @@ class FinetuneConfig:
     out: str = ""                          # save the finetuned model here (a checkpoint evaluate.py reads)
     quiet: bool = False                    # print the table only: no progress bars, no example answers
     set_facts: int = 50                    # facts of each generalisation set (new answers, new relations) also taught, each from the base model; 0 = none
-
-
-# ----------------------------------------------------------------------------------------
-# facts and batches
-
-def read_facts_file(path):
-    """Read and check a JSON Lines facts file (UTF-8, a BOM allowed); a bad line raises ValueError naming it."""
-    if not os.path.exists(path):
-        raise ValueError(f"facts file {path} does not exist")
-    keys = {"paraphrases", "question", "answer", "heldout_question"}
-    facts = []
-    if not os.path.isfile(path):
-        raise ValueError(f"facts file {path} is not a file")
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            where = f"{path} line {n}"
-            try:                                       # line by line, so a bad byte is named by its line
-                line = raw.decode("utf-8-sig")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{where}: not UTF-8 text (byte {raw[e.start]:#x}); save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(d, dict):
-                raise ValueError(f"{where}: expected an object with paraphrases, question and answer")
-            missing, unknown = {"paraphrases", "question", "answer"} - d.keys(), d.keys() - keys
-            if missing or unknown:
-                raise ValueError(f"{where}: " + (f"missing {sorted(missing)}" if missing else f"unknown keys {sorted(unknown)}")
-                                 + f"; a fact has {sorted(keys)}")
-            p = d["paraphrases"]
-            if not isinstance(p, list) or not p or not all(isinstance(s, str) and s.strip() for s in p):
-                raise ValueError(f"{where}: paraphrases must be a non-empty list of non-empty strings")
-            for k in ("question", "answer", "heldout_question"):
-                if k in d and not (isinstance(d[k], str) and d[k].strip()):
-                    raise ValueError(f"{where}: {k} must be a non-empty string")
-            if any(EOT in s for s in p + [d[k] for k in ("question", "answer", "heldout_question") if k in d]):
-                raise ValueError(f"{where}: {EOT} is the separator the model reads between texts; remove it")
-            facts.append({"paraphrases": p, "questions": [d["question"]],
-                          "heldout_question": d.get("heldout_question"), "answer": d["answer"], "where": where})
-    if not facts:
-        raise ValueError(f"facts file {path} holds no facts")
-    return facts
-
-
-def batch_texts(fact):
-    """The lines a stream fact is trained on: its paraphrases and a "Q: <question> A: <answer>"
-    line per question (data.prepare.rendered_lines: a world fact's lines in the corpus)."""
-    return fact["paraphrases"] + ["".join(qa_pair(q, fact["answer"])) for q in fact["questions"]]
-
-
-def check_lengths(enc, facts, block_size):
-    """Every trained line and every scored question must fit the model's context."""
-    for f in facts:
-        lines = batch_texts(f) + (["".join(qa_pair(f["heldout_question"], f["answer"]))] if f["heldout_question"] else [])
-        for t in lines:
-            n = 1 + len(enc.encode(t))                                 # with the leading separator
-            if n > block_size:
-                raise ValueError(f"{f.get('where', 'a fact')}: {t[:40]!r}... is {n} tokens, more than the "
-                                 f"model's block_size {block_size}; shorten it")
-
-
-def unseen_pieces(enc, text, seen):
-    """The pieces of text spelled in tokens that never occur in pretraining (seen: a bool per token id)."""
-    pieces, run = [], []
-    for t in enc.encode(text) + [None]:
-        if t is not None and not seen[t]:
-            run.append(t)
-        elif run:
-            pieces.append(enc.decode(run))
-            run = []
-    return pieces
-
-
-def warn_unseen_tokens(enc, facts, train_tokens):
-    """One warning line for the facts spelled in tokens that the pretraining tokens never hold:
-    their embeddings were never trained, so the model may not learn or answer those facts."""
-    seen = np.bincount(train_tokens, minlength=enc.n_vocab) > 0
-    odd = []
-    for f in facts:
-        texts = batch_texts(f) + ([f["heldout_question"]] if f["heldout_question"] else [])
-        pieces = sorted({p for t in texts for p in unseen_pieces(enc, t, seen)})
-        if pieces:
-            odd.append(f"{f['where']} ({', '.join(map(repr, pieces))})")
-    if odd:
-        print(f"warning: {len(odd)} of {len(facts)} facts are spelled in tokens pretraining never saw, so they may "
-              f"not be learned: " + "; ".join(odd[:3]) + ("; ..." if len(odd) > 3 else ""), file=sys.stderr)
-
-
-def make_batch(enc, texts, block_size):
-    """Rows "<|endoftext|> text", right-padded. x (B, L) tokens, y (B, L) targets with -1 on
-    padding, count (B, L) True on the text's own tokens, whose slot reads are counted: not the
-    padding, and not the leading separator, which reads the same slots in every row of every
-    fact (same token, position 0); TF-IDF would rank those as fact-specific and retrain them
-    for every fact, although every question prompt starts with them."""
-    eot = enc.eot_token
-    rows = [[eot] + enc.encode(t) for t in texts]
-    L = max(len(r) for r in rows)
-    if L > block_size:
-        raise ValueError(f"a fact line is {L} tokens, longer than the model's block_size {block_size}")
-    x = torch.full((len(rows), L), eot, dtype=torch.long)
-    y = torch.full((len(rows), L), -1, dtype=torch.long)
-    count = torch.zeros((len(rows), L), dtype=torch.bool)
-    for i, r in enumerate(rows):
-        x[i, :len(r)] = torch.tensor(r)
-        y[i, :len(r) - 1] = torch.tensor(r[1:])
-        count[i, 1:len(r)] = True
-    return x, y, count
 
 
 # ----------------------------------------------------------------------------------------
@@ -418,15 +306,6 @@ def load_base(cfg, device):
     return model, enc, ckpt
 
 
-def stream_facts(cfg, ckpt):
-    if cfg.facts_file:
-        return read_facts_file(cfg.facts_file)
-    new = checkpoint_corpus(ckpt)[1]["new"]
-    if cfg.facts > len(new):
-        raise ValueError(f"--facts {cfg.facts}: the corpus has {len(new)} new facts")
-    return corpus_facts(new[:cfg.facts])
-
-
 def write_outputs(cfg, ckpt, model, facts, results):
     """Write --out (the model) and --json (the first stream's results, the generalisation sets
     nested under their names), each on its own: one failing write never loses the other.
@@ -459,7 +338,7 @@ def main(argv=None):
         resolve(cfg, model)
         if cfg.optimizer == "sgd" and cfg.weight_decay:
             print("note: --weight-decay is AdamW's; SGD ignores it", file=sys.stderr)
-        facts = stream_facts(cfg, ckpt)
+        facts = stream_facts(ckpt, cfg.facts, cfg.facts_file)
         check_lengths(enc, facts, model.config.block_size)
         warn_unseen_tokens(enc, facts, checkpoint_train_tokens(ckpt))
         if not cfg.quiet:

@@ -95,7 +95,7 @@ def top_slots(scores, counts, t):
 
 def choose_rows(reads, count, n_slots, t, ranking="tfidf", rank_by="batch", max_df=1.0, background=None):
     """The rows of one value table that this step trains. reads: (B, T, H, k) slots read by
-    each token; count: (B, T) True on the tokens whose reads count (make_batch in finetune.py);
+    each token; count: (B, T) True on the tokens whose reads count (make_batch in facts.py);
     background: the table's background_stats, {"df", "reads", "units" = |B|}.
 
       1. counts  c(i) = reads of slot i by the counted tokens

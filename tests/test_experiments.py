@@ -8,7 +8,7 @@ import analyses
 import experiments
 from conftest import TINY_MODEL
 from evaluate import qa_items
-from finetune import make_batch, batch_texts
+from facts import batch_texts, make_batch
 from sparse import background_stats
 from model import GPT, GPTConfig, load_checkpoint
 from train import TrainConfig, train

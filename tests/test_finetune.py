@@ -6,7 +6,8 @@ import torch
 
 from common import Diverged
 from conftest import TINY_MODEL
-from finetune import FinetuneConfig, batch_texts, main, make_batch, read_facts_file, resolve, run_stream
+from facts import batch_texts, make_batch, read_facts_file
+from finetune import FinetuneConfig, main, resolve, run_stream
 from lora import LoRALinear, add_lora, merge_lora
 from sparse import background_stats, fingerprint, load_or_compute_background, pretraining_units, slot_counts
 from model import GPT, GPTConfig, load_checkpoint

@@ -19,6 +19,7 @@ import model as model_module
 import train as train_module
 from common import Diverged
 from conftest import TINY_MODEL
+from facts import read_facts_file
 from model import GPTConfig, load_checkpoint, save_checkpoint
 from train import TrainConfig, train
 
@@ -410,7 +411,7 @@ def test_facts_file_text_problems_give_one_line_naming_file_and_line(trained, tm
                                  tmp_path / name, "--device", "cpu")
         assert f"{tmp_path / name} line 2" in message and problem in message
     (tmp_path / "bom.jsonl").write_text(GOOD + "\n", encoding="utf-8-sig")   # as Windows Notepad saves it
-    assert finetune.read_facts_file(str(tmp_path / "bom.jsonl"))[0]["answer"] == "Oakton."
+    assert read_facts_file(str(tmp_path / "bom.jsonl"))[0]["answer"] == "Oakton."
 
 
 def test_the_next_save_removes_what_a_killed_save_left(tmp_path):

@@ -17,6 +17,7 @@ LAYERS = [
     ["memory"],
     ["model"],                                    # the model and its checkpoints
     ["evaluate"],                                 # metrics
+    ["facts"],                                    # the facts a stream teaches, and their batches
     ["train"],
     ["lora", "sparse"],                           # the two methods' own parts
     ["finetune"],
