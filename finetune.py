@@ -167,7 +167,7 @@ def state_bytes(opt, row_opts):
 def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=None):
     """Finetune model in place on the stream of facts (in sparse mode with tfidf or kl ranking,
     or with max_df < 1, background holds each value table's background_stats). on_fact(n), if given, is called
-    after the n-th fact's last step (experiments.py measures learning curves with it).
+    after the n-th fact's last step (analyses.py measures learning curves with it).
     Returns the bytes of optimizer state kept."""
     if cfg.mode == "sparse" and cfg.max_df < 1 and background is None:
         raise ValueError("--max-df needs the background statistics")
