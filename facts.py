@@ -116,12 +116,18 @@ def warn_unseen_tokens(enc, facts, train_tokens):
               f"not be learned: " + "; ".join(odd[:3]) + ("; ..." if len(odd) > 3 else ""), file=sys.stderr)
 
 
-def make_batch(enc, texts, block_size):
+def make_batch(enc, texts, block_size, answer=None):
     """Rows "<|endoftext|> text", right-padded. x (B, L) tokens, y (B, L) targets with -1 on
-    padding, count (B, L) True on the text's own tokens, whose slot reads are counted: not the
-    padding, and not the leading separator, which reads the same slots in every row of every
-    fact (same token, position 0); TF-IDF would rank those as fact-specific and retrain them
-    for every fact, although every question prompt starts with them."""
+    padding, count (B, L) True on the tokens whose slot reads sparse finetuning counts:
+
+    - answer None (the paper): the text's own tokens; not the padding, and not the leading
+      separator, which reads the same slots in every row of every fact (same token, position 0):
+      TF-IDF would rank those as fact-specific and retrain them for every fact, although every
+      question prompt starts with them;
+    - answer given (--count answer): only the positions that predict the answer's tokens, in
+      each row that spells the answer (" <answer>", its final period included), none in a row
+      that does not. With the memory in the last block a slot read at a position changes only
+      that position's prediction, so these are the reads that can carry the fact."""
     eot = enc.eot_token
     rows = [[eot] + enc.encode(t) for t in texts]
     L = max(len(r) for r in rows)
@@ -130,8 +136,14 @@ def make_batch(enc, texts, block_size):
     x = torch.full((len(rows), L), eot, dtype=torch.long)
     y = torch.full((len(rows), L), -1, dtype=torch.long)
     count = torch.zeros((len(rows), L), dtype=torch.bool)
+    target = enc.encode(" " + answer) if answer is not None else None
     for i, r in enumerate(rows):
         x[i, :len(r)] = torch.tensor(r)
         y[i, :len(r) - 1] = torch.tensor(r[1:])
-        count[i, 1:len(r)] = True
+        if target is None:
+            count[i, 1:len(r)] = True
+            continue
+        start = next((j for j in range(1, len(r) - len(target) + 1) if r[j:j + len(target)] == target), None)
+        if start is not None:                          # r[start] is the answer's first token, predicted at start - 1
+            count[i, start - 1:start - 1 + len(target)] = True
     return x, y, count

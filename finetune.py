@@ -73,6 +73,7 @@ class FinetuneConfig:
     ranking: str = "tfidf"                 # sparse: tfidf | tf (raw access counts, the paper's ablation) | kl (README)
     rank_by: str = "batch"                 # sparse: batch (the paper) | sequence (score each row, keep a slot's best)
     max_df: float = 1.0                    # sparse: train no slot read in more than this share of background units (1 = off, the paper)
+    count: str = "all"                     # sparse: reads counted: all (every text token, the paper) | answer (where the answer is predicted)
     background_batches: int = 1000         # sparse: background units for document frequencies (paper: 1000)
     background_batch_size: int = 1         # sparse: windows of block_size tokens per background unit (README)
     lora_rank: int = 16                    # lora: rank r of each adapter
@@ -112,6 +113,8 @@ def resolve(cfg, model):
             raise ValueError(f"unknown --ranking {cfg.ranking!r}: use tfidf, tf or kl")
         if cfg.rank_by not in ("batch", "sequence"):
             raise ValueError(f"unknown --rank-by {cfg.rank_by!r}: use batch or sequence")
+        if cfg.count not in ("all", "answer"):
+            raise ValueError(f"unknown --count {cfg.count!r}: use all or answer")
         if not 0 < cfg.max_df <= 1:
             raise ValueError(f"--max-df is a share of the background units: between 0 (exclusive) and 1, not {cfg.max_df}")
         if cfg.background_batches < 1 or cfg.background_batch_size < 1:
@@ -183,7 +186,8 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
     try:
         with model.recording_slots():
             for n, fact in enumerate(facts, 1):
-                x, y, count = (t.to(device) for t in make_batch(enc, batch_texts(fact), model.config.block_size))
+                answer = fact["answer"] if cfg.count == "answer" else None
+                x, y, count = (t.to(device) for t in make_batch(enc, batch_texts(fact), model.config.block_size, answer))
                 for step in range(1, cfg.steps_per_fact + 1):
                     _, loss = model(x, y)                                  # 1. forward (records the slots read)
                     if not torch.isfinite(loss):

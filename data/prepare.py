@@ -176,12 +176,12 @@ def stage_tokenizer(cfg):
     record(cfg, "tokenizer", done=False)
     with open(os.path.join(cfg.out_dir, "train.txt"), "r", encoding="utf-8") as f:
         text = f.read()
-    # Invented names are left out of the merge statistics and their syllables put in: every
-    # name, old or new, is then spelled in the same syllable tokens, so a new name is as
-    # readable to the model as an old one (no name becomes one opaque token).
-    syllables = [p + s for s in kworld.SYLLABLES for p in ("", " ")]
-    syllables += [p + s.capitalize() for s in kworld.SYLLABLES for p in ("", " ")]
-    counts = word_counts(text, exclude=world_of(cfg).invented, pieces=syllables)
+    # Invented names are left out of the merge statistics and their syllables (and the towns'
+    # endings) put in: every name, old or new, is then spelled in the same few tokens, so a new
+    # name is as readable to the model as an old one (no name becomes one opaque token).
+    pieces = [p + s for s in kworld.SYLLABLES for p in ("", " ")]
+    pieces += [p + s.capitalize() for s in kworld.SYLLABLES for p in ("", " ")] + kworld.TOWN_ENDS
+    counts = word_counts(text, exclude=world_of(cfg).invented, pieces=pieces)
     ranks = train_bpe(counts, cfg.vocab_size)
     save_ranks(path, ranks)
     record(cfg, "tokenizer", done=True)

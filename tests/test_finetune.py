@@ -41,6 +41,24 @@ def test_slot_counts_ignore_padding_and_the_separator(trained):
     assert torch.equal(batch, alone)
 
 
+class Chars:
+    """A stand-in encoding: one token per character (its code); <|endoftext|> is token 0."""
+    eot_token = 0
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+
+def test_count_answer_counts_only_the_positions_that_predict_the_answer():
+    texts = ["Tom is in Rome.", "Q: Where is Tom? A: Rome.", "Tom ran."]    # the last row never says the answer
+    x, y, count = make_batch(Chars(), texts, 64, answer="Rome.")
+    for row, text in zip(range(3), texts):
+        predicted = "".join(chr(t) for t in y[row][count[row]].tolist())
+        assert predicted == (" Rome." if "Rome" in text else "")          # the answer's tokens, space and period
+        assert count[row].sum() == len(predicted)
+    assert torch.equal(make_batch(Chars(), texts, 64)[2], make_batch(Chars(), texts, 64, answer=None)[2])
+
+
 def test_lora_starts_at_the_base_and_merges_exactly():
     model = tiny_model()
     x = torch.randint(0, 60, (2, 16))
@@ -227,7 +245,7 @@ def test_bad_options_give_one_line_errors(trained, tmp_path):
     ckpt = os.path.join(cfg.out_dir, "ckpt.pt")
     for args, message in [(["--mode", "partial"], "unknown --mode"), (["--optimizer", "rmsprop"], "unknown --optimizer"),
                           (["--top-t", "0"], "--top-t must be between 1"), (["--top-t", "1000"], "--top-t must be between 1"),
-                          (["--max-df", "0"], "--max-df is a share"), (["--max-df", "1.5"], "--max-df is a share"),
+                          (["--max-df", "0"], "--max-df is a share"), (["--max-df", "1.5"], "--max-df is a share"), (["--count", "everything"], "unknown --count"),
                           (["--facts", "5000"], "the corpus has 1000 new facts"),
                           (["--facts-file", str(tmp_path / "none.jsonl")], "does not exist"),
                           (["--checkpoint", str(tmp_path / "none.pt")], "does not exist")]:
