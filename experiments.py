@@ -15,6 +15,8 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py max-df        # never train slots that many background units read (beyond the paper)
     python experiments.py long          # sparse: a stream of 500 facts, then 500 more (--facts 1000: 1000 + 1000)
     python experiments.py real-text     # pretrain on real TinyStories text, then full vs LoRA vs sparse
+    python experiments.py layouts       # pretrain other memory layouts (heads x top-k, slots, placement), then sparse
+    python experiments.py worlds        # pretrain on other knowledge worlds (closed answers, more people), then sparse
     python experiments.py topt --facts 1000 --steps-per-fact 1   # the paper-sized stream
 
 Every run starts from the same pretrained checkpoint (out/ckpt.pt; made first if missing),
@@ -35,7 +37,7 @@ from analyses import ANALYSES, setup
 from common import ROOT, Diverged, check_writable, keep_freed_memory, write_json
 from data.prepare import DataConfig, prepare
 from facts import batch_texts, make_batch
-from model import GPTConfig
+from model import GPTConfig, load_checkpoint
 from sparse import background_stats
 from train import TrainConfig, train
 
@@ -81,7 +83,8 @@ def line(name, r):
     unseen = r["unseen_acc"]
     return (f"{name:<26} learned {r['learned_acc']:.3f}  unseen phrasing {'-' if unseen is None else f'{unseen:.3f}'}  "
             f"background {r['background_acc_before']:.3f} -> {r['background_acc_after']:.3f} (drop {r['background_drop']:.1%})  "
-            f"val loss {r['val_loss_before']:.4f} -> {r['val_loss_after']:.4f}  [{r['seconds']:.0f}s]")
+            f"skill drop {r['skill_drop']:.1%}  val loss {r['val_loss_before']:.4f} -> {r['val_loss_after']:.4f}  "
+            f"[{r['seconds']:.0f}s]")
 
 
 def fact_units(enc, facts, block_size):
@@ -128,28 +131,58 @@ def sweep(args, runs, key, field):
 
 
 SHARED_TINYSTORIES = os.path.join(ROOT, "..", "shared", "data", "tinystories", "tinystories_v1_train_head_2MiB.txt")
+SPARSE_LRS = [{"lr": 20}, {"lr": 50}]
+
+# Experiments that pretrain their own models: per variant (its folder, a label, the corpus
+# settings and the model settings that differ from the defaults), then the same runs on each.
+VARIANTS = {
+    "layouts": ([("h2k16", "2 heads x top-16", {}, {"mem_heads": 2, "mem_topk": 16}),
+                 ("h4k8", "4 heads x top-8", {}, {"mem_heads": 4, "mem_topk": 8}),
+                 ("h4k16", "4 heads x top-16", {}, {"mem_heads": 4, "mem_topk": 16}),
+                 ("h8k4", "8 heads x top-4", {}, {"mem_heads": 8, "mem_topk": 4}),
+                 ("block2", "memory in block 2 of 4", {}, {"memory_layers": (2,)}),
+                 ("k512", "262,144 slots", {}, {"mem_n_keys": 512})], SPARSE_LRS),
+    "worlds": ([("open", "open answers (default)", {}, {}),
+                ("closed", "closed: 15 answers a relation", {"world": "closed"}, {}),
+                ("people500", "500 people, 60 documents each", {"n_people": 500, "n_towns": 60, "n_animals": 60,
+                                                                 "fact_repeats": 60}, {})], SPARSE_LRS),
+    "real-text": ([("tinystories", "TinyStories text", {"source": "tinystories"}, {})],
+                  [{"mode": m} for m in ("full", "lora", "sparse")]),
+}
 
 
-def real_text(args):
-    """Prepare a corpus of real TinyStories text (with the same background-fact documents),
-    pretrain the default model on it, then run full, LoRA and sparse on its new facts."""
-    data = DataConfig(source="tinystories", out_dir=os.path.join(ROOT, "data", "tinystories"),
-                      tinystories_file=args.tinystories_file)
-    ckpt = os.path.join(ROOT, "out", "tinystories", "ckpt.pt")
+def pretrained(folder, data, model, args):
+    """The checkpoint of the default training run on a corpus and a model that differ from the
+    defaults by `data` and `model`; the corpus is prepared and the model trained if missing."""
+    ckpt = os.path.join(ROOT, "out", "variants", folder, "ckpt.pt")
     if not os.path.exists(ckpt):
-        prepare(data)
-        print(f"pretraining the default model on {data.out_dir} -> {ckpt} (about 5 min on 2 CPU cores)")
-        train(TrainConfig(data_dir=data.out_dir, out_dir=os.path.dirname(ckpt), device=args.device), GPTConfig())
-    args.checkpoint = ckpt
-    runs, key, field = SWEEPS["compare"]
-    out = sweep(args, runs(), key, field)
-    return {**out, "corpus": data.out_dir, "tinystories_file": args.tinystories_file}
+        corpus = DataConfig(**data)
+        if data:                                                        # its own corpus beside the default one
+            corpus.out_dir = os.path.join(ROOT, "data", "variants", folder)
+        if corpus.source == "tinystories":
+            corpus.tinystories_file = args.tinystories_file
+        prepare(corpus)
+        print(f"pretraining {folder} on {corpus.out_dir} -> {ckpt} (about 6 min on 2 CPU cores)", flush=True)
+        train(TrainConfig(data_dir=corpus.out_dir, out_dir=os.path.dirname(ckpt), device=args.device), GPTConfig(**model))
+    return ckpt
+
+
+def variants(args, name):
+    """Pretrain each variant (or reuse its checkpoint), then run the same runs on each."""
+    out = {}
+    variants_, runs = VARIANTS[name]
+    for folder, label, data, model in variants_:
+        args.checkpoint = pretrained(folder, data, model, args)
+        print(f"{label}:", flush=True)
+        out[label] = sweep(args, runs, "mode", "lr" if name != "real-text" else "mode")
+        out[label]["pretraining"] = load_checkpoint(args.checkpoint)[2]["metrics"]
+    return {"variants": out}
 
 
 def sweep_figure(plt, name, data):
     """Learned against forgotten (and against the val loss change), a line per group of runs."""
-    key, field = SWEEPS["compare" if name == "real-text" else name][1:]
-    panels = 2 if name in ("compare", "pareto", "real-text") else 1
+    key, field = SWEEPS[name][1:]
+    panels = 2 if name in ("compare", "pareto") else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), squeeze=False)
     groups = {}
     for r in data["results"]:
@@ -172,11 +205,31 @@ def sweep_figure(plt, name, data):
     return fig
 
 
+def variants_figure(plt, name, data):
+    """Learned against forgotten, a line per pretrained variant over its runs."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, v in data["variants"].items():
+        rs = v["results"]
+        ax.plot([r["background_drop"] * 100 for r in rs], [r["learned_acc"] * 100 for r in rs], "o-", label=label)
+        for r in rs:
+            ax.annotate(point(r["run"], "mode" if name == "real-text" else "lr"), (r["background_drop"] * 100,
+                        r["learned_acc"] * 100), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xlabel("forgotten: drop in background-fact accuracy (%)")
+    ax.set_ylabel("learned: new-fact accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def plot(name, data, path, title):
     import matplotlib
     matplotlib.use("Agg")                                              # files only, no display needed
     import matplotlib.pyplot as plt
-    fig = ANALYSES[name][1](plt, data) if name in ANALYSES else sweep_figure(plt, name, data)
+    if name in ANALYSES:
+        fig = ANALYSES[name][1](plt, data)
+    else:
+        fig = variants_figure(plt, name, data) if name in VARIANTS else sweep_figure(plt, name, data)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -185,7 +238,7 @@ def plot(name, data, path, title):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiment", choices=sorted([*SWEEPS, *ANALYSES, "real-text"]))
+    p.add_argument("experiment", choices=sorted([*SWEEPS, *ANALYSES, *VARIANTS]))
     p.add_argument("--checkpoint", default=ft.DEFAULT_CHECKPOINT, help="pretrained model (made first if it is the default and missing)")
     p.add_argument("--facts", type=int, default=None, help="new facts in the stream (default 50; long: 500 in each of "
                    "its two streams), which keeps each experiment under 15 min on 2 CPU cores")
@@ -207,8 +260,8 @@ def main(argv=None):
         check_writable(path + ".json", f"--out-dir {args.out_dir}: its results")   # before any work
         if args.experiment in ANALYSES:
             data = ANALYSES[args.experiment][0](args)
-        elif args.experiment == "real-text":
-            data = real_text(args)
+        elif args.experiment in VARIANTS:
+            data = variants(args, args.experiment)
         else:
             runs, key, field = SWEEPS[args.experiment]
             data = sweep(args, runs(), key, field)

@@ -123,3 +123,23 @@ def test_facts_below_one_are_refused_before_any_work(tmp_path, monkeypatch, name
         with pytest.raises(SystemExit) as e:
             experiments.main([name, "--facts", n, "--out-dir", str(tmp_path), "--device", "cpu"])
         assert str(e.value) == f"error: --facts must be at least 1, not {n}"
+
+
+def test_a_variant_gets_its_own_corpus_and_model_and_reuses_its_checkpoint(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(experiments, "ROOT", str(tmp_path))
+    monkeypatch.setattr(experiments, "prepare", lambda cfg: calls.append(("prepare", cfg)))
+    monkeypatch.setattr(experiments, "train", lambda cfg, mcfg: calls.append(("train", cfg, mcfg)))
+    args = type("Args", (), {"device": "cpu", "tinystories_file": ""})()
+    ckpt = experiments.pretrained("few", {"n_people": 5}, {"mem_heads": 8, "mem_topk": 4}, args)
+    (_, corpus), (_, run, model) = calls
+    assert corpus.n_people == 5 and corpus.out_dir == str(tmp_path / "data" / "variants" / "few")
+    assert run.data_dir == corpus.out_dir and ckpt == str(tmp_path / "out" / "variants" / "few" / "ckpt.pt")
+    assert run.out_dir == os.path.dirname(ckpt) and (model.mem_heads, model.mem_topk) == (8, 4)
+    assert model.n_embd == GPTConfig().n_embd                         # everything else is the default
+    experiments.pretrained("same", {}, {}, args)
+    assert calls[2][1].out_dir.endswith(os.path.join("data", "generated"))   # no corpus change: the default corpus
+    os.makedirs(os.path.dirname(ckpt), exist_ok=True)
+    open(ckpt, "wb").close()
+    calls.clear()
+    assert experiments.pretrained("few", {"n_people": 5}, {}, args) == ckpt and calls == []   # reused
