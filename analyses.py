@@ -19,7 +19,7 @@ import torch
 import finetune as ft
 from common import pick_device
 from data.prepare import DataConfig, new_fact_entries, seen_tokens
-from evaluate import corpus_facts, qa_accuracy, qa_correct, qa_items
+from evaluate import corpus_facts, first_wrong_tokens, qa_accuracy, qa_correct, qa_items
 from facts import batch_texts, check_lengths, make_batch, stream_facts
 from model import checkpoint_corpus, checkpoint_train_tokens
 from sparse import choose_rows, load_or_compute_background, slot_counts
@@ -242,7 +242,8 @@ def memory_off(model):
 def forgetting(args):
     """Where the forgetting goes. Before finetuning: background-fact accuracy with the memory
     layers' output set to zero (how much of it the memory carries). Then a sparse stream at
-    finetune.py's defaults, and for each background question it breaks: what does the model
+    finetune.py's defaults, and for each background question it breaks: which answer token
+    went wrong first (the first, a middle one, or the final period), and what does the model
     now answer, exactly: an answer the stream taught for the same relation, another answer of
     that relation, or neither? For comparison, how many taught answers chance would give: each
     broken question that now gives an answer of its relation, with that answer drawn at random
@@ -257,6 +258,11 @@ def forgetting(args):
     cfg = ft.resolve(base_cfg, model)
     ft.run_stream(cfg, model, enc, facts, load_or_compute_background(cfg, model, ckpt, device), quiet=True)
     after = qa_correct(model, enc, items, device)
+    broken = [item for item, b, a in zip(items, before, after) if b and not a]
+    where = {"first token": 0, "a middle token": 0, "the final period": 0}     # the first answer token now wrong
+    for (prompt, answer), wrong in zip(broken, first_wrong_tokens(model, enc, broken, device)):
+        last = len(enc.encode(answer)) - 1
+        where["first token" if wrong == 0 else "the final period" if wrong == last else "a middle token"] += 1
     taught, answers = {}, {}                                           # relation -> answers taught / all its answers
     for entry in corpus["new"][:len(facts)]:
         taught.setdefault(entry["relation"], set()).add(entry["answer"])
@@ -282,6 +288,7 @@ def forgetting(args):
     print(f"after {len(facts)} facts (sparse, lr {cfg.lr:g}, t = {cfg.top_t}): {acc_after:.3f}; "
           f"{total['broken']} questions broken; now {total['now_a_taught_answer']} give an answer taught for the same "
           f"relation ({total['taught_by_chance']:.1f} by chance), {total['now_an_untaught_answer']} another answer of it")
+    print("first answer token that went wrong: " + ", ".join(f"{k} {v}" for k, v in where.items()))
     for r, row in per_relation.items():
         print(f"  {r:<8} answered before {row['answered_before']:>4}  broken {row['broken']:>3}  now a taught answer "
               f"{row['now_a_taught_answer']:>3} (by chance {row['taught_by_chance']:4.1f})  "
@@ -290,7 +297,7 @@ def forgetting(args):
         row.update(answers=len(answers[r]), taught=len(taught.get(r, ())))
     return {"lr": cfg.lr, "top_t": cfg.top_t, "background_before": acc_before,
             "background_after": acc_after, "background_without_memory": without_memory,
-            **total, "per_relation": per_relation}
+            "first_wrong_token": where, **total, "per_relation": per_relation}
 
 
 def forgetting_figure(plt, data):

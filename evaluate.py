@@ -83,11 +83,17 @@ def qa_accuracy(model, enc, items, device):
     return sum(correct) / max(len(correct), 1)
 
 
-@torch.no_grad()
 def qa_correct(model, enc, items, device, batch_size=128):
     """For each (prompt, answer) pair: does greedy decoding produce exactly the answer?"""
+    return [wrong is None for wrong in first_wrong_tokens(model, enc, items, device, batch_size)]
+
+
+@torch.no_grad()
+def first_wrong_tokens(model, enc, items, device, batch_size=128):
+    """For each (prompt, answer) pair: the index of the first answer token that greedy decoding
+    gets wrong, or None when it produces the whole answer."""
     eot = enc.encode(EOT, allowed_special={EOT})
-    correct = []
+    wrong = []
     for i in range(0, len(items), batch_size):
         chunk = [(eot + enc.encode(p), enc.encode(a)) for p, a in items[i:i + batch_size]]
         L = max(len(p) + len(a) for p, a in chunk)
@@ -97,10 +103,11 @@ def qa_correct(model, enc, items, device, batch_size=128):
             x[r, :len(p) + len(a)] = torch.tensor(p + a)
             y[r, len(p) - 1:len(p) + len(a) - 1] = torch.tensor(a)   # predict each answer token
         logits, _ = model(x.to(device))
-        pred = logits.argmax(-1).cpu()
-        mask = y >= 0
-        correct += ((pred == y) | ~mask).all(dim=1).tolist()
-    return correct
+        miss = (logits.argmax(-1).cpu() != y) & (y >= 0)              # (B, L) answer tokens predicted wrong
+        for r, (p, _) in enumerate(chunk):
+            at = miss[r].nonzero()
+            wrong.append(int(at[0]) - (len(p) - 1) if len(at) else None)
+    return wrong
 
 
 SENTENCE_END = re.compile(r'(?<=[.!?])["\u201d]?\s+(?=["\u201c]?[A-Z])')

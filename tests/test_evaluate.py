@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from evaluate import EOT, qa_accuracy, qa_correct, skill_accuracy, story_endings
+from evaluate import EOT, first_wrong_tokens, qa_accuracy, qa_correct, skill_accuracy, story_endings
 
 
 class Chars:
@@ -28,6 +28,7 @@ def test_exact_match_needs_every_answer_token_and_only_those():
              ("Q: Who? A:", " Tom")]               # right: greedy decoding starts with these tokens
     assert qa_correct(knows_tom, Chars(), items, "cpu", batch_size=3) == [True, False, False, True]
     assert qa_accuracy(knows_tom, Chars(), items, "cpu") == 0.5
+    assert first_wrong_tokens(knows_tom, Chars(), items, "cpu", batch_size=3) == [None, 2, 4, None]   # " Ti", "!"
 
 
 class CharsText(Chars):
