@@ -22,16 +22,27 @@ Benchmarks that print figures for this machine (not tests; nothing here asserts 
    device, the step split into forward, backward and optimizers, the peak GPU memory, and
    the value gather's memory bandwidth
 
+    python bench.py --classroom
+
+8. instead of 1-7: the classroom demo, python finetune.py --mode sparse --preset classroom, as a
+   user runs it (a fresh Python process), in a copy of the project's code in a temporary folder:
+   once from scratch (corpus, pretraining, background statistics, the three streams) and once
+   more with all of that cached (the streams only); wall time of each, and the table it printed
+
 Every time in sections 1-5 and 7 is the median of single calls after a warm-up call: this
 shared CPU's speed varies from minute to minute, and the median ignores the slow outliers.
-Section 6 is the mean step of a whole 100-step stream, setup included, as a user sees it.
+Section 6 is the mean step of a whole 100-step stream, setup included, as a user sees it;
+section 8 one run of each, as a user sees it (on a shared CPU, run it twice).
 """
 
 import argparse
 import os
 import resource
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -241,6 +252,25 @@ def gather_bandwidth(device, r, batch):
     return moved / t / 1e9
 
 
+def classroom_demo():
+    """Section 8: (seconds from scratch, seconds cached, the cold run's output) of the classroom
+    demo, run as a user runs it in a copy of the project's code (no corpus, no checkpoint)."""
+    command = [sys.executable, "finetune.py", "--mode", "sparse", "--preset", "classroom"]
+    skip = shutil.ignore_patterns(".*", "__pycache__", "out", "generated", "classroom", "tinystories", "docs", "tests")
+    with tempfile.TemporaryDirectory(prefix="classroom-") as tmp:
+        copy = os.path.join(tmp, "project")
+        shutil.copytree(ROOT, copy, ignore=skip)
+        times, outputs = [], []
+        for _ in range(2):
+            t = time.perf_counter()
+            run = subprocess.run(command, cwd=copy, capture_output=True, text=True)
+            times.append(time.perf_counter() - t)
+            if run.returncode:
+                raise RuntimeError(f"the classroom demo failed: {(run.stderr.strip().splitlines() or [''])[-1]}")
+            outputs.append(run.stdout)
+    return times[0], times[1], outputs[0]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -250,6 +280,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto", help="with --large: auto | cpu | cuda | mps")
     p.add_argument("--batch-size", type=int, default=32, help="with --large: sequences of 128 tokens per step")
     p.add_argument("--compile", action="store_true", help="with --large: torch.compile the model")
+    p.add_argument("--classroom", action="store_true", help="only section 8, the classroom demo from scratch and cached")
     args = p.parse_args(argv)
     r = 2 if args.quick else 5
     if not args.glibc_default:
@@ -257,6 +288,17 @@ def main(argv=None):
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads"
           + (", glibc's default malloc settings" if args.glibc_default else ", freed memory kept (common.keep_freed_memory)"))
+    if args.classroom:
+        print(f"\n8. the classroom demo: python finetune.py --mode sparse --preset classroom, in a fresh copy of the code")
+        try:
+            cold, cached, output = classroom_demo()
+        except (OSError, RuntimeError) as e:
+            sys.exit(f"error: {e}")
+        print(f"   from scratch (corpus, pretraining, background statistics, streams): {cold:.0f} s")
+        print(f"   again, corpus and checkpoint cached: {cached:.0f} s")
+        print("   its table:\n" + "\n".join("   " + line for line in output.splitlines()
+                                            if line.startswith(("stream ", "new ", "step "))))
+        return
     if args.large:
         try:
             device = pick_device(args.device)

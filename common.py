@@ -23,9 +23,10 @@ import torch
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def config_parser(description, *dataclasses, skip=()):
+def config_parser(description, *dataclasses, skip=(), presets=None):
     """argparse over the fields of the given dataclasses; each option's help is the comment
-    beside its default in the dataclass's source."""
+    beside its default in the dataclass's source. presets: {name: {field: value}}, offered as
+    --preset NAME, whose help lists the options each preset changes (parse_args applies it)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     for dc in dataclasses:
         comments = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(dc), re.M))
@@ -42,7 +43,38 @@ def config_parser(description, *dataclasses, skip=()):
                                f"(default: {','.join(map(str, f.default))})")
             else:
                 p.add_argument(name, type=type(f.default), default=f.default, help=f"{text} (default: {f.default})")
+    if presets:
+        changes = {k: "; ".join(preset_changes(p, v)) for k, v in presets.items()}
+        p.add_argument("--preset", choices=sorted(presets), default="", help="a named set of settings, each given "
+                       "in full, so that later changes of the defaults do not move it; an option given on the "
+                       "command line still wins. " + " ".join(f"{k}: {v}." for k, v in changes.items()).replace("%", "%%"))
     return p
+
+
+def preset_changes(p, preset):
+    """The options of parser p that preset sets to another value than p's default, as --name value."""
+    def show(k, v):
+        name = k.replace("_", "-")
+        if isinstance(v, bool):
+            return f"--{name}" if v else f"--no-{name}"
+        if isinstance(v, tuple):
+            v = ",".join(map(str, v)) or '""'
+        elif isinstance(v, str) and v.startswith(ROOT + os.sep):
+            v = os.path.relpath(v, ROOT)                # a project path, as the user would type it
+        return f"--{name} {v}"
+    defaults = vars(p.parse_args([]))
+    return [show(k, v) for k, v in preset.items() if k in defaults and defaults[k] != v]
+
+
+def parse_args(p, argv=None, presets=None):
+    """The options of argv, parsed by p. With --preset NAME the preset's settings become the
+    defaults first, so an option given on the command line still wins over the preset (argv
+    is read twice: once to find --preset, then with the preset's defaults)."""
+    name = p.parse_known_args(argv)[0].preset if presets else ""
+    if name:
+        defaults = vars(p.parse_args([]))
+        p.set_defaults(**{k: v for k, v in presets[name].items() if k in defaults})
+    return p.parse_args(argv)
 
 
 def split(args, dc):

@@ -17,6 +17,7 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py real-text     # pretrain on real TinyStories text, then full vs LoRA vs sparse
     python experiments.py layouts       # pretrain other memory layouts (heads x top-k, slots, placement), then sparse
     python experiments.py worlds        # pretrain on other knowledge worlds (closed answers, more people), then sparse
+    python experiments.py course        # the course's exercises on the classroom model, pretrained with 3 seeds
     python experiments.py topt --facts 1000 --steps-per-fact 1   # the paper-sized stream
 
 Every run starts from the same pretrained checkpoint (out/ckpt.pt; made first if missing),
@@ -37,9 +38,9 @@ from analyses import ANALYSES, setup
 from common import ROOT, Diverged, check_writable, keep_freed_memory, write_json
 from data.prepare import DataConfig, prepare
 from facts import batch_texts, make_batch
-from model import GPTConfig, load_checkpoint
+from model import CLASSROOM_MODEL, GPTConfig, load_checkpoint
 from sparse import background_stats
-from train import TrainConfig, train
+from train import CLASSROOM_TRAIN, TrainConfig, train
 
 T_SWEEP = (25, 50, 100, 200, 500, 1000)
 LRS = {"full": (3e-6, 1e-5, 3e-5, 1e-4), "lora": (3e-5, 1e-4, 3e-4, 1e-3), "sparse": (10, 20, 50, 100, 200)}
@@ -179,6 +180,44 @@ def variants(args, name):
     return {"variants": out}
 
 
+# The course's exercises (docs/COURSE.md) as runs of finetune.py --preset classroom, on the
+# classroom model pretrained with three seeds, so that the course gives each result as a range.
+COURSE_SEEDS = (1337, 1, 2)
+COURSE_RUNS = [("the demo", {}), ("lr 50", {"lr": 50.0}), ("lr 200", {"lr": 200.0}),
+               ("full", {"mode": "full"}), ("lora", {"mode": "lora"}), ("tf ranking", {"ranking": "tf"}),
+               ("t=16", {"top_t": 16}), ("t=256", {"top_t": 256}), ("max-df 0.1", {"max_df": 0.1})]
+
+
+def course(args):
+    """Each of COURSE_RUNS with the classroom preset's settings, on each seed's classroom model
+    (the preset's own checkpoint for its seed, out/classroom-seed<N>/ for the others; each
+    pretrained if missing, about 50 s), then the range of each run's results over the seeds."""
+    preset = {k: ft.CLASSROOM_FINETUNE[k] for k in ("facts", "steps_per_fact", "top_t", "background_batches")}
+    args.facts, args.steps_per_fact = preset["facts"], preset["steps_per_fact"]
+    out, names = {}, [name for name, _ in COURSE_RUNS]
+    for seed in COURSE_SEEDS:
+        folder = "classroom" if seed == CLASSROOM_TRAIN["seed"] else f"classroom-seed{seed}"
+        tcfg = TrainConfig(**{**CLASSROOM_TRAIN, "seed": seed, "out_dir": os.path.join(ROOT, "out", folder), "device": args.device})
+        args.checkpoint = os.path.join(tcfg.out_dir, "ckpt.pt")
+        if not os.path.exists(args.checkpoint):
+            train(tcfg, GPTConfig(**CLASSROOM_MODEL), quiet=True)
+        runs = []
+        for _, run in COURSE_RUNS:
+            mode = run.get("mode", "sparse")
+            runs.append({**preset, "mode": mode, "lr": ft.CLASSROOM_LR[(mode, "sgd" if mode == "sparse" else "adamw")], **run})
+        print(f"pretraining seed {seed}:", flush=True)
+        out[f"seed {seed}"] = sweep(args, runs, "mode", "lr")
+        out[f"seed {seed}"]["pretraining"] = load_checkpoint(args.checkpoint)[2]["metrics"]
+    print(f"\nrange over the {len(COURSE_SEEDS)} pretraining seeds (new facts stream, {args.facts} facts):")
+    for i, name in enumerate(names):
+        rs = [v["results"][i] for v in out.values() if len(v["results"]) == len(names)]
+        if rs:
+            span = lambda key, scale=1: f"{min(r[key] for r in rs) * scale:.2f}-{max(r[key] for r in rs) * scale:.2f}"
+            print(f"  {name:<12} learned {span('learned_acc')}  unseen {span('unseen_acc')}  "
+                  f"background drop {span('background_drop', 100)}%  val loss {span('val_loss_after')}")
+    return {"variants": out}
+
+
 def sweep_figure(plt, name, data):
     """Learned against forgotten (and against the val loss change), a line per group of runs."""
     key, field = SWEEPS[name][1:]
@@ -210,7 +249,8 @@ def variants_figure(plt, name, data):
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for label, v in data["variants"].items():
         rs = v["results"]
-        ax.plot([r["background_drop"] * 100 for r in rs], [r["learned_acc"] * 100 for r in rs], "o-", label=label)
+        ax.plot([r["background_drop"] * 100 for r in rs], [r["learned_acc"] * 100 for r in rs],
+                "o" if name == "course" else "o-", label=label)
         for r in rs:
             ax.annotate(point(r["run"], "mode" if name == "real-text" else "lr"), (r["background_drop"] * 100,
                         r["learned_acc"] * 100), textcoords="offset points", xytext=(4, 3), fontsize=7)
@@ -229,7 +269,7 @@ def plot(name, data, path, title):
     if name in ANALYSES:
         fig = ANALYSES[name][1](plt, data)
     else:
-        fig = variants_figure(plt, name, data) if name in VARIANTS else sweep_figure(plt, name, data)
+        fig = variants_figure(plt, name, data) if name in VARIANTS or name == "course" else sweep_figure(plt, name, data)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -238,7 +278,7 @@ def plot(name, data, path, title):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiment", choices=sorted([*SWEEPS, *ANALYSES, *VARIANTS]))
+    p.add_argument("experiment", choices=sorted([*SWEEPS, *ANALYSES, *VARIANTS, "course"]))
     p.add_argument("--checkpoint", default=ft.DEFAULT_CHECKPOINT, help="pretrained model (made first if it is the default and missing)")
     p.add_argument("--facts", type=int, default=None, help="new facts in the stream (default 50; long: 500 in each of "
                    "its two streams), which keeps each experiment under 15 min on 2 CPU cores")
@@ -262,6 +302,8 @@ def main(argv=None):
             data = ANALYSES[args.experiment][0](args)
         elif args.experiment in VARIANTS:
             data = variants(args, args.experiment)
+        elif args.experiment == "course":
+            data = course(args)
         else:
             runs, key, field = SWEEPS[args.experiment]
             data = sweep(args, runs(), key, field)

@@ -78,11 +78,17 @@ def batch_texts(fact):
     return fact["paraphrases"] + ["".join(qa_pair(q, fact["answer"])) for q in fact["questions"]]
 
 
+def fact_lines(fact):
+    """Every line the model reads for a stream fact: the lines it is trained on, and its unseen
+    phrasing as it is scored ("Q: <question> A: <answer>")."""
+    heldout = fact["heldout_question"]
+    return batch_texts(fact) + (["".join(qa_pair(heldout, fact["answer"]))] if heldout else [])
+
+
 def check_lengths(enc, facts, block_size):
     """Every trained line and every scored question must fit the model's context."""
     for f in facts:
-        lines = batch_texts(f) + (["".join(qa_pair(f["heldout_question"], f["answer"]))] if f["heldout_question"] else [])
-        for t in lines:
+        for t in fact_lines(f):
             n = 1 + len(enc.encode(t))                                 # with the leading separator
             if n > block_size:
                 raise ValueError(f"{f.get('where', 'a fact')}: {t[:40]!r}... is {n} tokens, more than the "
@@ -107,8 +113,7 @@ def warn_unseen_tokens(enc, facts, train_tokens):
     seen = np.bincount(train_tokens, minlength=enc.n_vocab) > 0
     odd = []
     for f in facts:
-        texts = batch_texts(f) + ([f["heldout_question"]] if f["heldout_question"] else [])
-        pieces = sorted({p for t in texts for p in unseen_pieces(enc, t, seen)})
+        pieces = sorted({p for t in fact_lines(f) for p in unseen_pieces(enc, t, seen)})
         if pieces:
             odd.append(f"{f['where']} ({', '.join(map(repr, pieces))})")
     if odd:

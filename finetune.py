@@ -3,6 +3,7 @@ Teach a pretrained memory model new facts in a stream, and measure what it learn
 what it forgets (sparse memory finetuning: Lin et al. 2025, arXiv:2510.15103).
 
     python finetune.py --mode sparse                 # the demo (pretrains first if out/ckpt.pt is missing)
+    python finetune.py --mode sparse --preset classroom   # the same on a small model, about 1 minute (docs/COURSE.md)
     python finetune.py --mode full --optimizer adamw --lr 1e-4
     python finetune.py --mode lora --lora-rank 16
     python finetune.py --facts-file my_facts.jsonl   # teach your own facts
@@ -40,18 +41,19 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm import tqdm
 
-from common import Diverged, check_range, check_writable, config_parser, keep_freed_memory, pick_device, split, write_json
+from common import (Diverged, check_range, check_writable, config_parser, keep_freed_memory, parse_args, pick_device,
+                    split, write_json)
 from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair, story_endings
 from facts import batch_texts, check_lengths, make_batch, stream_facts, warn_unseen_tokens
 from lora import add_lora, merge_lora
-from model import GPTConfig, checkpoint_corpus, checkpoint_train_tokens, load_checkpoint, save_checkpoint
+from model import CLASSROOM_MODEL, GPTConfig, checkpoint_corpus, checkpoint_train_tokens, load_checkpoint, save_checkpoint
 from sparse import RowOptimizer, choose_rows, load_or_compute_background, memory_tables, table_reads
-from train import TrainConfig, train
+from train import CLASSROOM_TRAIN, TrainConfig, train
 
 DEFAULT_CHECKPOINT = os.path.join(TrainConfig.out_dir, "ckpt.pt")
 # Learning rates chosen by the sweeps in the README ("Choosing the learning rates"); other
@@ -60,12 +62,24 @@ DEFAULT_LR = {("sparse", "sgd"): 50.0, ("sparse", "adamw"): 0.03,
               ("full", "adamw"): 1e-5, ("lora", "adamw"): 1e-4}
 
 
+# The classroom preset (python finetune.py --preset classroom; docs/COURSE.md): the demo on the
+# classroom model (train.py's CLASSROOM_TRAIN, pretrained first if missing), 30 new facts and 15
+# of each generalisation set, with learning rates from the classroom's own sweep (CLASSROOM_LR;
+# docs/COURSE.md, exercise 1). Every field is named, so a later change of the defaults does not move it.
+CLASSROOM_FINETUNE = dict(checkpoint=os.path.join(CLASSROOM_TRAIN["out_dir"], "ckpt.pt"), mode="sparse", optimizer="",
+                          lr=0.0, facts=30, facts_file="", steps_per_fact=10, top_t=64, ranking="tfidf",
+                          rank_by="batch", max_df=1.0, count="all", background_batches=200,
+                          background_batch_size=1, lora_rank=16, lora_alpha=32.0, weight_decay=0.0, seed=1337,
+                          device="auto", json="", out="", quiet=False, set_facts=15)
+CLASSROOM_LR = {("sparse", "sgd"): 100.0, ("full", "adamw"): 1e-4, ("lora", "adamw"): 1e-4}
+
+
 @dataclass
 class FinetuneConfig:
     checkpoint: str = DEFAULT_CHECKPOINT   # pretrained model; the default one is trained first if missing
     mode: str = "sparse"                   # full | lora | sparse
     optimizer: str = ""                    # sgd | adamw; empty = sgd for sparse (paper), adamw otherwise
-    lr: float = 0.0                        # 0 = the sweep's choice for this mode and optimizer (README)
+    lr: float = 0.0                        # 0 = the sweep's choice for this mode and optimizer (README; --preset classroom: CLASSROOM_LR)
     facts: int = 100                       # new facts from the corpus's facts.json to stream (up to 1000)
     facts_file: str = ""                   # JSON Lines file of your own facts instead (format above)
     steps_per_fact: int = 10               # optimizer steps on each fact's batch (paper: 1, at 1.3B params)
@@ -90,16 +104,17 @@ class FinetuneConfig:
 # ----------------------------------------------------------------------------------------
 # the stream
 
-def resolve(cfg, model):
-    """Check the options against the model; fill in the defaults that depend on the mode."""
+def resolve(cfg, model, lrs=DEFAULT_LR):
+    """Check the options against the model; fill in the defaults that depend on the mode (the
+    learning rate from lrs: DEFAULT_LR, or a preset's)."""
     if cfg.mode not in ("full", "lora", "sparse"):
         raise ValueError(f"unknown --mode {cfg.mode!r}: use full, lora or sparse")
     cfg.optimizer = cfg.optimizer or ("sgd" if cfg.mode == "sparse" else "adamw")
     if cfg.optimizer not in ("sgd", "adamw"):
         raise ValueError(f"unknown --optimizer {cfg.optimizer!r}: use sgd or adamw")
-    if not cfg.lr and (cfg.mode, cfg.optimizer) not in DEFAULT_LR:
+    if not cfg.lr and (cfg.mode, cfg.optimizer) not in lrs:
         raise ValueError(f"no measured default learning rate for {cfg.mode} with {cfg.optimizer}; pass --lr")
-    cfg.lr = cfg.lr or DEFAULT_LR[(cfg.mode, cfg.optimizer)]
+    cfg.lr = cfg.lr or lrs[(cfg.mode, cfg.optimizer)]
     check_range(cfg, positive=("lr",), not_negative=("weight_decay",))
     if cfg.steps_per_fact < 1 or cfg.facts < 1 or cfg.set_facts < 0:
         raise ValueError("--steps-per-fact and --facts must be at least 1, --set-facts at least 0")
@@ -299,11 +314,18 @@ def show_examples(base, model, enc, facts, background, before, after, device, n=
 
 
 def load_base(cfg, device):
-    """The pretrained model: cfg.checkpoint, or the default model trained now if it is missing."""
-    if not os.path.exists(cfg.checkpoint) and os.path.abspath(cfg.checkpoint) == os.path.abspath(DEFAULT_CHECKPOINT):
+    """The pretrained model: cfg.checkpoint, or, if it is missing and is the default's or the
+    classroom preset's checkpoint, that model trained now."""
+    recipes = {os.path.abspath(DEFAULT_CHECKPOINT): ("the default model (python train.py, ~8 min on 2 CPU cores)",
+                                                     TrainConfig(), GPTConfig()),
+               os.path.abspath(CLASSROOM_FINETUNE["checkpoint"]): ("the classroom model (python train.py --preset "
+                                                                   "classroom, ~40 s on 2 CPU cores)",
+                                                                   TrainConfig(**CLASSROOM_TRAIN), GPTConfig(**CLASSROOM_MODEL))}
+    if not os.path.exists(cfg.checkpoint) and os.path.abspath(cfg.checkpoint) in recipes:
+        name, tcfg, mcfg = recipes[os.path.abspath(cfg.checkpoint)]
         if not cfg.quiet:
-            print(f"no checkpoint at {cfg.checkpoint}: pretraining the default model first (python train.py, ~5 min on 2 CPU cores)")
-        train(TrainConfig(device=cfg.device), GPTConfig(), quiet=cfg.quiet)
+            print(f"no checkpoint at {cfg.checkpoint}: pretraining {name} first")
+        train(replace(tcfg, device=cfg.device), mcfg, quiet=cfg.quiet)
     model, enc, ckpt = load_checkpoint(cfg.checkpoint, device)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -332,14 +354,15 @@ def write_outputs(cfg, ckpt, model, facts, results):
 
 
 def main(argv=None):
-    args = config_parser(__doc__, FinetuneConfig).parse_args(argv)
+    presets = {"classroom": CLASSROOM_FINETUNE}
+    args = parse_args(config_parser(__doc__, FinetuneConfig, presets=presets), argv, presets)
     cfg = split(args, FinetuneConfig)
     keep_freed_memory()
     try:
         check_outputs(cfg)                                          # before any work, pretraining included
         device = pick_device(cfg.device)
         model, enc, ckpt = load_base(cfg, device)
-        resolve(cfg, model)
+        resolve(cfg, model, CLASSROOM_LR if args.preset == "classroom" else DEFAULT_LR)
         if cfg.optimizer == "sgd" and cfg.weight_decay:
             print("note: --weight-decay is AdamW's; SGD ignores it", file=sys.stderr)
         facts = stream_facts(ckpt, cfg.facts, cfg.facts_file)

@@ -1,8 +1,9 @@
 """
 Pretrain the memory-layer GPT (or the dense one) on the prepared corpus.
 
-    python train.py                 # default corpus and model, about 5 minutes on 2 CPU cores
+    python train.py                 # default corpus and model, about 8 minutes on 2 CPU cores
     python train.py --dense         # same architecture with an FFN in every block
+    python train.py --preset classroom   # the classroom's small corpus and model (docs/COURSE.md), out/classroom/
     python train.py --help          # every option
     torchrun --standalone --nproc_per_node=2 train.py    # data parallel: nccl on GPUs, gloo on CPU
 
@@ -22,10 +23,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from common import ROOT, Diverged, check_range, check_writable, config_parser, keep_freed_memory, pick_device, split
-from data.prepare import DataConfig, load_facts, prepare, read_corpus_meta
+from common import ROOT, Diverged, check_range, check_writable, config_parser, keep_freed_memory, parse_args, pick_device, split
+from data.prepare import CLASSROOM_DATA, DataConfig, load_facts, prepare, read_corpus_meta
 from evaluate import qa_accuracy, qa_items, validate
-from model import GPT, GPTConfig, check_same_corpus, config_dict, load_checkpoint, save_checkpoint
+from model import CLASSROOM_MODEL, GPT, GPTConfig, check_same_corpus, config_dict, load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -47,6 +48,15 @@ class TrainConfig:
     compile: bool = False                # torch.compile the model (helps on GPU, not on CPU)
     resume: bool = False                 # continue exactly from out_dir/ckpt.pt (weights, optimizers, data order, lr recipe)
     stop_at: int = 0                     # end this sitting at this step, checkpoint saved; --resume goes on (the lr schedule still ends at max_iters); 0 = max_iters
+
+
+# The classroom preset (python train.py --preset classroom; docs/COURSE.md): the small corpus and
+# model (CLASSROOM_DATA, CLASSROOM_MODEL) trained for 600 steps of 32 x 64 tokens, into folders of
+# its own. Every field is named, so a later change of the defaults does not move it.
+CLASSROOM_TRAIN = dict(data_dir=CLASSROOM_DATA["out_dir"], out_dir=os.path.join(ROOT, "out", "classroom"), seed=1337,
+                       batch_size=32, max_iters=600, lr=1e-2, min_lr=1e-3, warmup_iters=30, value_lr=3e-2,
+                       weight_decay=0.1, grad_clip=1.0, eval_interval=300, dense=False, device="auto",
+                       compile=False, resume=False, stop_at=0)
 
 
 # What --resume takes from the checkpoint, whatever the command line says, so that a resumed
@@ -139,11 +149,14 @@ def train(cfg, mcfg, quiet=False):
     quiet = quiet or rank > 0                        # one process prints, one writes checkpoints
     meta_path = os.path.join(cfg.data_dir, "meta.json")
     if not os.path.exists(meta_path):
-        if os.path.abspath(cfg.data_dir) != os.path.abspath(DataConfig.out_dir):
+        known = {os.path.abspath(DataConfig.out_dir): ("the default corpus", DataConfig()),
+                 os.path.abspath(CLASSROOM_DATA["out_dir"]): ("the classroom corpus", DataConfig(**CLASSROOM_DATA))}
+        if os.path.abspath(cfg.data_dir) not in known:
             raise FileNotFoundError(f"{cfg.data_dir} holds no prepared corpus; run python -m data.prepare --out-dir {cfg.data_dir}")
         if rank == 0:
-            print("preparing the default corpus (data/prepare.py) ...")
-            prepare(DataConfig())
+            name, data = known[os.path.abspath(cfg.data_dir)]
+            print(f"preparing {name} (data/prepare.py) ...")
+            prepare(data)
     if world > 1:
         dist.barrier()                               # every process waits until the corpus is there
     meta, enc, tok_text = read_corpus_meta(cfg.data_dir)
@@ -260,8 +273,9 @@ def train(cfg, mcfg, quiet=False):
 
 
 def main(argv=None):
-    p = config_parser(__doc__, TrainConfig, GPTConfig, skip=("vocab_size",))  # it comes from the corpus
-    args = p.parse_args(argv)
+    presets = {"classroom": {**CLASSROOM_TRAIN, **CLASSROOM_MODEL}}
+    p = config_parser(__doc__, TrainConfig, GPTConfig, skip=("vocab_size",), presets=presets)  # it comes from the corpus
+    args = parse_args(p, argv, presets)
     keep_freed_memory()
     t0 = time.time()
     try:

@@ -1,12 +1,14 @@
 import json
 import os
+import re
 
+import numpy as np
 import pytest
 import torch
 
 from common import Diverged
 from conftest import TINY_MODEL
-from facts import batch_texts, make_batch, read_facts_file
+from facts import batch_texts, fact_lines, make_batch, read_facts_file, warn_unseen_tokens
 from finetune import FinetuneConfig, main, resolve, run_stream
 from lora import LoRALinear, add_lora, merge_lora
 from sparse import background_stats, fingerprint, load_or_compute_background, pretraining_units, slot_counts
@@ -400,3 +402,30 @@ def test_the_demo_prints_answers_before_and_after_and_quiet_keeps_only_the_table
     printed = capsys.readouterr()
     assert printed.out.splitlines() == format_table([json.loads(result.read_text())]).splitlines()
     assert printed.err == ""                                      # no progress bars
+
+
+class Pieces:
+    """A stand-in encoding whose tokens depend on context, as BPE's do: a word after a space is
+    another token than the same word at the start of a text ("Which" vs " Which")."""
+
+    def __init__(self):
+        self.ids, self.n_vocab = {}, 64
+
+    def encode(self, text):
+        return [self.ids.setdefault(p, len(self.ids)) for p in re.findall(r" ?\w+|\S", text)]
+
+    def decode(self, ids):
+        words = {i: p for p, i in self.ids.items()}
+        return "".join(words[i] for i in ids)
+
+
+def test_the_unseen_phrasing_is_checked_for_unseen_tokens_as_it_is_scored(capsys):
+    enc = Pieces()
+    fact = {"paraphrases": ["Mo has a cat."], "questions": ["What pet does Mo have?"],
+            "heldout_question": "Which pet does Mo have?", "answer": "a cat.", "where": "fact 1"}
+    assert fact_lines(fact) == ["Mo has a cat.", "Q: What pet does Mo have? A: a cat.", "Q: Which pet does Mo have? A: a cat."]
+    pretraining = np.array(enc.encode("\n".join(fact_lines(fact))))   # " Which" is there; "Which" alone is not
+    warn_unseen_tokens(enc, [fact], pretraining)
+    assert capsys.readouterr().err == ""
+    warn_unseen_tokens(enc, [{**fact, "heldout_question": "Which bird does Mo have?"}], pretraining)
+    assert "fact 1 (' bird')" in capsys.readouterr().err
