@@ -139,7 +139,7 @@ SPARSE_LRS = [{"lr": 20}, {"lr": 50}]
 VARIANTS = {
     "layouts": ([("h2k16", "2 heads x top-16", {}, {"mem_heads": 2, "mem_topk": 16}),
                  ("h4k8", "4 heads x top-8", {}, {"mem_heads": 4, "mem_topk": 8}),
-                 ("h4k16", "4 heads x top-16", {}, {"mem_heads": 4, "mem_topk": 16}),
+                 ("h4k16", "4 heads x top-16 (default)", {}, {}),
                  ("h8k4", "8 heads x top-4", {}, {"mem_heads": 8, "mem_topk": 4}),
                  ("block2", "memory in block 2 of 4", {}, {"memory_layers": (2,)}),
                  ("k512", "262,144 slots", {}, {"mem_n_keys": 512})], SPARSE_LRS),
@@ -154,7 +154,10 @@ VARIANTS = {
 
 def pretrained(folder, data, model, args):
     """The checkpoint of the default training run on a corpus and a model that differ from the
-    defaults by `data` and `model`; the corpus is prepared and the model trained if missing."""
+    defaults by `data` and `model`; the corpus is prepared and the model trained if missing.
+    With no difference it is the default checkpoint (pretrained first by setup if missing)."""
+    if not data and not model:
+        return ft.DEFAULT_CHECKPOINT
     ckpt = os.path.join(ROOT, "out", "variants", folder, "ckpt.pt")
     if not os.path.exists(ckpt):
         corpus = DataConfig(**data)
@@ -163,7 +166,7 @@ def pretrained(folder, data, model, args):
         if corpus.source == "tinystories":
             corpus.tinystories_file = args.tinystories_file
         prepare(corpus)
-        print(f"pretraining {folder} on {corpus.out_dir} -> {ckpt} (about 6 min on 2 CPU cores)", flush=True)
+        print(f"pretraining {folder} on {corpus.out_dir} -> {ckpt} (about 8 min on 2 CPU cores)", flush=True)
         train(TrainConfig(data_dir=corpus.out_dir, out_dir=os.path.dirname(ckpt), device=args.device), GPTConfig(**model))
     return ckpt
 

@@ -9,6 +9,7 @@ import experiments
 from conftest import TINY_MODEL
 from evaluate import qa_items
 from facts import batch_texts, make_batch
+from finetune import DEFAULT_CHECKPOINT
 from sparse import background_stats
 from model import GPT, GPTConfig, load_checkpoint
 from train import TrainConfig, train
@@ -137,8 +138,9 @@ def test_a_variant_gets_its_own_corpus_and_model_and_reuses_its_checkpoint(tmp_p
     assert run.data_dir == corpus.out_dir and ckpt == str(tmp_path / "out" / "variants" / "few" / "ckpt.pt")
     assert run.out_dir == os.path.dirname(ckpt) and (model.mem_heads, model.mem_topk) == (8, 4)
     assert model.n_embd == GPTConfig().n_embd                         # everything else is the default
-    experiments.pretrained("same", {}, {}, args)
+    experiments.pretrained("wide", {}, {"n_embd": 64}, args)
     assert calls[2][1].out_dir.endswith(os.path.join("data", "generated"))   # no corpus change: the default corpus
+    assert experiments.pretrained("same", {}, {}, args) == DEFAULT_CHECKPOINT and len(calls) == 4   # no change at all
     os.makedirs(os.path.dirname(ckpt), exist_ok=True)
     open(ckpt, "wb").close()
     calls.clear()
