@@ -118,7 +118,7 @@ def pick_device(name="auto"):
 def keep_freed_memory():
     """On Linux with glibc, keep freed memory for reuse instead of handing it back to the OS.
     By default glibc returns every freed block over 32 MiB at once, so each step page-faults
-    its big buffers in again. Measured (README, bench): a 1M-slot layer at d = 512 1.6x
+    its big buffers in again. Measured (docs/BENCH.md, bench.py): a 1M-slot layer at d = 512 1.6x
     faster, a full finetuning step 1.4x, the default training step about the same.
     Elsewhere (macOS, Windows, musl) this does nothing."""
     try:

@@ -15,7 +15,7 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py max-df        # never train slots that many background units read (beyond the paper)
     python experiments.py long          # sparse: a stream of 500 facts, then 500 more (--facts 1000: 1000 + 1000)
     python experiments.py real-text     # pretrain on real TinyStories text, then full vs LoRA vs sparse
-    python experiments.py layouts       # pretrain other memory layouts (heads x top-k, slots, placement), then sparse
+    python experiments.py layouts       # pretrain other memory layouts (heads x top-k, placement), then sparse
     python experiments.py worlds        # pretrain on other knowledge worlds (closed answers, more people), then sparse
     python experiments.py course        # the course's exercises on the classroom model, pretrained with 3 seeds
     python experiments.py topt --facts 1000 --steps-per-fact 1   # the paper-sized stream
@@ -140,9 +140,7 @@ VARIANTS = {
     "layouts": ([("h2k16", "2 heads x top-16", {}, {"mem_heads": 2, "mem_topk": 16}),
                  ("h4k8", "4 heads x top-8", {}, {"mem_heads": 4, "mem_topk": 8}),
                  ("h4k16", "4 heads x top-16 (default)", {}, {}),
-                 ("h8k4", "8 heads x top-4", {}, {"mem_heads": 8, "mem_topk": 4}),
-                 ("block2", "memory in block 2 of 4", {}, {"memory_layers": (2,)}),
-                 ("k512", "262,144 slots", {}, {"mem_n_keys": 512})], SPARSE_LRS),
+                 ("block2", "memory in block 2 of 4", {}, {"memory_layers": (2,)})], SPARSE_LRS),
     "worlds": ([("open", "open answers (default)", {}, {}),
                 ("closed", "closed: 15 answers a relation", {"world": "closed"}, {}),
                 ("people500", "500 people, 60 documents each", {"n_people": 500, "n_towns": 60, "n_animals": 60,

@@ -25,7 +25,7 @@ that fact's paraphrases (its statements and its question/answer lines), repeated
           --ranking tf (no IDF) and kl (the slot's term of the KL divergence from the
           background's reads), --rank-by sequence (each row scored on its own);
           --max-df 0.2 never trains a slot read in more than 20% of the background
-          units (beyond the paper; it forgets less at equal learning, README)
+          units (beyond the paper; it forgets less at equal learning, docs/RESULTS.md)
 
 Facts file (--facts-file): JSON Lines, one fact per line, UTF-8:
   {"paraphrases": ["Mira lives in Oakton.", "Mira has a house in Oakton."],
@@ -56,10 +56,13 @@ from sparse import RowOptimizer, choose_rows, load_or_compute_background, memory
 from train import CLASSROOM_TRAIN, TrainConfig, train
 
 DEFAULT_CHECKPOINT = os.path.join(TrainConfig.out_dir, "ckpt.pt")
-# Learning rates chosen by the sweeps in the README ("Choosing the learning rates"); other
-# pairs were not swept, so they have no default and need --lr.
+# Learning rates from python experiments.py pareto and optimizer (docs/RESULTS.md), on a stream
+# of 50 facts: sparse, the largest swept rate that costs at most 5% of the background facts (the
+# paper's target); full and LoRA, which learn almost nothing at any rate that spares the
+# background, the largest that costs at most a quarter of it. Other pairs were not swept, so
+# they have no default and need --lr.
 DEFAULT_LR = {("sparse", "sgd"): 50.0, ("sparse", "adamw"): 0.03,
-              ("full", "adamw"): 1e-5, ("lora", "adamw"): 1e-4}
+              ("full", "adamw"): 1e-5, ("lora", "adamw"): 3e-5}
 
 
 # The classroom preset (python finetune.py --preset classroom; docs/COURSE.md): the demo on the
@@ -79,17 +82,17 @@ class FinetuneConfig:
     checkpoint: str = DEFAULT_CHECKPOINT   # pretrained model; the default one is trained first if missing
     mode: str = "sparse"                   # full | lora | sparse
     optimizer: str = ""                    # sgd | adamw; empty = sgd for sparse (paper), adamw otherwise
-    lr: float = 0.0                        # 0 = the sweep's choice for this mode and optimizer (README; --preset classroom: CLASSROOM_LR)
+    lr: float = 0.0                        # 0 = the sweep's choice for this mode and optimizer (DEFAULT_LR; --preset classroom: CLASSROOM_LR)
     facts: int = 100                       # new facts from the corpus's facts.json to stream (up to 1000)
     facts_file: str = ""                   # JSON Lines file of your own facts instead (format above)
     steps_per_fact: int = 10               # optimizer steps on each fact's batch (paper: 1, at 1.3B params)
     top_t: int = 64                        # sparse: value rows trained per step in each memory table (paper: 500)
-    ranking: str = "tfidf"                 # sparse: tfidf | tf (raw access counts, the paper's ablation) | kl (README)
+    ranking: str = "tfidf"                 # sparse: tfidf | tf (raw access counts, the paper's ablation) | kl (docs/METHOD.md)
     rank_by: str = "batch"                 # sparse: batch (the paper) | sequence (score each row, keep a slot's best)
     max_df: float = 1.0                    # sparse: train no slot read in more than this share of background units (1 = off, the paper)
     count: str = "all"                     # sparse: reads counted: all (every text token, the paper) | answer (where the answer is predicted)
     background_batches: int = 1000         # sparse: background units for document frequencies (paper: 1000)
-    background_batch_size: int = 1         # sparse: windows of block_size tokens per background unit (README)
+    background_batch_size: int = 1         # sparse: windows of block_size tokens per background unit (docs/DESIGN.md)
     lora_rank: int = 16                    # lora: rank r of each adapter
     lora_alpha: float = 32.0               # lora: the adapter's output is scaled by alpha / r
     weight_decay: float = 0.0              # AdamW decoupled decay of the trained weights (sparse: selected rows only)
@@ -285,11 +288,12 @@ def format_table(results):
     (before - after) / before, so a positive drop is forgetting; val loss: after / before - 1."""
     def change(r, key):
         return f"{r[key + '_before']:.3f} -> {r[key + '_after']:.3f} ({r[key.replace('_acc', '_drop')]:.1%} drop)"
-    lines = [f"{'stream':<14} {'facts':>5} {'learned':>7} {'unseen':>6}   {'background facts':<27} "
+    w = max([14] + [len(r["stream"]) for r in results])               # a facts file's name may be longer
+    lines = [f"{'stream':<{w}} {'facts':>5} {'learned':>7} {'unseen':>6}   {'background facts':<27} "
              f"{'skill (story endings)':<27} val loss"]
     for r in results:
         unseen = "-" if r["unseen_acc"] is None else f"{r['unseen_acc']:.3f}"
-        lines.append(f"{r['stream']:<14} {r['facts']:>5} {r['learned_acc']:>7.3f} {unseen:>6}   "
+        lines.append(f"{r['stream']:<{w}} {r['facts']:>5} {r['learned_acc']:>7.3f} {unseen:>6}   "
                      f"{change(r, 'background_acc'):<27} {change(r, 'skill_acc'):<27} "
                      f"{r['val_loss_before']:.4f} -> {r['val_loss_after']:.4f} ({r['val_loss_after'] / r['val_loss_before'] - 1:+.1%})")
     return "\n".join(lines)

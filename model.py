@@ -36,7 +36,7 @@ class GPTConfig:
     n_embd: int = 128             # model width d
     dropout: float = 0.0          # no dropout: runs are short and the data is large
     bias: bool = False            # biases in Linear and LayerNorm of the dense parts
-    memory_layers: tuple = (3,)   # blocks whose FFN is a memory layer; () = dense model (README: why the last)
+    memory_layers: tuple = (3,)   # blocks whose FFN is a memory layer; () = dense model (docs/DESIGN.md: why the last)
     shared_values: bool = False   # one value table for all memory layers (Berges et al.)
     mem_n_keys: int = 256         # sub-keys per half; slots = mem_n_keys**2 = 65,536
     mem_heads: int = 4            # memory heads (paper: 4); experiments.py layouts compares 2, 4 and 8

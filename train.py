@@ -209,7 +209,7 @@ def train(cfg, mcfg, quiet=False):
     if not quiet and device.startswith("cuda") and world == 1 and mem_n and not mcfg.mem_sparse_grad \
             and mcfg.mem_n_keys ** 2 >= 2 ** 20:
         print("note: --mem-sparse-grad may train a table this large faster on a GPU (up to 1.5x at 1M x 768 "
-              "on an H200: README, bench section 7)")
+              "on an H200: docs/BENCH.md, bench section 7)")
     run_model = model
     if world > 1:                                    # averages gradients over the processes in backward
         run_model = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if device.startswith("cuda") else None)

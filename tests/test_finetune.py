@@ -167,7 +167,7 @@ def test_end_to_end_stream_learns_a_fact(trained, tmp_path):
     path = write_lines(tmp_path / "f.jsonl", [json.dumps(fact)])
     out = tmp_path / "r.json"
     # The 60-step CI model is too weak for its 256-slot memory alone to learn a 6-token
-    # answer exactly (the README's runs show sparse learning on the real model), so the
+    # answer exactly (docs/RESULTS.md shows sparse learning on the real model), so the
     # exact-match check goes through full finetuning and the sparse check through the loss.
     # 300 steps: lr 1e-3 to 3e-3 all learn it exactly, at 1 and 2 threads (100 steps did only at some)
     main(["--checkpoint", ckpt, "--facts-file", path, "--mode", "full", "--lr", "2e-3",
@@ -429,3 +429,13 @@ def test_the_unseen_phrasing_is_checked_for_unseen_tokens_as_it_is_scored(capsys
     assert capsys.readouterr().err == ""
     warn_unseen_tokens(enc, [{**fact, "heldout_question": "Which bird does Mo have?"}], pretraining)
     assert "fact 1 (' bird')" in capsys.readouterr().err
+
+
+def test_the_table_widens_its_first_column_for_a_long_facts_file_name():
+    from finetune import format_table
+    r = {"stream": "my_long_facts_file.jsonl", "facts": 20, "learned_acc": 0.5, "unseen_acc": None,
+         "background_acc_before": 0.9, "background_acc_after": 0.8, "background_drop": 0.111,
+         "skill_acc_before": 0.8, "skill_acc_after": 0.8, "skill_drop": 0.0, "val_loss_before": 1.0, "val_loss_after": 1.1}
+    header, row = format_table([r]).splitlines()
+    assert header.index("learned") + len("learned") == row.index("0.500") + len("0.500")    # right-aligned under it
+    assert header.index("background") == row.index("0.900")
