@@ -13,6 +13,7 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py forgetting    # which background answers a sparse stream breaks, and what they become
     python experiments.py sequence      # batch-level vs sequence-level ranking over the same t's
     python experiments.py max-df        # never train slots that many background units read (beyond the paper)
+    python experiments.py frontier      # sparse: larger t at smaller learning rates
     python experiments.py long          # sparse: a stream of 500 facts, then 500 more (--facts 1000: 1000 + 1000)
     python experiments.py real-text     # pretrain on real TinyStories text, then full vs LoRA vs sparse
     python experiments.py layouts       # pretrain other memory layouts (heads x top-k, placement), then sparse
@@ -62,6 +63,7 @@ SWEEPS = {
     "all-slots": (lambda: [{"top_t": t} for t in (64, 500, 0)], None, "top_t"),
     "sequence": (lambda: [{"rank_by": b, "top_t": t} for b in ("batch", "sequence") for t in T_SWEEP], "rank_by", "top_t"),
     "max-df": (lambda: [{"max_df": d, "lr": lr} for d in (1.0, 0.3, 0.2, 0.1) for lr in (20, 50, 100)], "max_df", "lr"),
+    "frontier": (lambda: [{"top_t": t, "lr": lr} for t in (100, 200, 500) for lr in (10, 20, 50)], "top_t", "lr"),
 }
 
 

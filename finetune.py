@@ -9,9 +9,11 @@ what it forgets (sparse memory finetuning: Lin et al. 2025, arXiv:2510.15103).
     python finetune.py --facts-file my_facts.jsonl   # teach your own facts
     python finetune.py --help                        # every option
 
-It prints one table row (learned: the taught questions answered exactly; unseen phrasing: each
-fact's held-out question; background facts: what the model knew before, and how much of it it
-lost, the drop), then a few taught questions with the model's greedy answer before -> after,
+It prints a table, a row per stream: the new facts, then (without --facts-file) --set-facts
+facts of each generalisation set, new answers and new relations, each taught from the same
+pretrained model (learned: the taught questions answered exactly; unseen: each fact's held-out
+question; background facts: what the model knew before, and how much of it it lost, the drop;
+skill: the story-ending probe; val loss), then a few taught questions with the model's greedy answer before -> after,
 and a few background questions the stream broke. --quiet prints the table only.
 
 The stream: one fact at a time, in a fixed order, never revisited. Each step's batch is
