@@ -30,7 +30,7 @@ def setup(args, needs_memory=True):
     the experiment has nothing to run without a memory layer, so a dense model is refused."""
     device = pick_device(args.device)
     cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, facts=args.facts, steps_per_fact=args.steps_per_fact,
-                            lr=args.lr, device=args.device)
+                            lr=args.lr, top_t=getattr(args, "top_t", ft.FinetuneConfig.top_t), device=args.device)
     model, enc, ckpt = ft.load_base(cfg, device)
     if needs_memory:
         refuse_dense(args, model)
@@ -160,11 +160,12 @@ def token_spans(enc, text):
 
 
 @torch.no_grad()
-def slots(args, t=ft.FinetuneConfig.top_t, show=3):
+def slots(args, show=3):
     """For each fact: the core set (slots read by every row of its batch), how many of the
     top-t fall in it, and which tokens read the top-t; over all facts, the share of top-t
     reads at entity tokens (the subject's name and the answer) against their share of tokens."""
     model, enc, ckpt, facts, base_cfg, device = setup(args)
+    t = base_cfg.top_t
     entries = checkpoint_corpus(ckpt)[1]["new"][:len(facts)]
     stats = load_or_compute_background(ft.resolve(base_cfg, model), model, ckpt, device)
     mem = model.memory_modules[0]

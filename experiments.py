@@ -286,6 +286,8 @@ def main(argv=None):
     p.add_argument("--facts", type=int, default=None, help="new facts in the stream (default 50; long: 500 in each of "
                    "its two streams), which keeps each experiment under 15 min on 2 CPU cores")
     p.add_argument("--steps-per-fact", type=int, default=ft.FinetuneConfig.steps_per_fact, help="steps on each fact's batch")
+    p.add_argument("--top-t", type=int, default=ft.FinetuneConfig.top_t, help="sparse: rows per step where a run "
+                   "does not set t (default: finetune.py's)")
     p.add_argument("--lr", type=float, default=0.0, help="learning rate where a run does not set one; 0 = finetune.py's "
                    "default (curves always uses each method's default)")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "out", "experiments"), help="where the JSON and PNG go")

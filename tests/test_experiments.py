@@ -44,7 +44,7 @@ def test_an_experiment_writes_its_runs_and_skips_t_beyond_the_table(trained, tmp
 def test_slot_analysis_marks_the_tokens_that_read_selected_slots(trained, tmp_path, capsys):
     import re
     cfg = trained[0]
-    experiments.main(["slots", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "3",
+    experiments.main(["slots", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "3", "--top-t", "64",
                       "--device", "cpu", "--out-dir", str(tmp_path)])
     out = json.loads((tmp_path / "slots.json").read_text())
     for f in out["per_fact"]:
