@@ -58,12 +58,12 @@ from sparse import RowOptimizer, choose_rows, load_or_compute_background, memory
 from train import CLASSROOM_TRAIN, TrainConfig, train
 
 DEFAULT_CHECKPOINT = os.path.join(TrainConfig.out_dir, "ckpt.pt")
-# Learning rates from python experiments.py frontier, pareto and optimizer (docs/RESULTS.md), on
-# a stream of 50 facts: sparse SGD, the largest swept rate that costs at most 5% of the
-# background facts at t = 500 (the paper's target); sparse AdamW the same at t = 64; full and
-# LoRA, which learn almost nothing at any rate that spares the background, the largest that
-# costs at most a quarter of it. Other pairs were not swept, so they have no default and need --lr.
-DEFAULT_LR = {("sparse", "sgd"): 20.0, ("sparse", "adamw"): 0.03,
+# Learning rates from python experiments.py pareto and optimizer (docs/RESULTS.md), on a stream
+# of 50 facts: sparse (t = 64), the largest swept rate that costs at most 5% of the background
+# facts (the paper's target); full and LoRA, which learn almost nothing at any rate that spares
+# the background, the largest that costs at most a quarter of it. Other pairs were not swept,
+# so they have no default and need --lr.
+DEFAULT_LR = {("sparse", "sgd"): 50.0, ("sparse", "adamw"): 0.03,
               ("full", "adamw"): 1e-5, ("lora", "adamw"): 3e-5}
 
 
@@ -88,7 +88,7 @@ class FinetuneConfig:
     facts: int = 100                       # new facts from the corpus's facts.json to stream (up to 1000)
     facts_file: str = ""                   # JSON Lines file of your own facts instead (format above)
     steps_per_fact: int = 10               # optimizer steps on each fact's batch (paper: 1, at 1.3B params)
-    top_t: int = 500                       # sparse: value rows trained per step in each memory table (paper: 500)
+    top_t: int = 64                        # sparse: value rows trained per step in each memory table (paper: 500)
     ranking: str = "tfidf"                 # sparse: tfidf | tf (raw access counts, the paper's ablation) | kl (docs/METHOD.md)
     rank_by: str = "batch"                 # sparse: batch (the paper) | sequence (score each row, keep a slot's best)
     max_df: float = 1.0                    # sparse: train no slot read in more than this share of background units (1 = off, the paper)
