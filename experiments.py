@@ -200,7 +200,8 @@ def course(args):
     out, names = {}, [name for name, _ in COURSE_RUNS]
     for seed in COURSE_SEEDS:
         folder = "classroom" if seed == CLASSROOM_TRAIN["seed"] else f"classroom-seed{seed}"
-        tcfg = TrainConfig(**{**CLASSROOM_TRAIN, "seed": seed, "out_dir": os.path.join(ROOT, "out", folder), "device": args.device})
+        tcfg = TrainConfig(**{**CLASSROOM_TRAIN, "seed": seed, "out_dir": os.path.join(ROOT, "out", folder),
+                              "device": args.device})
         args.checkpoint = os.path.join(tcfg.out_dir, "ckpt.pt")
         if not os.path.exists(args.checkpoint):
             train(tcfg, GPTConfig(**CLASSROOM_MODEL), quiet=True)

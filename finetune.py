@@ -13,8 +13,9 @@ It prints a table, a row per stream: the new facts, then (without --facts-file) 
 facts of each generalisation set, new answers and new relations, each taught from the same
 pretrained model (learned: the taught questions answered exactly; unseen: each fact's held-out
 question; background facts: what the model knew before, and how much of it it lost, the drop;
-skill: the story-ending probe; val loss), then a few taught questions with the model's greedy answer before -> after,
-and a few background questions the stream broke. --quiet prints the table only.
+skill: the story-ending probe; val loss), then a few taught questions with the model's greedy
+answer before -> after, and a few background questions the stream broke. --quiet prints the
+table only.
 
 The stream: one fact at a time, in a fixed order, never revisited. Each step's batch is
 that fact's paraphrases (its statements and its question/answer lines), repeated for
@@ -69,8 +70,9 @@ DEFAULT_LR = {("sparse", "sgd"): 50.0, ("sparse", "adamw"): 0.03,
 
 # The classroom preset (python finetune.py --preset classroom; docs/COURSE.md): the demo on the
 # classroom model (train.py's CLASSROOM_TRAIN, pretrained first if missing), 30 new facts and 15
-# of each generalisation set, with learning rates from the classroom's own sweep (CLASSROOM_LR;
-# docs/COURSE.md, exercise 1). Every field is named, so a later change of the defaults does not move it.
+# of each generalisation set, with learning rates of its own (CLASSROOM_LR: sparse from the
+# sweep of docs/COURSE.md, exercise 1; full and LoRA 1e-4, where full finetuning starts to learn
+# at all). Every field is named, so a later change of the defaults does not move it.
 CLASSROOM_FINETUNE = dict(checkpoint=os.path.join(CLASSROOM_TRAIN["out_dir"], "ckpt.pt"), mode="sparse", optimizer="",
                           lr=0.0, facts=30, facts_file="", steps_per_fact=10, top_t=64, ranking="tfidf",
                           rank_by="batch", max_df=1.0, count="all", background_batches=200,

@@ -1,7 +1,7 @@
 """
 Mutation check: would the tests notice a wrong method?
 
-    python tests/mutants.py             # every mutant (about 3 minutes on 2 CPU cores)
+    python tests/mutants.py             # every mutant (about 5 minutes on 2 CPU cores)
     python tests/mutants.py sparse.py   # only the mutants of one file (or: 5 12, numbers as listed)
     python tests/mutants.py --list      # list the mutants without running them
 
