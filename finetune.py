@@ -326,7 +326,7 @@ def load_base(cfg, device):
     recipes = {os.path.abspath(DEFAULT_CHECKPOINT): ("the default model (python train.py, ~8 min on 2 CPU cores)",
                                                      TrainConfig(), GPTConfig()),
                os.path.abspath(CLASSROOM_FINETUNE["checkpoint"]): ("the classroom model (python train.py --preset "
-                                                                   "classroom, ~40 s on 2 CPU cores)",
+                                                                   "classroom, ~1 min on 2 CPU cores)",
                                                                    TrainConfig(**CLASSROOM_TRAIN), GPTConfig(**CLASSROOM_MODEL))}
     if not os.path.exists(cfg.checkpoint) and os.path.abspath(cfg.checkpoint) in recipes:
         name, tcfg, mcfg = recipes[os.path.abspath(cfg.checkpoint)]
