@@ -35,7 +35,7 @@ class TrainConfig:
     out_dir: str = os.path.join(ROOT, "out")  # checkpoint folder
     seed: int = 1337                     # model init and batch order
     batch_size: int = 16                 # sequences per step (more, smaller steps learn facts faster)
-    max_iters: int = 1700                # optimizer steps (~6 min on 2 CPU cores by default); the facts come late
+    max_iters: int = 1700                # optimizer steps (~7 min on 2 CPU cores by default); the facts come late
     lr: float = 3e-3                     # peak learning rate of the dense parameters
     min_lr: float = 3e-4                 # end of the cosine decay
     warmup_iters: int = 60               # linear warmup steps
