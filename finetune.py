@@ -28,7 +28,9 @@ that fact's paraphrases (its statements and its question/answer lines), repeated
           --ranking tf (no IDF) and kl (the slot's term of the KL divergence from the
           background's reads), --rank-by sequence (each row scored on its own);
           --max-df 0.2 never trains a slot read in more than 20% of the background
-          units (beyond the paper; it forgets less at equal learning, docs/RESULTS.md)
+          units (beyond the paper; it forgets less at equal learning, docs/RESULTS.md);
+          --fresh-rows never trains a row an earlier fact of the stream trained (beyond
+          the paper; a little more learned, no less forgotten)
 
 Facts file (--facts-file): JSON Lines, one fact per line, UTF-8:
   {"paraphrases": ["Mira lives in Oakton.", "Mira has a house in Oakton."],
@@ -75,7 +77,7 @@ DEFAULT_LR = {("sparse", "sgd"): 50.0, ("sparse", "adamw"): 0.03,
 # at all). Every field is named, so a later change of the defaults does not move it.
 CLASSROOM_FINETUNE = dict(checkpoint=os.path.join(CLASSROOM_TRAIN["out_dir"], "ckpt.pt"), mode="sparse", optimizer="",
                           lr=0.0, facts=30, facts_file="", steps_per_fact=10, top_t=64, ranking="tfidf",
-                          rank_by="batch", max_df=1.0, count="all", background_batches=200,
+                          rank_by="batch", max_df=1.0, count="all", fresh_rows=False, background_batches=200,
                           background_batch_size=1, lora_rank=16, lora_alpha=32.0, weight_decay=0.0, seed=1337,
                           device="auto", json="", out="", quiet=False, set_facts=15)
 CLASSROOM_LR = {("sparse", "sgd"): 100.0, ("full", "adamw"): 1e-4, ("lora", "adamw"): 1e-4}
@@ -95,6 +97,7 @@ class FinetuneConfig:
     rank_by: str = "batch"                 # sparse: batch (the paper) | sequence (score each row, keep a slot's best)
     max_df: float = 1.0                    # sparse: train no slot read in more than this share of background units (1 = off, the paper)
     count: str = "all"                     # sparse: reads counted: all (every text token, the paper) | answer (where the answer is predicted)
+    fresh_rows: bool = False               # sparse: never train a row that an earlier fact trained (beyond the paper)
     background_batches: int = 1000         # sparse: background units for document frequencies (paper: 1000)
     background_batch_size: int = 1         # sparse: windows of block_size tokens per background unit (docs/DESIGN.md)
     lora_rank: int = 16                    # lora: rank r of each adapter
@@ -203,12 +206,14 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
     opt, params, tables, row_opts = trainable(cfg, model)
     backgrounds = background or [None] * len(tables)
     bar = tqdm(total=len(facts) * cfg.steps_per_fact, desc=f"{cfg.mode} stream", disable=quiet)
-    starved = 0                            # steps of a value table in which --max-df left no slot to train
+    starved = 0                            # steps of a value table in which --max-df or --fresh-rows left no slot to train
+    taken = [torch.zeros(w.shape[0], dtype=torch.bool) for w, _ in tables] if cfg.fresh_rows else None
     try:
         with model.recording_slots():
             for n, fact in enumerate(facts, 1):
                 answer = fact["answer"] if cfg.count == "answer" else None
                 x, y, count = (t.to(device) for t in make_batch(enc, batch_texts(fact), model.config.block_size, answer))
+                trained = [torch.zeros_like(tk) for tk in taken] if taken else None     # --fresh-rows: this fact's rows
                 for step in range(1, cfg.steps_per_fact + 1):
                     _, loss = model(x, y)                                  # 1. forward (records the slots read)
                     if not torch.isfinite(loss):
@@ -219,9 +224,12 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
                         opt.step()
                         opt.zero_grad(set_to_none=True)
                         updated += params
-                    for (w, _), reads, bg, ro in zip(tables, table_reads(model, tables), backgrounds, row_opts):
+                    for i, ((w, _), reads, bg, ro) in enumerate(zip(tables, table_reads(model, tables), backgrounds, row_opts)):
                         rows = choose_rows(reads, count, w.shape[0], cfg.top_t, cfg.ranking,   # 3. choose rows
-                                           cfg.rank_by, cfg.max_df, bg).to(w.device)
+                                           cfg.rank_by, cfg.max_df, bg, taken[i] if taken else None)
+                        if taken:
+                            trained[i][rows] = True
+                        rows = rows.to(w.device)
                         ro.step(rows)                                      # 4. update those rows only
                         w.grad = None
                         starved += len(rows) == 0
@@ -230,6 +238,8 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
                         raise stream_diverged("the weights became inf or nan", n, step, cfg)   #    cheap
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss.item():.3f}")
+                for tk, tr in zip(taken or [], trained or []):
+                    tk |= tr
                 if on_fact is not None:
                     on_fact(n)
     finally:
@@ -239,8 +249,9 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
         for p in model.parameters():
             p.requires_grad_(False)
     if starved:
-        print(f"warning: --max-df {cfg.max_df:g} left no trainable slot in {starved} of "
-              f"{len(facts) * cfg.steps_per_fact * len(tables)} steps, which trained nothing; raise --max-df",
+        why = " and ".join(([f"--max-df {cfg.max_df:g}"] if cfg.max_df < 1 else []) + (["--fresh-rows"] if cfg.fresh_rows else []))
+        print(f"warning: {why} left no trainable slot in {starved} of {len(facts) * cfg.steps_per_fact * len(tables)} "
+              f"steps, which trained nothing; {'raise --max-df' if cfg.max_df < 1 else 'stream fewer facts'}",
               file=sys.stderr)
     if cfg.mode == "lora":
         merge_lora(model)

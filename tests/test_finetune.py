@@ -1,6 +1,7 @@
 import json
 import os
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -235,6 +236,28 @@ def test_max_df_through_the_stream_trains_only_slots_under_the_cap(trained):
     run_stream(fc, model, enc, facts, [{"df": df, "reads": df, "units": 1000}], quiet=True)
     changed = (model.state_dict()["blocks.1.ffn.values.weight"] != before).any(dim=1).nonzero().flatten()
     assert changed.tolist() == allowed.tolist()              # t = 20, but only five slots may be trained
+
+
+def test_fresh_rows_never_train_a_row_an_earlier_fact_trained(trained):
+    cfg, _, enc, _ = trained
+    model, enc, ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+    key = "blocks.1.ffn.values.weight"
+    facts = [{"paraphrases": [f"{name} has a red ball.", f"The ball of {name} is red."],
+              "questions": [f"What does {name} have?"], "heldout_question": None, "answer": "a red ball."}
+             for name in ("Tom", "Sue")]                       # the same words: without the rule they share rows
+    fc = resolve(FinetuneConfig(mode="sparse", optimizer="sgd", lr=1.0, top_t=16, ranking="tf", steps_per_fact=2), model)
+    base = model.state_dict()[key].clone()
+    run_stream(fc, model, enc, facts[:1], quiet=True)
+    after_first = model.state_dict()[key].clone()
+    first = (after_first != base).any(dim=1)
+    run_stream(fc, model, enc, facts[1:], quiet=True)
+    assert (first & (model.state_dict()[key] != after_first).any(dim=1)).any()   # shared rows are trained again ...
+    # ... unless the stream holds both facts with --fresh-rows: then none is
+    model.load_state_dict({**model.state_dict(), key: base})
+    run_stream(replace(fc, fresh_rows=True), model, enc, facts, quiet=True)
+    both = model.state_dict()[key]
+    assert torch.equal(both[first], after_first[first])      # the first fact's rows as it left them
+    assert ((both != after_first).any(dim=1) & ~first).any()   # and the second trained read rows of its own
 
 
 def test_max_df_with_tf_ranking_still_reads_the_background(trained, tmp_path):

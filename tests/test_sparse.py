@@ -70,6 +70,16 @@ def test_max_df_drops_the_slots_above_the_cap_before_top_t(ranking, rank_by, unc
     assert choose_rows(reads, count, 6, 2, ranking, rank_by, 0.1, bg).tolist() == capped
 
 
+def test_taken_rows_are_never_chosen_and_the_next_best_take_their_place():
+    reads = torch.tensor([[0, 2], [0, 2], [0, 2], [0, 3], [3, 1]]).view(1, 5, 1, 2)   # tf 0.4, 0.1, 0.3, 0.2
+    count = torch.ones(1, 5, dtype=torch.bool)
+    taken = torch.tensor([True, False, False, False, False, False])
+    assert choose_rows(reads, count, 6, 2, "tf").tolist() == [0, 2]
+    assert choose_rows(reads, count, 6, 2, "tf", taken=taken).tolist() == [2, 3]
+    everything = torch.ones(6, dtype=torch.bool)
+    assert choose_rows(reads, count, 6, 2, "tf", taken=everything).tolist() == []
+
+
 class ReadsItsTokens:
     """A stand-in model with one memory table of 8 slots in which every token reads one slot,
     the slot of its own id: the reads of a unit are its tokens."""
