@@ -218,11 +218,12 @@ def seen_tokens(train_tokens):
     return set(np.unique(train_tokens).tolist())
 
 
-def new_fact_entries(cfg, enc, seen, n):
-    """The first n facts of the new-fact stream whose tokens all occur in pretraining.
-    facts.json holds the first 1000; the same call gives the same prefix and more
-    (experiments.py long asks for 2000)."""
-    return [f.to_dict() for f in world_of(cfg).new_facts(n, usable_for(enc, seen))]
+def new_fact_entries(cfg, enc, seen, n, at_most=False):
+    """The first n facts of the new-fact stream whose tokens all occur in pretraining (at_most:
+    fewer if fewer are). facts.json holds the first 1000 (on real text, whose tokenizer spells
+    fewer invented names in tokens the text holds, as many as there are); the same call gives
+    the same prefix and more (experiments.py long asks for 1000)."""
+    return [f.to_dict() for f in world_of(cfg).new_facts(n, usable_for(enc, seen), at_most)]
 
 
 def knowledge_base(cfg, enc, seen):
@@ -233,12 +234,13 @@ def knowledge_base(cfg, enc, seen):
     stats = {"collision_share": kworld.collision_share(world),
              "answers": {r: {"facts": n, "distinct": d, "entropy_bits": round(h, 3)} for r, (n, d, h) in entropy.items()}}
     bits = sorted(h for _, _, h in entropy.values())
+    new = new_fact_entries(cfg, enc, seen, 1000, at_most=True)
     print(f"facts: {len(world.background)} background over {len(entropy)} relations (answer entropy "
-          f"{bits[0]:.1f}-{bits[-1]:.1f} bits per relation); new facts sharing a (relation, answer) pair "
-          f"with the background: {stats['collision_share']:.1%}")
+          f"{bits[0]:.1f}-{bits[-1]:.1f} bits per relation), {len(new)} new; new facts sharing a (relation, "
+          f"answer) pair with the background: {stats['collision_share']:.1%}")
     return {"seed": cfg.seed, "world": cfg.world, "stats": stats,
             "background": [f.to_dict() for f in world.background],
-            "new": new_fact_entries(cfg, enc, seen, 1000),
+            "new": new,
             "new_answers": [f.to_dict() for f in kworld.take(world.new_answers, 100, usable)],
             "new_relations": [f.to_dict() for f in kworld.take(world.new_relations, 100, usable)]}
 

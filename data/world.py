@@ -262,14 +262,15 @@ class World:
     new_relations: list                           # generalisation set: relations pretraining never had
     invented: list = field(repr=False, default_factory=list)   # every invented name and town
 
-    def new_facts(self, n, usable=lambda facts: True):
+    def new_facts(self, n, usable=lambda facts: True, at_most=False):
         """The first n facts of the new-fact stream whose entity passes `usable` (data/prepare.py
         skips entities with a token that never occurs in pretraining)."""
-        return take(self.new, n, usable)
+        return take(self.new, n, usable, at_most)
 
 
-def take(facts, n, usable):
-    """The first n facts of whole entities that pass usable(their facts)."""
+def take(facts, n, usable, at_most=False):
+    """The first n facts of whole entities that pass usable(their facts); at_most: all there
+    are if fewer pass, else fewer than n is an error."""
     by_subject, out = {}, []
     for f in facts:
         by_subject.setdefault(f.subject, []).append(f)
@@ -278,6 +279,8 @@ def take(facts, n, usable):
             out += group
         if len(out) >= n:
             return out[:n]
+    if at_most:
+        return out
     raise ValueError(f"only {len(out)} facts available, {n} asked")
 
 

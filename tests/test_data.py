@@ -56,6 +56,17 @@ def test_names_are_distinct_and_new():
     assert len({(f.subject, f.relation) for f in w.new}) == len(w.new)           # each fact once
 
 
+def test_new_facts_skip_unusable_entities_and_say_when_too_few_are_left():
+    w = world.make_world(1337)
+    two = list(dict.fromkeys(f.subject for f in w.new))[:2]
+    theirs = [f for f in w.new if f.subject in two]
+    usable = lambda facts: facts[0].subject in two              # every other entity is "spelled in unseen tokens"
+    assert w.new_facts(len(theirs), usable) == theirs
+    with pytest.raises(ValueError, match=f"only {len(theirs)} facts available, {len(theirs) + 1} asked"):
+        w.new_facts(len(theirs) + 1, usable)
+    assert w.new_facts(1000, usable, at_most=True) == theirs     # facts.json: as many as there are
+
+
 def test_fact_renderings():
     f = world.Fact("Tomi", "home", "Pinewood")
     assert "Tomi lives in Pinewood." in f.statements()
