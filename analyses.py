@@ -30,7 +30,7 @@ def setup(args, needs_memory=True):
     the experiment has nothing to run without a memory layer, so a dense model is refused."""
     device = pick_device(args.device)
     cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, facts=args.facts, steps_per_fact=args.steps_per_fact,
-                            lr=args.lr, top_t=args.top_t, device=args.device)
+                            lr=args.lr, top_t=args.top_t, fresh_rows=args.fresh_rows, device=args.device)
     model, enc, ckpt = ft.load_base(cfg, device)
     if needs_memory:
         refuse_dense(args, model)
@@ -102,9 +102,11 @@ def new_facts(ckpt, enc, n):
 
 def long_stream(args, points=5):
     """Sparse finetuning on a stream of --facts facts, then a second stream of as many more:
-    after every fifth of each stream, accuracy on both streams' facts and the background."""
+    after every fifth of each stream, accuracy on both streams' facts (each stream's questions,
+    taught or not yet), on all the facts taught so far, and on the background."""
     device = pick_device(args.device)
-    cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, steps_per_fact=args.steps_per_fact, lr=args.lr, device=args.device)
+    cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, steps_per_fact=args.steps_per_fact, lr=args.lr, top_t=args.top_t,
+                            fresh_rows=args.fresh_rows, device=args.device)
     model, enc, ckpt = ft.load_base(cfg, device)
     refuse_dense(args, model)
     cfg = ft.resolve(cfg, model)
@@ -115,20 +117,22 @@ def long_stream(args, points=5):
     background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
     items = [qa_items(s) for s in streams]                            # each stream's taught questions
     stats = load_or_compute_background(cfg, model, ckpt, device)
-    trace = [{"facts": 0, "first": qa_accuracy(model, enc, items[0], device), "second": None,
+    trace = [{"facts": 0, "first": qa_accuracy(model, enc, items[0], device), "second": None, "taught": None,
               "background": qa_accuracy(model, enc, background, device)}]
     every = max(1, args.facts // points)
     for k, stream in enumerate(streams):
         def measure(n):
             if n % every and n != len(stream):
                 return
+            taught = qa_items(streams[0][:n] if k == 0 else streams[0] + stream[:n])
             p = {"facts": k * args.facts + n, "first": qa_accuracy(model, enc, items[0], device),
                  "second": qa_accuracy(model, enc, items[1], device) if k else None,
+                 "taught": qa_accuracy(model, enc, taught, device),
                  "background": qa_accuracy(model, enc, background, device)}
             trace.append(p)
             print(f"after {p['facts']:>5} facts: first stream {p['first']:.3f}"
                   + ("" if p["second"] is None else f" | second stream {p['second']:.3f}")
-                  + f" | background {p['background']:.3f}", flush=True)
+                  + f" | all taught so far {p['taught']:.3f} | background {p['background']:.3f}", flush=True)
         ft.run_stream(cfg, model, enc, stream, stats, quiet=True, on_fact=measure)
     return {"lr": cfg.lr, "top_t": cfg.top_t, "stream": args.facts, "trace": trace}
 
@@ -139,6 +143,8 @@ def long_figure(plt, data):
     ax.plot([p["facts"] for p in tr], [p["first"] * 100 for p in tr], "o-", label="first stream's facts")
     second = [p for p in tr if p["second"] is not None]
     ax.plot([p["facts"] for p in second], [p["second"] * 100 for p in second], "o-", label="second stream's facts")
+    taught = [p for p in tr if p.get("taught") is not None]
+    ax.plot([p["facts"] for p in taught], [p["taught"] * 100 for p in taught], "o--", label="all facts taught so far")
     ax.plot([p["facts"] for p in tr], [p["background"] * 100 for p in tr], "o-", label="background facts")
     ax.axvline(data["stream"], color="#999", lw=1)
     ax.set_xlabel("facts streamed (sparse finetuning)")

@@ -14,10 +14,12 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py sequence      # batch-level vs sequence-level ranking over the same t's
     python experiments.py max-df        # never train slots that many background units read (beyond the paper)
     python experiments.py frontier      # sparse: larger t at smaller learning rates
+    python experiments.py fresh-rows    # never train a row an earlier fact trained (beyond the paper)
     python experiments.py long          # sparse: a stream of 500 facts, then 500 more (--facts 1000: 1000 + 1000)
     python experiments.py real-text     # pretrain on real TinyStories text, then full vs LoRA vs sparse
     python experiments.py layouts       # pretrain other memory layouts (heads x top-k, placement), then sparse
     python experiments.py worlds        # pretrain on other knowledge worlds (closed answers, more people), then sparse
+    python experiments.py dense         # the memory model against dense ones trained for the same time and steps
     python experiments.py course        # the course's exercises on the classroom model, pretrained with 3 seeds
     python experiments.py topt --facts 1000 --steps-per-fact 1   # the paper-sized stream
 
@@ -64,6 +66,7 @@ SWEEPS = {
     "sequence": (lambda: [{"rank_by": b, "top_t": t} for b in ("batch", "sequence") for t in T_SWEEP], "rank_by", "top_t"),
     "max-df": (lambda: [{"max_df": d, "lr": lr} for d in (1.0, 0.3, 0.2, 0.1) for lr in (20, 50, 100)], "max_df", "lr"),
     "frontier": (lambda: [{"top_t": t, "lr": lr} for t in (100, 200, 500) for lr in (10, 20, 50)], "top_t", "lr"),
+    "fresh-rows": (lambda: [{"fresh_rows": f, "lr": lr} for f in (False, True) for lr in (20, 50, 100)], "fresh_rows", "lr"),
 }
 
 
@@ -72,6 +75,8 @@ def group(run, key):
         return f"{run['mode']} {run['optimizer']}"
     if key == "max_df":
         return f"max-df {run['max_df']:g}"
+    if key == "fresh_rows":
+        return "fresh rows" if run["fresh_rows"] else "rows shared (the paper)"
     return run.get(key, "sparse") if key else "sparse"
 
 
@@ -79,6 +84,8 @@ def point(run, field):
     v = run.get(field)
     if field == "top_t" and v == 0:
         return "all read"
+    if v is None:                                                       # the run keeps finetune.py's default
+        return "default"
     return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
@@ -136,27 +143,36 @@ def sweep(args, runs, key, field):
 SHARED_TINYSTORIES = os.path.join(ROOT, "..", "shared", "data", "tinystories", "tinystories_v1_train_head_2MiB.txt")
 SPARSE_LRS = [{"lr": 20}, {"lr": 50}]
 
-# Experiments that pretrain their own models: per variant (its folder, a label, the corpus
-# settings and the model settings that differ from the defaults), then the same runs on each.
+# Experiments that pretrain their own models: per variant (its folder, a label, and the corpus,
+# model and training settings that differ from the defaults), then the same runs on each.
+# dense: the default memory model against the dense one (an FFN in block 3 too) trained for as
+# many steps as run in the memory model's pretraining time (bench.py: 13,450 tokens/s against
+# 8,315 here, so 1,700 x 1.62 = 2,750 steps), and for the same 1,700 steps.
 VARIANTS = {
-    "layouts": ([("h2k16", "2 heads x top-16", {}, {"mem_heads": 2, "mem_topk": 16}),
-                 ("h4k8", "4 heads x top-8", {}, {"mem_heads": 4, "mem_topk": 8}),
-                 ("h4k16", "4 heads x top-16 (default)", {}, {}),
-                 ("block2", "memory in block 2 of 4", {}, {"memory_layers": (2,)})], SPARSE_LRS),
-    "worlds": ([("open", "open answers (default)", {}, {}),
-                ("closed", "closed: 15 answers a relation", {"world": "closed"}, {}),
+    "layouts": ([("h2k16", "2 heads x top-16", {}, {"mem_heads": 2, "mem_topk": 16}, {}),
+                 ("h4k8", "4 heads x top-8", {}, {"mem_heads": 4, "mem_topk": 8}, {}),
+                 ("h4k16", "4 heads x top-16 (default)", {}, {}, {}),
+                 ("block2", "memory in block 2 of 4", {}, {"memory_layers": (2,)}, {})], SPARSE_LRS),
+    "worlds": ([("open", "open answers (default)", {}, {}, {}),
+                ("closed", "closed: 15 answers a relation", {"world": "closed"}, {}, {}),
                 ("people500", "500 people, 60 documents each", {"n_people": 500, "n_towns": 60, "n_animals": 60,
-                                                                 "fact_repeats": 60}, {})], SPARSE_LRS),
-    "real-text": ([("tinystories", "TinyStories text", {"source": "tinystories"}, {})],
+                                                                 "fact_repeats": 60}, {}, {})], SPARSE_LRS),
+    "real-text": ([("tinystories", "TinyStories text", {"source": "tinystories"}, {}, {})],
                   [{"mode": m} for m in ("full", "lora", "sparse")]),
+    "dense": ([("h4k16", "memory, 1,700 steps (default)", {}, {}, {}),
+               ("dense2750", "dense, 2,750 steps (same time)", {}, {}, {"dense": True, "max_iters": 2750}),
+               ("dense1700", "dense, 1,700 steps", {}, {}, {"dense": True})],
+              [{"mode": "full"}, {"mode": "full", "lr": 1e-4}, {"mode": "lora"}, {"mode": "lora", "lr": 3e-4},
+               {"mode": "sparse"}]),
 }
 
 
-def pretrained(folder, data, model, args):
-    """The checkpoint of the default training run on a corpus and a model that differ from the
-    defaults by `data` and `model`; the corpus is prepared and the model trained if missing.
-    With no difference it is the default checkpoint (pretrained first by setup if missing)."""
-    if not data and not model:
+def pretrained(folder, data, model, training, args):
+    """The checkpoint of the default training run on a corpus, model and training settings that
+    differ from the defaults by `data`, `model` and `training`; the corpus is prepared and the
+    model trained if missing. With no difference it is the default checkpoint (pretrained
+    first by setup if missing)."""
+    if not data and not model and not training:
         return ft.DEFAULT_CHECKPOINT
     ckpt = os.path.join(ROOT, "out", "variants", folder, "ckpt.pt")
     if not os.path.exists(ckpt):
@@ -167,7 +183,8 @@ def pretrained(folder, data, model, args):
             corpus.tinystories_file = args.tinystories_file
         prepare(corpus)
         print(f"pretraining {folder} on {corpus.out_dir} -> {ckpt} (about 8 min on 2 CPU cores)", flush=True)
-        train(TrainConfig(data_dir=corpus.out_dir, out_dir=os.path.dirname(ckpt), device=args.device), GPTConfig(**model))
+        train(TrainConfig(**{**training, "data_dir": corpus.out_dir, "out_dir": os.path.dirname(ckpt),
+                             "device": args.device}), GPTConfig(**model))
     return ckpt
 
 
@@ -175,11 +192,15 @@ def variants(args, name):
     """Pretrain each variant (or reuse its checkpoint), then run the same runs on each."""
     out = {}
     variants_, runs = VARIANTS[name]
-    for folder, label, data, model in variants_:
-        args.checkpoint = pretrained(folder, data, model, args)
-        print(f"{label}:", flush=True)
+    for folder, label, data, model, training in variants_:
+        args.checkpoint = pretrained(folder, data, model, training, args)
+        ckpt = load_checkpoint(args.checkpoint)[2]
+        m, tc = ckpt["metrics"], ckpt["train_config"]
+        seconds = ckpt["step"] * tc["batch_size"] * ckpt["model_args"]["block_size"] / m["tokens_per_s"]
+        print(f"{label}: background facts {m['fact_acc']:.3f}, val loss {m['val_loss']:.4f}, "
+              f"{ckpt['step']} steps in {seconds:.0f} s of training steps", flush=True)
         out[label] = sweep(args, runs, "mode", "lr" if name != "real-text" else "mode")
-        out[label]["pretraining"] = load_checkpoint(args.checkpoint)[2]["metrics"]
+        out[label]["pretraining"] = {**m, "steps": ckpt["step"], "step_seconds": seconds}
     return {"variants": out}
 
 
@@ -253,11 +274,13 @@ def variants_figure(plt, name, data):
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for label, v in data["variants"].items():
         rs = v["results"]
+        mixed = name in ("course", "dense")                             # runs of several methods: points, no line
         ax.plot([r["background_drop"] * 100 for r in rs], [r["learned_acc"] * 100 for r in rs],
-                "o" if name == "course" else "o-", label=label)
+                "o" if mixed else "o-", label=label)
         for r in rs:
-            ax.annotate(point(r["run"], "mode" if name == "real-text" else "lr"), (r["background_drop"] * 100,
-                        r["learned_acc"] * 100), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            text = f"{r['mode']} {r['lr']:g}" if name == "dense" else point(r["run"], "mode" if name == "real-text" else "lr")
+            ax.annotate(text, (r["background_drop"] * 100, r["learned_acc"] * 100), textcoords="offset points",
+                        xytext=(4, 3), fontsize=7)
     ax.set_xlabel("forgotten: drop in background-fact accuracy (%)")
     ax.set_ylabel("learned: new-fact accuracy (%)")
     ax.set_ylim(0, 105)
@@ -289,6 +312,8 @@ def main(argv=None):
     p.add_argument("--steps-per-fact", type=int, default=ft.FinetuneConfig.steps_per_fact, help="steps on each fact's batch")
     p.add_argument("--top-t", type=int, default=ft.FinetuneConfig.top_t, help="sparse: rows per step where a run "
                    "does not set t (default: finetune.py's)")
+    p.add_argument("--fresh-rows", action="store_true", help="sparse: never train a row an earlier fact trained, "
+                   "where a run does not set it (finetune.py --fresh-rows)")
     p.add_argument("--lr", type=float, default=0.0, help="learning rate where a run does not set one; 0 = finetune.py's "
                    "default (curves always uses each method's default)")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "out", "experiments"), help="where the JSON and PNG go")

@@ -132,16 +132,33 @@ def test_a_variant_gets_its_own_corpus_and_model_and_reuses_its_checkpoint(tmp_p
     monkeypatch.setattr(experiments, "prepare", lambda cfg: calls.append(("prepare", cfg)))
     monkeypatch.setattr(experiments, "train", lambda cfg, mcfg: calls.append(("train", cfg, mcfg)))
     args = type("Args", (), {"device": "cpu", "tinystories_file": ""})()
-    ckpt = experiments.pretrained("few", {"n_people": 5}, {"mem_heads": 8, "mem_topk": 4}, args)
+    ckpt = experiments.pretrained("few", {"n_people": 5}, {"mem_heads": 8, "mem_topk": 4}, {"max_iters": 7}, args)
     (_, corpus), (_, run, model) = calls
     assert corpus.n_people == 5 and corpus.out_dir == str(tmp_path / "data" / "variants" / "few")
     assert run.data_dir == corpus.out_dir and ckpt == str(tmp_path / "out" / "variants" / "few" / "ckpt.pt")
     assert run.out_dir == os.path.dirname(ckpt) and (model.mem_heads, model.mem_topk) == (8, 4)
-    assert model.n_embd == GPTConfig().n_embd                         # everything else is the default
-    experiments.pretrained("wide", {}, {"n_embd": 64}, args)
+    assert model.n_embd == GPTConfig().n_embd and run.max_iters == 7  # everything else is the default
+    assert (run.seed, run.dense) == (TrainConfig.seed, False)
+    experiments.pretrained("wide", {}, {"n_embd": 64}, {}, args)
     assert calls[2][1].out_dir.endswith(os.path.join("data", "generated"))   # no corpus change: the default corpus
-    assert experiments.pretrained("same", {}, {}, args) == DEFAULT_CHECKPOINT and len(calls) == 4   # no change at all
+    experiments.pretrained("dense", {}, {}, {"dense": True}, args)    # a training change alone is a variant too
+    assert calls[5][1].dense and calls[5][1].out_dir == str(tmp_path / "out" / "variants" / "dense")
+    assert experiments.pretrained("same", {}, {}, {}, args) == DEFAULT_CHECKPOINT and len(calls) == 6   # no change at all
     os.makedirs(os.path.dirname(ckpt), exist_ok=True)
     open(ckpt, "wb").close()
     calls.clear()
-    assert experiments.pretrained("few", {"n_people": 5}, {}, args) == ckpt and calls == []   # reused
+    assert experiments.pretrained("few", {"n_people": 5}, {}, {}, args) == ckpt and calls == []   # reused
+
+
+def test_long_scores_the_facts_taught_so_far_beside_each_whole_stream(trained, tmp_path, monkeypatch):
+    cfg, _, _, _ = trained
+    monkeypatch.setattr(analyses, "qa_accuracy", lambda model, enc, items, device: len(items))   # "accuracy" = items scored
+    monkeypatch.setattr(analyses.ft, "run_stream", lambda cfg, model, enc, stream, stats, quiet, on_fact:
+                        [on_fact(n) for n in range(1, len(stream) + 1)])
+    experiments.main(["long", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2", "--device", "cpu",
+                      "--out-dir", str(tmp_path)])
+    first, half, second, more, both = json.loads((tmp_path / "long.json").read_text())["trace"]
+    assert 0 < half["taught"] < half["first"]                  # one fact of the first stream's two
+    assert second["taught"] == second["first"]                 # all of the first stream
+    assert second["first"] < more["taught"] < more["first"] + more["second"]
+    assert both["taught"] == both["first"] + both["second"]    # both streams
