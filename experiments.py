@@ -274,7 +274,7 @@ def variants_figure(plt, name, data):
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for label, v in data["variants"].items():
         rs = v["results"]
-        mixed = name in ("course", "dense", "real-text")                           # runs of several methods: points, no line
+        mixed = name in ("course", "dense", "real-text")    # runs of several methods: points, no line
         ax.plot([r["background_drop"] * 100 for r in rs], [r["learned_acc"] * 100 for r in rs],
                 "o" if mixed else "o-", label=label)
         for r in rs:
