@@ -40,9 +40,10 @@ import finetune as ft
 from analyses import ANALYSES, setup
 from common import ROOT, Diverged, check_writable, keep_freed_memory, write_json
 from data.prepare import DataConfig, prepare
+from evaluate import corpus_facts
 from facts import batch_texts, make_batch
-from model import CLASSROOM_MODEL, GPTConfig, load_checkpoint
-from sparse import background_stats
+from model import CLASSROOM_MODEL, GPTConfig, checkpoint_corpus, checkpoint_train_tokens, load_checkpoint
+from sparse import background_stats, pretraining_units
 from train import CLASSROOM_TRAIN, TrainConfig, train
 
 T_SWEEP = (25, 50, 100, 200, 500, 1000)
@@ -50,7 +51,8 @@ LRS = {"full": (3e-6, 1e-5, 3e-5, 1e-4), "lora": (3e-5, 1e-4, 3e-4, 1e-3), "spar
 
 
 # Each sweep: (its runs, the field that names a line in the figure, the field that labels a point).
-# A run overrides FinetuneConfig fields; "background": "facts" takes IDF from the new facts;
+# A run overrides FinetuneConfig fields; "background": "facts" takes IDF from the new facts,
+# "pretraining + known facts" from the pretraining windows and the texts of every other background fact;
 # "top_t": 0 trains every slot the batch read.
 SWEEPS = {
     "compare": (lambda: [{"mode": m} for m in ("full", "lora", "sparse")], "mode", "mode"),
@@ -60,8 +62,8 @@ SWEEPS = {
         ("sparse", "sgd", (20, 50, 100)), ("sparse", "adamw", (0.01, 0.03, 0.1)),
         ("full", "sgd", (1e-3, 1e-2)), ("full", "adamw", (1e-5, 3e-5)),
         ("lora", "sgd", (1e-2, 1e-1)), ("lora", "adamw", (1e-4, 3e-4))) for lr in lrs], "method", "lr"),
-    "background": (lambda: [{"top_t": t, "background": b} for b in ("pretraining", "facts") for t in (64, 500)],
-                   "background", "top_t"),
+    "background": (lambda: [{"top_t": t, "background": b} for b in ("pretraining", "facts", "pretraining + known facts")
+                            for t in (64, 500)], "background", "top_t"),
     "all-slots": (lambda: [{"top_t": t} for t in (64, 500, 0)], None, "top_t"),
     "sequence": (lambda: [{"rank_by": b, "top_t": t} for b in ("batch", "sequence") for t in T_SWEEP], "rank_by", "top_t"),
     "max-df": (lambda: [{"max_df": d, "lr": lr} for d in (1.0, 0.3, 0.2, 0.1) for lr in (20, 50, 100)], "max_df", "lr"),
@@ -104,6 +106,24 @@ def fact_units(enc, facts, block_size):
         yield x, count
 
 
+def known_units(enc, ckpt, cfg, block_size):
+    """Background units from pretraining windows (as finetune.py counts them), then one per
+    even-numbered background fact, its statements and questions: a background that holds the
+    model's knowledge, not only a sample of its text. The odd-numbered facts stay out of it, so
+    that the drop on them (other_half_drop) is measured on facts the IDF never read."""
+    yield from pretraining_units(checkpoint_train_tokens(ckpt), block_size, cfg.background_batches,
+                                 cfg.background_batch_size, cfg.seed)
+    yield from fact_units(enc, corpus_facts(checkpoint_corpus(ckpt)[1]["background"][0::2]), block_size)
+
+
+def other_half_drop(ckpt, before, after):
+    """The background drop on the odd-numbered background facts' questions only."""
+    odd = [i % 2 == 1 for i, f in enumerate(checkpoint_corpus(ckpt)[1]["background"]) for _ in f["questions"]]
+    b = sum(c for c, o in zip(before["background_correct"], odd) if o)
+    a = sum(c for c, o in zip(after["background_correct"], odd) if o)
+    return (b - a) / b if b else 0.0
+
+
 def sweep(args, runs, key, field):
     """Finetune a fresh copy of the base model for each run; one result dict per run."""
     sparse = [run.get("mode", "sparse") == "sparse" for run in runs]
@@ -127,16 +147,20 @@ def sweep(args, runs, key, field):
         stats = None
         if run.get("background") == "facts":                            # IDF from the new facts themselves
             stats = background_stats(model, fact_units(enc, facts, model.config.block_size), device, quiet=True)
+        if run.get("background") == "pretraining + known facts":
+            stats = background_stats(model, known_units(enc, ckpt, cfg, model.config.block_size), device, quiet=True)
         try:
-            r, before, _ = ft.finetune(cfg, model, enc, ckpt, facts, before, quiet=True, stats=stats)
+            r, before, after = ft.finetune(cfg, model, enc, ckpt, facts, before, quiet=True, stats=stats)
         except Diverged as e:                                           # record it, go on
             print(f"{name:<26} diverged: {e}", flush=True)
             diverged.append({"run": run, "error": str(e)})
             model = ft.load_base(base_cfg, device)[0]                   # LoRA adapters may still be wrapped in
             continue
         r["run"] = run
+        if "background" in run:
+            r["other_half_drop"] = other_half_drop(ckpt, before, after)
         results.append(r)
-        print(line(name, r), flush=True)
+        print(line(name, r) + (f"  other half's drop {r['other_half_drop']:.1%}" if "background" in run else ""), flush=True)
     return {"results": results, "diverged": diverged}
 
 

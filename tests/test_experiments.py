@@ -162,3 +162,40 @@ def test_long_scores_the_facts_taught_so_far_beside_each_whole_stream(trained, t
     assert second["taught"] == second["first"]                 # all of the first stream
     assert second["first"] < more["taught"] < more["first"] + more["second"]
     assert both["taught"] == both["first"] + both["second"]    # both streams
+
+
+def test_known_facts_background_holds_every_other_fact_and_the_drop_is_measured_on_the_rest(trained):
+    cfg, _, enc, _ = trained
+    ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))[2]
+    known = experiments.checkpoint_corpus(ckpt)[1]["background"]
+    fc = experiments.ft.FinetuneConfig(background_batches=3)
+    units = list(experiments.known_units(enc, ckpt, fc, 32))
+    assert len(units) == 3 + (len(known) + 1) // 2                      # 3 windows, then the even-numbered facts
+    assert units[0][1] is None and units[3][1] is not None            # windows count every token; facts their text
+    odd = [i % 2 for i, f in enumerate(known) for _ in f["questions"]]
+    before = {"background_correct": [True] * len(odd)}
+    even_broken = {"background_correct": [bool(o) for o in odd]}
+    assert experiments.other_half_drop(ckpt, before, even_broken) == 0.0
+    first_odd_broken = {"background_correct": [i != odd.index(1) for i in range(len(odd))]}
+    assert experiments.other_half_drop(ckpt, before, first_odd_broken) == pytest.approx(1 / sum(odd))
+
+
+def test_trained_reads_counts_the_reads_where_the_answer_is_predicted(trained):
+    cfg, _, enc, _ = trained
+    model = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))[0].eval()
+    n = model.memory_modules[0].n_slots
+    items = [("Q: Where does Tom live? A:", " Dedufield."), ("Q: What does Sue eat? A:", " soup.")]
+    eot = enc.encode("<|endoftext|>", allowed_special="all")
+    p, a = eot + enc.encode(items[0][0]), enc.encode(items[0][1])
+    with model.recording_slots():
+        model(torch.tensor([p + a]))
+        reads = model.slot_reads()[0][0]                                # (T, H, k)
+    at_answer = torch.zeros(n, dtype=torch.bool)
+    at_answer[reads[len(p) - 1:len(p) + len(a) - 1].flatten()] = True  # the positions predicting " Dedufield."
+    elsewhere = torch.zeros(n, dtype=torch.bool)
+    elsewhere[reads[:len(p) - 1].flatten()] = True
+    elsewhere &= ~at_answer                                            # read in the question only
+    assert analyses.trained_reads(model, enc, items, [torch.ones(n, dtype=torch.bool)], "cpu") == [1.0, 1.0]
+    assert analyses.trained_reads(model, enc, items, [torch.zeros(n, dtype=torch.bool)], "cpu") == [0.0, 0.0]
+    assert analyses.trained_reads(model, enc, items, [at_answer], "cpu")[0] == 1.0
+    assert elsewhere.any() and analyses.trained_reads(model, enc, items, [elsewhere], "cpu")[0] == 0.0
