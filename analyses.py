@@ -19,10 +19,11 @@ import torch
 import finetune as ft
 from common import pick_device
 from data.prepare import DataConfig, new_fact_entries, seen_tokens
+from data.tokenizer import EOT
 from evaluate import corpus_facts, first_wrong_tokens, qa_accuracy, qa_correct, qa_items
 from facts import batch_texts, check_lengths, make_batch, stream_facts
 from model import checkpoint_corpus, checkpoint_train_tokens
-from sparse import choose_rows, load_or_compute_background, slot_counts
+from sparse import choose_rows, load_or_compute_background, memory_tables, slot_counts, table_reads
 
 
 def setup(args, needs_memory=True):
@@ -246,6 +247,31 @@ def memory_off(model):
             h.remove()
 
 
+@torch.no_grad()
+def trained_reads(model, enc, items, changed, device, batch_size=128):
+    """For each (prompt, answer) pair: the share of the memory reads at the positions that
+    predict its answer tokens (as first_wrong_tokens lays them out) that fall on a changed row.
+    changed: per value table (memory_tables), (n_slots,) True on the rows a stream trained."""
+    eot = enc.encode(EOT, allowed_special={EOT})
+    tables, shares = memory_tables(model), []
+    with model.recording_slots():
+        for i in range(0, len(items), batch_size):
+            chunk = [(eot + enc.encode(p), enc.encode(a)) for p, a in items[i:i + batch_size]]
+            x = torch.full((len(chunk), max(len(p) + len(a) for p, a in chunk)), eot[0], dtype=torch.long)  # (B, L)
+            at = torch.zeros(x.shape, dtype=torch.bool)                 # (B, L) positions predicting the answer
+            for r, (p, a) in enumerate(chunk):
+                x[r, :len(p) + len(a)] = torch.tensor(p + a)
+                at[r, len(p) - 1:len(p) + len(a) - 1] = True
+            model(x.to(device))
+            hits, reads_n = torch.zeros(len(chunk)), torch.zeros(len(chunk))
+            for reads, rows in zip(table_reads(model, tables), changed):   # reads: (B, L, H, k) slot ids
+                on = rows.to(reads.device)[reads].cpu() & at[:, :, None, None]
+                hits += on.sum(dim=(1, 2, 3))
+                reads_n += at.sum(dim=1) * reads.shape[2] * reads.shape[3]
+            shares += (hits / reads_n).tolist()
+    return shares
+
+
 def forgetting(args):
     """Where the forgetting goes. Before finetuning: background-fact accuracy with the memory
     layers' output set to zero (how much of it the memory carries). Then a sparse stream at
@@ -254,7 +280,8 @@ def forgetting(args):
     now answer, exactly: an answer the stream taught for the same relation, another answer of
     that relation, or neither? For comparison, how many taught answers chance would give: each
     broken question that now gives an answer of its relation, with that answer drawn at random
-    from the relation's other answers."""
+    from the relation's other answers. And do the broken questions' subjects and answers share
+    tokens with the taught subjects and answers more often than the questions that stay right?"""
     model, enc, ckpt, facts, base_cfg, device = setup(args)
     corpus = checkpoint_corpus(ckpt)[1]
     items = qa_items(corpus["background"])
@@ -263,8 +290,15 @@ def forgetting(args):
         without_memory = qa_accuracy(model, enc, items, device)
     before = qa_correct(model, enc, items, device)
     cfg = ft.resolve(base_cfg, model)
+    values = [w.detach().clone() for w, _ in memory_tables(model)]
     ft.run_stream(cfg, model, enc, facts, load_or_compute_background(cfg, model, ckpt, device), quiet=True)
     after = qa_correct(model, enc, items, device)
+    changed = [(w != v).any(dim=1).cpu() for (w, _), v in zip(memory_tables(model), values)]
+    reads = trained_reads(model, enc, items, changed, device)         # sparse training leaves every read in place
+    groups = {"broken": [r for r, b, a in zip(reads, before, after) if b and not a],
+              "still right": [r for r, b, a in zip(reads, before, after) if b and a]}
+    on_trained = {k: {"mean_share": sum(v) / max(len(v), 1), "any": sum(r > 0 for r in v) / max(len(v), 1)}
+                  for k, v in groups.items()}
     broken = [item for item, b, a in zip(items, before, after) if b and not a]
     where = {"first token": 0, "a middle token": 0, "the final period": 0}     # the first answer token now wrong
     for (prompt, answer), wrong in zip(broken, first_wrong_tokens(model, enc, broken, device)):
@@ -290,12 +324,30 @@ def forgetting(args):
             row["now_a_taught_answer" if now[0] in taught_others else "now_an_untaught_answer"] += 1
             row["taught_by_chance"] += len(taught_others) / len(others)
     total = {k: sum(row[k] for row in per_relation.values()) for k in next(iter(per_relation.values()))}
+    # Do the broken questions' subjects (answers) share tokens with the taught subjects (answers)?
+    def spelled(text):                                                 # its tokens as spelled mid-sentence,
+        words = text.rstrip(".").split()                               # without an article or the period
+        return set(enc.encode(" " + " ".join(words[1:] if words[0] in ("a", "an", "the") and len(words) > 1 else words)))
+    shared = {}
+    for key in ("subject", "answer"):
+        taught_tokens = set().union(*(spelled(e[key]) for e in corpus["new"][:len(facts)]))
+        sharing = [bool(spelled(f[key]) & taught_tokens) for f in corpus["background"] for _ in f["questions"]]
+        for shares in (True, False):
+            answered = sum(b for b, sh in zip(before, sharing) if sh == shares)
+            broke = sum(b and not a for b, a, sh in zip(before, after, sharing) if sh == shares)
+            shared[f"{key} shares {'a token' if shares else 'none'}"] = {"answered_before": answered, "broken": broke}
     acc_before, acc_after = sum(before) / len(items), sum(after) / len(items)
     print(f"background facts {acc_before:.3f}; with the memory output zeroed {without_memory:.3f}")
     print(f"after {len(facts)} facts (sparse, lr {cfg.lr:g}, t = {cfg.top_t}): {acc_after:.3f}; "
           f"{total['broken']} questions broken; now {total['now_a_taught_answer']} give an answer taught for the same "
           f"relation ({total['taught_by_chance']:.1f} by chance), {total['now_an_untaught_answer']} another answer of it")
     print("first answer token that went wrong: " + ", ".join(f"{k} {v}" for k, v in where.items()))
+    n_trained, n_rows = sum(int(c.sum()) for c in changed), sum(len(c) for c in changed)
+    print(f"rows trained: {n_trained} ({n_trained / n_rows:.1%} of the table); reads of them where an answer is predicted: " + ", ".join(
+        f"{k} questions {v['mean_share']:.2%} of their reads ({v['any']:.0%} read one at least)" for k, v in on_trained.items()))
+    print("tokens in common with what the stream taught: " + ", ".join(
+        f"{k}: {v['broken']} of {v['answered_before']} broken ({v['broken'] / max(v['answered_before'], 1):.1%})"
+        for k, v in shared.items()))
     for r, row in per_relation.items():
         print(f"  {r:<8} answered before {row['answered_before']:>4}  broken {row['broken']:>3}  now a taught answer "
               f"{row['now_a_taught_answer']:>3} (by chance {row['taught_by_chance']:4.1f})  "
@@ -304,7 +356,8 @@ def forgetting(args):
         row.update(answers=len(answers[r]), taught=len(taught.get(r, ())))
     return {"lr": cfg.lr, "top_t": cfg.top_t, "background_before": acc_before,
             "background_after": acc_after, "background_without_memory": without_memory,
-            "first_wrong_token": where, **total, "per_relation": per_relation}
+            "first_wrong_token": where, "rows_trained": n_trained,
+            "reads_of_trained_rows": on_trained, "shared_tokens": shared, **total, "per_relation": per_relation}
 
 
 def forgetting_figure(plt, data):
