@@ -15,6 +15,7 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py max-df        # never train slots that many background units read (beyond the paper)
     python experiments.py frontier      # sparse: larger t at smaller learning rates
     python experiments.py fresh-rows    # never train a row an earlier fact trained (beyond the paper)
+    python experiments.py answer-df     # rank last the slots that background answers are read from (beyond the paper)
     python experiments.py long          # sparse: a stream of 500 facts, then 500 more (--facts 1000: 1000 + 1000)
     python experiments.py real-text     # pretrain on real TinyStories text, then full vs LoRA vs sparse
     python experiments.py layouts       # pretrain other memory layouts (heads x top-k, placement), then sparse
@@ -36,14 +37,16 @@ import os
 import sys
 import time
 
+import torch
+
 import finetune as ft
 from analyses import ANALYSES, setup
 from common import ROOT, Diverged, check_writable, keep_freed_memory, write_json
 from data.prepare import DataConfig, prepare
-from evaluate import corpus_facts
+from evaluate import corpus_facts, qa_items
 from facts import batch_texts, make_batch
 from model import CLASSROOM_MODEL, GPTConfig, checkpoint_corpus, checkpoint_train_tokens, load_checkpoint
-from sparse import background_stats, pretraining_units
+from sparse import background_stats, load_or_compute_background, pretraining_units
 from train import CLASSROOM_TRAIN, TrainConfig, train
 
 T_SWEEP = (25, 50, 100, 200, 500, 1000)
@@ -53,6 +56,8 @@ LRS = {"full": (3e-6, 1e-5, 3e-5, 1e-4), "lora": (3e-5, 1e-4, 3e-4, 1e-3), "spar
 # Each sweep: (its runs, the field that names a line in the figure, the field that labels a point).
 # A run overrides FinetuneConfig fields; "background": "facts" takes IDF from the new facts,
 # "pretraining + known facts" from the pretraining windows and the texts of every other background fact;
+# "answer_df": D ranks last (IDF 0) every slot read where the answers of more than a share D of
+# every other background fact's questions are predicted (answer_units);
 # "top_t": 0 trains every slot the batch read.
 SWEEPS = {
     "compare": (lambda: [{"mode": m} for m in ("full", "lora", "sparse")], "mode", "mode"),
@@ -69,6 +74,7 @@ SWEEPS = {
     "max-df": (lambda: [{"max_df": d, "lr": lr} for d in (1.0, 0.3, 0.2, 0.1) for lr in (20, 50, 100)], "max_df", "lr"),
     "frontier": (lambda: [{"top_t": t, "lr": lr} for t in (100, 200, 500) for lr in (10, 20, 50)], "top_t", "lr"),
     "fresh-rows": (lambda: [{"fresh_rows": f, "lr": lr} for f in (False, True) for lr in (20, 50, 100)], "fresh_rows", "lr"),
+    "answer-df": (lambda: [{"answer_df": d, "lr": lr} for d in (1.0, 0.05, 0.01) for lr in (50, 100)], "answer_df", "lr"),
 }
 
 
@@ -77,6 +83,8 @@ def group(run, key):
         return f"{run['mode']} {run['optimizer']}"
     if key == "max_df":
         return f"max-df {run['max_df']:g}"
+    if key == "answer_df":
+        return f"answer-df {run['answer_df']:g}"
     if key == "fresh_rows":
         return "fresh rows" if run["fresh_rows"] else "rows shared (the paper)"
     return run.get(key, "sparse") if key else "sparse"
@@ -116,6 +124,18 @@ def known_units(enc, ckpt, cfg, block_size):
     yield from fact_units(enc, corpus_facts(checkpoint_corpus(ckpt)[1]["background"][0::2]), block_size)
 
 
+def answer_units(enc, ckpt):
+    """One background unit per question of every even-numbered background fact: the question and
+    its answer, counting only the reads at the positions that predict the answer's tokens."""
+    eot = enc.encode("<|endoftext|>", allowed_special="all")
+    for fact in checkpoint_corpus(ckpt)[1]["background"][0::2]:
+        for prompt, answer in qa_items([fact]):
+            p, a = eot + enc.encode(prompt), enc.encode(answer)
+            count = torch.zeros(1, len(p) + len(a), dtype=torch.bool)
+            count[0, len(p) - 1:len(p) + len(a) - 1] = True
+            yield torch.tensor([p + a]), count
+
+
 def other_half_drop(ckpt, before, after):
     """The background drop on the odd-numbered background facts' questions only."""
     odd = [i % 2 == 1 for i, f in enumerate(checkpoint_corpus(ckpt)[1]["background"]) for _ in f["questions"]]
@@ -133,7 +153,7 @@ def sweep(args, runs, key, field):
     results, diverged, before = [], [], None
     for run, needs_memory in zip(runs, sparse):
         name = group(run, key) if field == key else f"{group(run, key)} {field.replace('top_', '')}={point(run, field)}"
-        settings = {k: v for k, v in run.items() if k != "background"}
+        settings = {k: v for k, v in run.items() if k not in ("background", "answer_df")}
         if needs_memory and not n_slots:                                # full and LoRA run on a dense model
             print(f"{name:<26} skipped: the model has no memory layer")
             continue
@@ -149,6 +169,10 @@ def sweep(args, runs, key, field):
             stats = background_stats(model, fact_units(enc, facts, model.config.block_size), device, quiet=True)
         if run.get("background") == "pretraining + known facts":
             stats = background_stats(model, known_units(enc, ckpt, cfg, model.config.block_size), device, quiet=True)
+        if run.get("answer_df", 1.0) < 1:
+            answers = background_stats(model, answer_units(enc, ckpt), device, quiet=True)
+            stats = [{**st, "df": torch.where(a["df"] > run["answer_df"] * a["units"], st["units"], st["df"])}
+                     for st, a in zip(load_or_compute_background(cfg, model, ckpt, device), answers)]
         try:
             r, before, after = ft.finetune(cfg, model, enc, ckpt, facts, before, quiet=True, stats=stats)
         except Diverged as e:                                           # record it, go on
@@ -157,10 +181,10 @@ def sweep(args, runs, key, field):
             model = ft.load_base(base_cfg, device)[0]                   # LoRA adapters may still be wrapped in
             continue
         r["run"] = run
-        if "background" in run:
+        if "background" in run or "answer_df" in run:
             r["other_half_drop"] = other_half_drop(ckpt, before, after)
         results.append(r)
-        print(line(name, r) + (f"  other half's drop {r['other_half_drop']:.1%}" if "background" in run else ""), flush=True)
+        print(line(name, r) + (f"  other half's drop {r['other_half_drop']:.1%}" if "other_half_drop" in r else ""), flush=True)
     return {"results": results, "diverged": diverged}
 
 
