@@ -74,7 +74,7 @@ SWEEPS = {
     "max-df": (lambda: [{"max_df": d, "lr": lr} for d in (1.0, 0.3, 0.2, 0.1) for lr in (20, 50, 100)], "max_df", "lr"),
     "frontier": (lambda: [{"top_t": t, "lr": lr} for t in (100, 200, 500) for lr in (10, 20, 50)], "top_t", "lr"),
     "fresh-rows": (lambda: [{"fresh_rows": f, "lr": lr} for f in (False, True) for lr in (20, 50, 100)], "fresh_rows", "lr"),
-    "answer-df": (lambda: [{"answer_df": d, "lr": lr} for d in (1.0, 0.05, 0.01) for lr in (50, 100)], "answer_df", "lr"),
+    "answer-df": (lambda: [{"answer_df": d, "lr": lr} for d in (1.0, 0.05, 0.01) for lr in (50, 100, 200)], "answer_df", "lr"),
 }
 
 
@@ -144,6 +144,21 @@ def other_half_drop(ckpt, before, after):
     return (b - a) / b if b else 0.0
 
 
+def run_background(run, cfg, model, enc, ckpt, facts, device):
+    """The background statistics a run ranks against when it sets its own ("background",
+    "answer_df"); None: finetune.py's, from pretraining windows."""
+    block = model.config.block_size
+    if run.get("background") == "facts":                               # IDF from the new facts themselves
+        return background_stats(model, fact_units(enc, facts, block), device, quiet=True)
+    if run.get("background") == "pretraining + known facts":
+        return background_stats(model, known_units(enc, ckpt, cfg, block), device, quiet=True)
+    if run.get("answer_df", 1.0) < 1:                                  # IDF 0 where background answers are read
+        answers = background_stats(model, answer_units(enc, ckpt), device, quiet=True)
+        return [{**st, "df": torch.where(a["df"] > run["answer_df"] * a["units"], st["units"], st["df"])}
+                for st, a in zip(load_or_compute_background(cfg, model, ckpt, device), answers)]
+    return None
+
+
 def sweep(args, runs, key, field):
     """Finetune a fresh copy of the base model for each run; one result dict per run."""
     sparse = [run.get("mode", "sparse") == "sparse" for run in runs]
@@ -164,16 +179,8 @@ def sweep(args, runs, key, field):
             settings["top_t"] = settings["top_t"] or n_slots            # 0: every accessed slot
         cfg = ft.resolve(ft.FinetuneConfig(**{**vars(base_cfg), **settings}), model)
         model.load_state_dict(base)
-        stats = None
-        if run.get("background") == "facts":                            # IDF from the new facts themselves
-            stats = background_stats(model, fact_units(enc, facts, model.config.block_size), device, quiet=True)
-        if run.get("background") == "pretraining + known facts":
-            stats = background_stats(model, known_units(enc, ckpt, cfg, model.config.block_size), device, quiet=True)
-        if run.get("answer_df", 1.0) < 1:
-            answers = background_stats(model, answer_units(enc, ckpt), device, quiet=True)
-            stats = [{**st, "df": torch.where(a["df"] > run["answer_df"] * a["units"], st["units"], st["df"])}
-                     for st, a in zip(load_or_compute_background(cfg, model, ckpt, device), answers)]
         try:
+            stats = run_background(run, cfg, model, enc, ckpt, facts, device)
             r, before, after = ft.finetune(cfg, model, enc, ckpt, facts, before, quiet=True, stats=stats)
         except Diverged as e:                                           # record it, go on
             print(f"{name:<26} diverged: {e}", flush=True)
