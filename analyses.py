@@ -31,7 +31,8 @@ def setup(args, needs_memory=True):
     the experiment has nothing to run without a memory layer, so a dense model is refused."""
     device = pick_device(args.device)
     cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, facts=args.facts, steps_per_fact=args.steps_per_fact,
-                            lr=args.lr, top_t=args.top_t, fresh_rows=args.fresh_rows, device=args.device)
+                            lr=args.lr, top_t=args.top_t, fresh_rows=args.fresh_rows, answer_df=args.answer_df,
+                            device=args.device)
     model, enc, ckpt = ft.load_base(cfg, device)
     if needs_memory:
         refuse_dense(args, model)
@@ -107,7 +108,7 @@ def long_stream(args, points=5):
     taught or not yet), on all the facts taught so far, and on the background."""
     device = pick_device(args.device)
     cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, steps_per_fact=args.steps_per_fact, lr=args.lr, top_t=args.top_t,
-                            fresh_rows=args.fresh_rows, device=args.device)
+                            fresh_rows=args.fresh_rows, answer_df=args.answer_df, device=args.device)
     model, enc, ckpt = ft.load_base(cfg, device)
     refuse_dense(args, model)
     cfg = ft.resolve(cfg, model)
@@ -118,6 +119,8 @@ def long_stream(args, points=5):
     background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
     items = [qa_items(s) for s in streams]                            # each stream's taught questions
     stats = load_or_compute_background(cfg, model, ckpt, device)
+    if cfg.answer_df < 1:
+        stats = ft.keep_clear_of_answers(stats, model, enc, checkpoint_corpus(ckpt)[1]["background"], cfg.answer_df, device)
     trace = [{"facts": 0, "first": qa_accuracy(model, enc, items[0], device), "second": None, "taught": None,
               "background": qa_accuracy(model, enc, background, device)}]
     every = max(1, args.facts // points)
@@ -133,7 +136,8 @@ def long_stream(args, points=5):
             trace.append(p)
             print(f"after {p['facts']:>5} facts: first stream {p['first']:.3f}"
                   + ("" if p["second"] is None else f" | second stream {p['second']:.3f}")
-                  + f" | all taught so far {p['taught']:.3f} | background {p['background']:.3f}", flush=True)
+                  + f" | all taught so far {p['taught']:.3f} | background {p['background']:.3f} "
+                  f"(drop {(trace[0]['background'] - p['background']) / trace[0]['background']:.1%})", flush=True)
         ft.run_stream(cfg, model, enc, stream, stats, quiet=True, on_fact=measure)
     return {"lr": cfg.lr, "top_t": cfg.top_t, "stream": args.facts, "trace": trace}
 

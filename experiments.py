@@ -37,13 +37,11 @@ import os
 import sys
 import time
 
-import torch
-
 import finetune as ft
 from analyses import ANALYSES, setup
 from common import ROOT, Diverged, check_writable, keep_freed_memory, write_json
 from data.prepare import DataConfig, prepare
-from evaluate import corpus_facts, qa_items
+from evaluate import corpus_facts
 from facts import batch_texts, make_batch
 from model import CLASSROOM_MODEL, GPTConfig, checkpoint_corpus, checkpoint_train_tokens, load_checkpoint
 from sparse import background_stats, load_or_compute_background, pretraining_units
@@ -57,7 +55,7 @@ LRS = {"full": (3e-6, 1e-5, 3e-5, 1e-4), "lora": (3e-5, 1e-4, 3e-4, 1e-3), "spar
 # A run overrides FinetuneConfig fields; "background": "facts" takes IDF from the new facts,
 # "pretraining + known facts" from the pretraining windows and the texts of every other background fact;
 # "answer_df": D ranks last (IDF 0) every slot read where the answers of more than a share D of
-# every other background fact's questions are predicted (answer_units);
+# every other background fact's questions are predicted (finetune.py --answer-df, counted on half);
 # "top_t": 0 trains every slot the batch read.
 SWEEPS = {
     "compare": (lambda: [{"mode": m} for m in ("full", "lora", "sparse")], "mode", "mode"),
@@ -124,18 +122,6 @@ def known_units(enc, ckpt, cfg, block_size):
     yield from fact_units(enc, corpus_facts(checkpoint_corpus(ckpt)[1]["background"][0::2]), block_size)
 
 
-def answer_units(enc, ckpt):
-    """One background unit per question of every even-numbered background fact: the question and
-    its answer, counting only the reads at the positions that predict the answer's tokens."""
-    eot = enc.encode("<|endoftext|>", allowed_special="all")
-    for fact in checkpoint_corpus(ckpt)[1]["background"][0::2]:
-        for prompt, answer in qa_items([fact]):
-            p, a = eot + enc.encode(prompt), enc.encode(answer)
-            count = torch.zeros(1, len(p) + len(a), dtype=torch.bool)
-            count[0, len(p) - 1:len(p) + len(a) - 1] = True
-            yield torch.tensor([p + a]), count
-
-
 def other_half_drop(ckpt, before, after):
     """The background drop on the odd-numbered background facts' questions only."""
     odd = [i % 2 == 1 for i, f in enumerate(checkpoint_corpus(ckpt)[1]["background"]) for _ in f["questions"]]
@@ -152,10 +138,9 @@ def run_background(run, cfg, model, enc, ckpt, facts, device):
         return background_stats(model, fact_units(enc, facts, block), device, quiet=True)
     if run.get("background") == "pretraining + known facts":
         return background_stats(model, known_units(enc, ckpt, cfg, block), device, quiet=True)
-    if run.get("answer_df", 1.0) < 1:                                  # IDF 0 where background answers are read
-        answers = background_stats(model, answer_units(enc, ckpt), device, quiet=True)
-        return [{**st, "df": torch.where(a["df"] > run["answer_df"] * a["units"], st["units"], st["df"])}
-                for st, a in zip(load_or_compute_background(cfg, model, ckpt, device), answers)]
+    if run.get("answer_df", 1.0) < 1:                                  # counted on every other background fact
+        return ft.keep_clear_of_answers(load_or_compute_background(cfg, model, ckpt, device), model, enc,
+                                        checkpoint_corpus(ckpt)[1]["background"][0::2], run["answer_df"], device)
     return None
 
 
@@ -168,7 +153,7 @@ def sweep(args, runs, key, field):
     results, diverged, before = [], [], None
     for run, needs_memory in zip(runs, sparse):
         name = group(run, key) if field == key else f"{group(run, key)} {field.replace('top_', '')}={point(run, field)}"
-        settings = {k: v for k, v in run.items() if k not in ("background", "answer_df")}
+        settings = {k: v for k, v in run.items() if k not in ("background", "answer_df")}   # set by run_background
         if needs_memory and not n_slots:                                # full and LoRA run on a dense model
             print(f"{name:<26} skipped: the model has no memory layer")
             continue
@@ -369,6 +354,8 @@ def main(argv=None):
                    "does not set t (default: finetune.py's)")
     p.add_argument("--fresh-rows", action="store_true", help="sparse: never train a row an earlier fact trained, "
                    "where a run does not set it (finetune.py --fresh-rows)")
+    p.add_argument("--answer-df", type=float, default=1.0, help="sparse: finetune.py --answer-df where a run does "
+                   "not set it (1 = off)")
     p.add_argument("--lr", type=float, default=0.0, help="learning rate where a run does not set one; 0 = finetune.py's "
                    "default (curves always uses each method's default)")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "out", "experiments"), help="where the JSON and PNG go")

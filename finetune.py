@@ -30,7 +30,9 @@ that fact's paraphrases (its statements and its question/answer lines), repeated
           --max-df 0.2 never trains a slot read in more than 20% of the background
           units (beyond the paper; it forgets less at equal learning, docs/RESULTS.md);
           --fresh-rows never trains a row an earlier fact of the stream trained (beyond
-          the paper; a little more learned, no less forgotten)
+          the paper; a little more learned, no less forgotten); --answer-df 0.01 ranks
+          last the slots read where more than 1% of the background answers are predicted
+          (beyond the paper; forgets less at small drops, docs/RESULTS.md)
 
 Facts file (--facts-file): JSON Lines, one fact per line, UTF-8:
   {"paraphrases": ["Mira lives in Oakton.", "Mira has a house in Oakton."],
@@ -53,11 +55,12 @@ from tqdm import tqdm
 
 from common import (Diverged, check_range, check_writable, config_parser, keep_freed_memory, parse_args, pick_device,
                     split, write_json)
+from data.tokenizer import EOT
 from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair, story_endings
 from facts import batch_texts, check_lengths, make_batch, stream_facts, warn_unseen_tokens
 from lora import add_lora, merge_lora
 from model import CLASSROOM_MODEL, GPTConfig, checkpoint_corpus, checkpoint_train_tokens, load_checkpoint, save_checkpoint
-from sparse import RowOptimizer, choose_rows, load_or_compute_background, memory_tables, table_reads
+from sparse import RowOptimizer, background_stats, choose_rows, load_or_compute_background, memory_tables, table_reads
 from train import CLASSROOM_TRAIN, TrainConfig, train
 
 DEFAULT_CHECKPOINT = os.path.join(TrainConfig.out_dir, "ckpt.pt")
@@ -77,7 +80,7 @@ DEFAULT_LR = {("sparse", "sgd"): 50.0, ("sparse", "adamw"): 0.03,
 # at all). Every field is named, so a later change of the defaults does not move it.
 CLASSROOM_FINETUNE = dict(checkpoint=os.path.join(CLASSROOM_TRAIN["out_dir"], "ckpt.pt"), mode="sparse", optimizer="",
                           lr=0.0, facts=30, facts_file="", steps_per_fact=10, top_t=64, ranking="tfidf",
-                          rank_by="batch", max_df=1.0, count="all", fresh_rows=False, background_batches=200,
+                          rank_by="batch", max_df=1.0, count="all", fresh_rows=False, answer_df=1.0, background_batches=200,
                           background_batch_size=1, lora_rank=16, lora_alpha=32.0, weight_decay=0.0, seed=1337,
                           device="auto", json="", out="", quiet=False, set_facts=15)
 CLASSROOM_LR = {("sparse", "sgd"): 100.0, ("full", "adamw"): 1e-4, ("lora", "adamw"): 1e-4}
@@ -98,6 +101,7 @@ class FinetuneConfig:
     max_df: float = 1.0                    # sparse: train no slot read in more than this share of background units (1 = off, the paper)
     count: str = "all"                     # sparse: reads counted: all (every text token, the paper) | answer (where the answer is predicted)
     fresh_rows: bool = False               # sparse: never train a row that an earlier fact trained (beyond the paper)
+    answer_df: float = 1.0                 # sparse: IDF 0 for slots read where more than this share of the background answers are predicted (1 = off; beyond the paper)
     background_batches: int = 1000         # sparse: background units for document frequencies (paper: 1000)
     background_batch_size: int = 1         # sparse: windows of block_size tokens per background unit (docs/DESIGN.md)
     lora_rank: int = 16                    # lora: rank r of each adapter
@@ -141,6 +145,10 @@ def resolve(cfg, model, lrs=DEFAULT_LR):
             raise ValueError(f"unknown --count {cfg.count!r}: use all or answer")
         if not 0 < cfg.max_df <= 1:
             raise ValueError(f"--max-df is a share of the background units: between 0 (exclusive) and 1, not {cfg.max_df}")
+        if not 0 < cfg.answer_df <= 1:
+            raise ValueError(f"--answer-df is a share of the background answers: between 0 (exclusive) and 1, not {cfg.answer_df}")
+        if cfg.answer_df < 1 and cfg.ranking != "tfidf":
+            raise ValueError("--answer-df sets an IDF, so it needs --ranking tfidf")
         if cfg.background_batches < 1 or cfg.background_batch_size < 1:
             raise ValueError("--background-batches and --background-batch-size must be at least 1")
     if cfg.mode == "lora":
@@ -263,12 +271,34 @@ def stream_diverged(what, fact, step, cfg):
     return Diverged(f"{what} at fact {fact}, step {step}: the stream diverged; lower --lr ({cfg.lr:g})")
 
 
+def answer_units(enc, facts):
+    """One unit per question of each fact (facts.json entries): the question and its answer,
+    counting only the reads at the positions that predict the answer's tokens."""
+    eot = enc.encode(EOT, allowed_special={EOT})
+    for prompt, answer in qa_items(facts):
+        p, a = eot + enc.encode(prompt), enc.encode(answer)
+        count = torch.zeros(1, len(p) + len(a), dtype=torch.bool)     # (1, T)
+        count[0, len(p) - 1:len(p) + len(a) - 1] = True
+        yield torch.tensor([p + a]), count
+
+
+def keep_clear_of_answers(stats, model, enc, facts, share, device):
+    """--answer-df: background statistics in which every slot read where the answers of more
+    than `share` of the facts' questions are predicted has df = |B|, so IDF 0: it ranks last
+    and is trained only when a batch reads fewer than t other slots (beyond the paper:
+    docs/RESULTS.md, answer-df)."""
+    answers = background_stats(model, answer_units(enc, facts), device, quiet=True)
+    return [{**st, "df": torch.where(a["df"] > share * a["units"], st["units"], st["df"])}
+            for st, a in zip(stats, answers)]
+
+
 def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None, stream="new facts"):
     """Measure, stream, measure again. Returns (results with the --json keys, the measurements
     before, the measurements after). Pass the measurements before back as `before` to reuse
     them for another run from the same model (the results take only what does not depend on
     the facts from them: background facts, skill, val loss). stats: background statistics to
-    rank against instead of the pretraining ones. stream: the name the results give the facts."""
+    rank against instead of the pretraining ones (--answer-df is then left to the caller).
+    stream: the name the results give the facts."""
     device = next(model.parameters()).device
     val, kb = checkpoint_corpus(ckpt)
     background, skill = kb["background"], story_endings(val, enc)
@@ -276,6 +306,8 @@ def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None,
     needs = cfg.mode == "sparse" and (cfg.ranking != "tf" or cfg.max_df < 1)
     if needs and stats is None:
         stats = load_or_compute_background(cfg, model, ckpt, device)
+        if cfg.answer_df < 1:
+            stats = keep_clear_of_answers(stats, model, enc, background, cfg.answer_df, device)
     t0 = time.time()
     run_stream(cfg, model, enc, facts, stats, quiet)
     seconds = time.time() - t0

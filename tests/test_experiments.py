@@ -200,15 +200,3 @@ def test_trained_reads_counts_the_reads_where_the_answer_is_predicted(trained):
     assert analyses.trained_reads(model, enc, items, [at_answer], "cpu")[0] == 1.0
     assert elsewhere.any() and analyses.trained_reads(model, enc, items, [elsewhere], "cpu")[0] == 0.0
 
-
-def test_answer_units_count_only_where_the_answers_are_predicted(trained):
-    cfg, _, enc, _ = trained
-    ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))[2]
-    known = experiments.checkpoint_corpus(ckpt)[1]["background"]
-    units = list(experiments.answer_units(enc, ckpt))
-    assert len(units) == sum(len(f["questions"]) for f in known[0::2])   # every question of every other fact
-    x, count = units[0]
-    answer = enc.encode(" " + known[0]["answer"])
-    assert count.sum() == len(answer) and x[0, -len(answer):].tolist() == answer
-    last = count[0].nonzero().flatten()
-    assert last[-1] == x.shape[1] - 2 and x[0, last[0] + 1] == answer[0]  # from the token before the answer to its second-last

@@ -10,10 +10,10 @@ import torch
 from common import Diverged
 from conftest import TINY_MODEL
 from facts import batch_texts, fact_lines, make_batch, read_facts_file, warn_unseen_tokens
-from finetune import FinetuneConfig, main, resolve, run_stream
+from finetune import FinetuneConfig, answer_units, keep_clear_of_answers, main, resolve, run_stream
 from lora import LoRALinear, add_lora, merge_lora
 from sparse import background_stats, fingerprint, load_or_compute_background, pretraining_units, slot_counts
-from model import GPT, GPTConfig, load_checkpoint
+from model import GPT, GPTConfig, checkpoint_corpus, load_checkpoint
 
 JSON_KEYS = {"stream", "mode", "optimizer", "lr", "top_t", "ranking", "facts", "steps_per_fact", "learned_acc",
              "unseen_acc", "background_acc_before", "background_acc_after", "background_drop",
@@ -260,6 +260,33 @@ def test_fresh_rows_never_train_a_row_an_earlier_fact_trained(trained):
     assert ((both != after_first).any(dim=1) & ~first).any()   # and the second trained read rows of its own
 
 
+def test_answer_units_count_only_where_the_answers_are_predicted(trained):
+    cfg, _, enc, _ = trained
+    ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))[2]
+    known = checkpoint_corpus(ckpt)[1]["background"][:5]
+    units = list(answer_units(enc, known))
+    assert len(units) == sum(len(f["questions"]) for f in known)      # one per question
+    x, count = units[0]
+    answer = enc.encode(" " + known[0]["answer"])
+    assert count.sum() == len(answer) and x[0, -len(answer):].tolist() == answer
+    at = count[0].nonzero().flatten()
+    assert at[-1] == x.shape[1] - 2 and x[0, at[0] + 1] == answer[0]  # from the token before the answer to its second-last
+
+
+def test_answer_df_gives_idf_zero_to_the_slots_many_answers_are_read_from(trained, monkeypatch):
+    cfg, model, enc, _ = trained
+    n = model.memory_modules[0].n_slots
+    answers = {"df": torch.zeros(n, dtype=torch.long), "reads": torch.zeros(n, dtype=torch.long), "units": 100}
+    answers["df"][:3] = torch.tensor([50, 11, 10])                     # read by 50, 11 and 10 of 100 answers
+    monkeypatch.setattr("finetune.background_stats", lambda *a, **k: [answers])
+    stats = [{"df": torch.arange(n) % 7, "reads": torch.ones(n, dtype=torch.long), "units": 1000}]
+    capped = keep_clear_of_answers(stats, model, enc, [], 0.1, "cpu")[0]
+    assert capped["df"][:3].tolist() == [1000, 1000, 2]                # over 10% of the answers: df = |B|, IDF 0
+    assert torch.equal(capped["df"][3:], stats[0]["df"][3:]) and capped["units"] == 1000
+    idf = torch.log((capped["units"] + 1) / (capped["df"].double() + 1))
+    assert idf[0] == 0 and idf[2] > 0
+
+
 def test_max_df_with_tf_ranking_still_reads_the_background(trained, tmp_path):
     cfg, _, _, _ = trained
     out = tmp_path / "r.json"
@@ -273,7 +300,8 @@ def test_bad_options_give_one_line_errors(trained, tmp_path):
     ckpt = os.path.join(cfg.out_dir, "ckpt.pt")
     for args, message in [(["--mode", "partial"], "unknown --mode"), (["--optimizer", "rmsprop"], "unknown --optimizer"),
                           (["--top-t", "0"], "--top-t must be at least 1"),
-                          (["--max-df", "0"], "--max-df is a share"), (["--max-df", "1.5"], "--max-df is a share"), (["--count", "everything"], "unknown --count"),
+                          (["--max-df", "0"], "--max-df is a share"), (["--max-df", "1.5"], "--max-df is a share"),
+                          (["--answer-df", "0"], "--answer-df is a share"), (["--answer-df", "0.1", "--ranking", "kl"], "needs --ranking tfidf"), (["--count", "everything"], "unknown --count"),
                           (["--facts", "5000"], "the corpus has 1000 new facts"),
                           (["--facts-file", str(tmp_path / "none.jsonl")], "does not exist"),
                           (["--checkpoint", str(tmp_path / "none.pt")], "does not exist")]:
