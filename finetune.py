@@ -421,7 +421,9 @@ def main(argv=None):
         if not cfg.quiet:
             print(f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {len(facts)} facts, "
                   f"{cfg.steps_per_fact} step(s) each" + (f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else "")
-                  + (f", none read in more than {cfg.max_df:.0%} of the background units" if cfg.mode == "sparse" and cfg.max_df < 1 else ""))
+                  + (f", none read in more than {cfg.max_df:.0%} of the background units" if cfg.mode == "sparse" and cfg.max_df < 1 else "")
+                  + (f", the slots read where more than {cfg.answer_df:.0%} of the background answers are predicted ranked last"
+                     if cfg.mode == "sparse" and cfg.answer_df < 1 else ""))
         base = copy.deepcopy(model)                                 # the model before: every stream starts from it
         name = os.path.basename(cfg.facts_file) if cfg.facts_file else "new facts"
         result, before, after = finetune(cfg, model, enc, ckpt, facts, quiet=cfg.quiet, stream=name)
