@@ -19,8 +19,7 @@ import torch
 import finetune as ft
 from common import pick_device
 from data.prepare import DataConfig, new_fact_entries, seen_tokens
-from data.tokenizer import EOT
-from evaluate import corpus_facts, first_wrong_tokens, qa_accuracy, qa_correct, qa_items
+from evaluate import corpus_facts, first_wrong_tokens, qa_accuracy, qa_batch, qa_correct, qa_items
 from facts import batch_texts, check_lengths, make_batch, stream_facts
 from model import checkpoint_corpus, checkpoint_train_tokens
 from sparse import choose_rows, load_or_compute_background, memory_tables, slot_counts, table_reads
@@ -118,9 +117,7 @@ def long_stream(args, points=5):
         check_lengths(enc, s, model.config.block_size)
     background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
     items = [qa_items(s) for s in streams]                            # each stream's taught questions
-    stats = load_or_compute_background(cfg, model, ckpt, device)
-    if cfg.answer_df < 1:
-        stats = ft.keep_clear_of_answers(stats, model, enc, checkpoint_corpus(ckpt)[1]["background"], cfg.answer_df, device)
+    stats = ft.ranking_stats(cfg, model, enc, ckpt, device)
     trace = [{"facts": 0, "first": qa_accuracy(model, enc, items[0], device), "second": None, "taught": None,
               "background": qa_accuracy(model, enc, background, device)}]
     every = max(1, args.facts // points)
@@ -254,20 +251,15 @@ def memory_off(model):
 @torch.no_grad()
 def trained_reads(model, enc, items, changed, device, batch_size=128):
     """For each (prompt, answer) pair: the share of the memory reads at the positions that
-    predict its answer tokens (as first_wrong_tokens lays them out) that fall on a changed row.
+    predict its answer tokens (evaluate.qa_batch) that fall on a changed row.
     changed: per value table (memory_tables), (n_slots,) True on the rows a stream trained."""
-    eot = enc.encode(EOT, allowed_special={EOT})
     tables, shares = memory_tables(model), []
     with model.recording_slots():
         for i in range(0, len(items), batch_size):
-            chunk = [(eot + enc.encode(p), enc.encode(a)) for p, a in items[i:i + batch_size]]
-            x = torch.full((len(chunk), max(len(p) + len(a) for p, a in chunk)), eot[0], dtype=torch.long)  # (B, L)
-            at = torch.zeros(x.shape, dtype=torch.bool)                 # (B, L) positions predicting the answer
-            for r, (p, a) in enumerate(chunk):
-                x[r, :len(p) + len(a)] = torch.tensor(p + a)
-                at[r, len(p) - 1:len(p) + len(a) - 1] = True
+            x, y, _ = qa_batch(enc, items[i:i + batch_size])
+            at = y >= 0                                                # (B, L) positions predicting the answer
             model(x.to(device))
-            hits, reads_n = torch.zeros(len(chunk)), torch.zeros(len(chunk))
+            hits, reads_n = torch.zeros(len(x)), torch.zeros(len(x))
             for reads, rows in zip(table_reads(model, tables), changed):   # reads: (B, L, H, k) slot ids
                 on = rows.to(reads.device)[reads].cpu() & at[:, :, None, None]
                 hits += on.sum(dim=(1, 2, 3))

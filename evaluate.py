@@ -88,25 +88,32 @@ def qa_correct(model, enc, items, device, batch_size=128):
     return [wrong is None for wrong in first_wrong_tokens(model, enc, items, device, batch_size)]
 
 
+def qa_batch(enc, items):
+    """(x, y, starts) of (prompt, answer) pairs: x (B, L) the separator, the prompt and the answer,
+    right-padded with the separator; y (B, L) the answer token each position predicts, -1 where
+    none; starts: the position that predicts each answer's first token."""
+    eot = enc.encode(EOT, allowed_special={EOT})
+    rows = [(eot + enc.encode(p), enc.encode(a)) for p, a in items]
+    x = torch.full((len(rows), max(len(p) + len(a) for p, a in rows)), eot[0], dtype=torch.long)   # (B, L)
+    y = torch.full(x.shape, -1, dtype=torch.long)                      # -1 = not an answer token
+    for r, (p, a) in enumerate(rows):
+        x[r, :len(p) + len(a)] = torch.tensor(p + a)
+        y[r, len(p) - 1:len(p) + len(a) - 1] = torch.tensor(a)   # predict each answer token
+    return x, y, [len(p) - 1 for p, _ in rows]
+
+
 @torch.no_grad()
 def first_wrong_tokens(model, enc, items, device, batch_size=128):
     """For each (prompt, answer) pair: the index of the first answer token that greedy decoding
     gets wrong, or None when it produces the whole answer."""
-    eot = enc.encode(EOT, allowed_special={EOT})
     wrong = []
     for i in range(0, len(items), batch_size):
-        chunk = [(eot + enc.encode(p), enc.encode(a)) for p, a in items[i:i + batch_size]]
-        L = max(len(p) + len(a) for p, a in chunk)
-        x = torch.full((len(chunk), L), eot[0], dtype=torch.long)     # (B, L), right-padded
-        y = torch.full((len(chunk), L), -1, dtype=torch.long)          # -1 = not an answer token
-        for r, (p, a) in enumerate(chunk):
-            x[r, :len(p) + len(a)] = torch.tensor(p + a)
-            y[r, len(p) - 1:len(p) + len(a) - 1] = torch.tensor(a)   # predict each answer token
+        x, y, starts = qa_batch(enc, items[i:i + batch_size])
         logits, _ = model(x.to(device))
         miss = (logits.argmax(-1).cpu() != y) & (y >= 0)              # (B, L) answer tokens predicted wrong
-        for r, (p, _) in enumerate(chunk):
+        for r, start in enumerate(starts):
             at = miss[r].nonzero()
-            wrong.append(int(at[0]) - (len(p) - 1) if len(at) else None)
+            wrong.append(int(at[0]) - start if len(at) else None)
     return wrong
 
 

@@ -55,8 +55,7 @@ from tqdm import tqdm
 
 from common import (Diverged, check_range, check_writable, config_parser, keep_freed_memory, parse_args, pick_device,
                     split, write_json)
-from data.tokenizer import EOT
-from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair, story_endings
+from evaluate import corpus_facts, greedy_answer, measure, qa_batch, qa_items, qa_pair, story_endings
 from facts import batch_texts, check_lengths, make_batch, stream_facts, warn_unseen_tokens
 from lora import add_lora, merge_lora
 from model import CLASSROOM_MODEL, GPTConfig, checkpoint_corpus, checkpoint_train_tokens, load_checkpoint, save_checkpoint
@@ -274,12 +273,9 @@ def stream_diverged(what, fact, step, cfg):
 def answer_units(enc, facts):
     """One unit per question of each fact (facts.json entries): the question and its answer,
     counting only the reads at the positions that predict the answer's tokens."""
-    eot = enc.encode(EOT, allowed_special={EOT})
-    for prompt, answer in qa_items(facts):
-        p, a = eot + enc.encode(prompt), enc.encode(answer)
-        count = torch.zeros(1, len(p) + len(a), dtype=torch.bool)     # (1, T)
-        count[0, len(p) - 1:len(p) + len(a) - 1] = True
-        yield torch.tensor([p + a]), count
+    for item in qa_items(facts):
+        x, y, _ = qa_batch(enc, [item])                                # (1, T): -1 in y where no answer token is predicted
+        yield x, y >= 0
 
 
 def keep_clear_of_answers(stats, model, enc, facts, share, device):
@@ -292,22 +288,29 @@ def keep_clear_of_answers(stats, model, enc, facts, share, device):
             for st, a in zip(stats, answers)]
 
 
+def ranking_stats(cfg, model, enc, ckpt, device):
+    """The background statistics a sparse stream ranks against (None where it needs none): the
+    pretraining windows' (load_or_compute_background), with --answer-df's cap counted on the
+    background facts of the checkpoint's corpus."""
+    if cfg.mode != "sparse" or (cfg.ranking == "tf" and cfg.max_df == 1):
+        return None
+    stats = load_or_compute_background(cfg, model, ckpt, device)
+    if cfg.answer_df < 1:
+        stats = keep_clear_of_answers(stats, model, enc, checkpoint_corpus(ckpt)[1]["background"], cfg.answer_df, device)
+    return stats
+
+
 def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None, stream="new facts"):
     """Measure, stream, measure again. Returns (results with the --json keys, the measurements
     before, the measurements after). Pass the measurements before back as `before` to reuse
     them for another run from the same model (the results take only what does not depend on
     the facts from them: background facts, skill, val loss). stats: background statistics to
-    rank against instead of the pretraining ones (--answer-df is then left to the caller).
-    stream: the name the results give the facts."""
+    rank against instead of ranking_stats's. stream: the name the results give the facts."""
     device = next(model.parameters()).device
     val, kb = checkpoint_corpus(ckpt)
     background, skill = kb["background"], story_endings(val, enc)
     before = before or measure(model, enc, facts, background, val, device, skill)
-    needs = cfg.mode == "sparse" and (cfg.ranking != "tf" or cfg.max_df < 1)
-    if needs and stats is None:
-        stats = load_or_compute_background(cfg, model, ckpt, device)
-        if cfg.answer_df < 1:
-            stats = keep_clear_of_answers(stats, model, enc, background, cfg.answer_df, device)
+    stats = stats or ranking_stats(cfg, model, enc, ckpt, device)
     t0 = time.time()
     run_stream(cfg, model, enc, facts, stats, quiet)
     seconds = time.time() - t0
@@ -426,12 +429,13 @@ def main(argv=None):
                      if cfg.mode == "sparse" and cfg.answer_df < 1 else ""))
         base = copy.deepcopy(model)                                 # the model before: every stream starts from it
         name = os.path.basename(cfg.facts_file) if cfg.facts_file else "new facts"
-        result, before, after = finetune(cfg, model, enc, ckpt, facts, quiet=cfg.quiet, stream=name)
+        stats = ranking_stats(cfg, model, enc, ckpt, device)        # once: every stream starts from the same model
+        result, before, after = finetune(cfg, model, enc, ckpt, facts, quiet=cfg.quiet, stats=stats, stream=name)
         results, taught = [result], copy.deepcopy(model.state_dict())   # the model --out saves
         for key in ("new_answers", "new_relations") if cfg.set_facts and not cfg.facts_file else ():
             model.load_state_dict(base.state_dict())                # each generalisation set on its own
             extra = corpus_facts(checkpoint_corpus(ckpt)[1][key][:cfg.set_facts])
-            results.append(finetune(cfg, model, enc, ckpt, extra, before, cfg.quiet, stream=key.replace("_", " "))[0])
+            results.append(finetune(cfg, model, enc, ckpt, extra, before, cfg.quiet, stats, stream=key.replace("_", " "))[0])
         model.load_state_dict(taught)
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")
