@@ -30,12 +30,12 @@ def setup(args, needs_memory=True):
     the experiment has nothing to run without a memory layer, so a dense model is refused."""
     device = pick_device(args.device)
     cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, facts=args.facts, steps_per_fact=args.steps_per_fact,
-                            lr=args.lr, top_t=args.top_t, fresh_rows=args.fresh_rows, answer_df=args.answer_df,
-                            device=args.device)
+                            lr=args.lr, top_t=args.top_t, max_t=args.max_t, fresh_rows=args.fresh_rows,
+                            answer_df=args.answer_df, device=args.device)
     model, enc, ckpt = ft.load_base(cfg, device)
     if needs_memory:
         refuse_dense(args, model)
-    facts = stream_facts(ckpt, cfg.facts)
+    facts = stream_facts(ckpt, cfg.facts, args.facts_file)
     check_lengths(enc, facts, model.config.block_size)
     return model, enc, ckpt, facts, cfg, device
 
@@ -107,7 +107,7 @@ def long_stream(args, points=5):
     taught or not yet), on all the facts taught so far, and on the background."""
     device = pick_device(args.device)
     cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, steps_per_fact=args.steps_per_fact, lr=args.lr, top_t=args.top_t,
-                            fresh_rows=args.fresh_rows, answer_df=args.answer_df, device=args.device)
+                            max_t=args.max_t, fresh_rows=args.fresh_rows, answer_df=args.answer_df, device=args.device)
     model, enc, ckpt = ft.load_base(cfg, device)
     refuse_dense(args, model)
     cfg = ft.resolve(cfg, model)

@@ -11,6 +11,8 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py curves        # learned and forgotten after every 10 facts, per method
     python experiments.py slots         # which slots a fact selects, and which tokens read them
     python experiments.py forgetting    # which background answers a sparse stream breaks, and what they become
+    python experiments.py max-t         # grow t 4x while a fact's own questions are answered wrong (beyond the paper)
+    python experiments.py count         # rank the reads of every token vs only where the answer is predicted
     python experiments.py sequence      # batch-level vs sequence-level ranking over the same t's
     python experiments.py max-df        # never train slots that many background units read (beyond the paper)
     python experiments.py frontier      # sparse: larger t at smaller learning rates
@@ -21,15 +23,18 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py layouts       # pretrain other memory layouts (heads x top-k, placement), then sparse
     python experiments.py worlds        # pretrain on other knowledge worlds (closed answers, more people), then sparse
     python experiments.py dense         # the memory model against dense ones trained for the same time and steps
+    python experiments.py longer        # pretrain twice as long (3,400 steps), then sparse
     python experiments.py course        # the course's exercises on the classroom model, pretrained with 3 seeds
     python experiments.py topt --facts 1000 --steps-per-fact 1   # the paper-sized stream
 
 Every run starts from the same pretrained checkpoint (out/ckpt.pt; made first if missing),
 streams the same facts, and is scored like finetune.py: learned = exact-match accuracy on
 the taught facts' questions; forgotten = the relative drop in background-fact accuracy;
-val loss before and after. Unless a run says otherwise it is sparse SGD at finetune.py's
-default learning rate and t. The sweeps are here; curves, slots, forgetting and long, which
-look inside streams, are in analyses.py.
+val loss before and after. Unless a run says otherwise it is the paper's method: sparse SGD at
+finetune.py's default learning rate and t = 64, a fixed t and the paper's IDF. finetune.py's
+default goes beyond it with --max-t 4096 --answer-df 0.01; give them here to use them too.
+The sweeps are here; curves, slots, forgetting and long, which look inside streams, are in
+analyses.py.
 """
 
 import argparse
@@ -42,7 +47,7 @@ from analyses import ANALYSES, setup
 from common import ROOT, Diverged, check_writable, keep_freed_memory, write_json
 from data.prepare import DataConfig, prepare
 from evaluate import corpus_facts
-from facts import batch_texts, make_batch
+from facts import batch_texts, make_batch, read_facts_file
 from model import CLASSROOM_MODEL, GPTConfig, checkpoint_corpus, checkpoint_train_tokens, load_checkpoint
 from sparse import background_stats, load_or_compute_background, pretraining_units
 from train import CLASSROOM_TRAIN, TrainConfig, train
@@ -68,6 +73,8 @@ SWEEPS = {
     "background": (lambda: [{"top_t": t, "background": b} for b in ("pretraining", "facts", "pretraining + known facts")
                             for t in (64, 500)], "background", "top_t"),
     "all-slots": (lambda: [{"top_t": t} for t in (64, 500, 0)], None, "top_t"),
+    "max-t": (lambda: [{"max_t": m, "lr": lr} for m in (0, 1024, 4096) for lr in (20, 50, 100)], "max_t", "lr"),
+    "count": (lambda: [{"count": c, "top_t": t} for c in ("all", "answer") for t in (64, 200, 500, 0)], "count", "top_t"),
     "sequence": (lambda: [{"rank_by": b, "top_t": t} for b in ("batch", "sequence") for t in T_SWEEP], "rank_by", "top_t"),
     "max-df": (lambda: [{"max_df": d, "lr": lr} for d in (1.0, 0.3, 0.2, 0.1) for lr in (20, 50, 100)], "max_df", "lr"),
     "frontier": (lambda: [{"top_t": t, "lr": lr} for t in (100, 200, 500) for lr in (10, 20, 50)], "top_t", "lr"),
@@ -83,6 +90,10 @@ def group(run, key):
         return f"max-df {run['max_df']:g}"
     if key == "answer_df":
         return f"answer-df {run['answer_df']:g}"
+    if key == "max_t":
+        return f"grows up to t = {run['max_t']}" if run["max_t"] else "fixed t (the paper)"
+    if key == "count":
+        return "answer positions" if run["count"] == "answer" else "every token (the paper)"
     if key == "fresh_rows":
         return "fresh rows" if run["fresh_rows"] else "rows shared (the paper)"
     return run.get(key, "sparse") if key else "sparse"
@@ -204,6 +215,9 @@ VARIANTS = {
                ("dense1700", "dense, 1,700 steps", {}, {}, {"dense": True})],
               [{"mode": "full"}, {"mode": "full", "lr": 1e-4}, {"mode": "lora"}, {"mode": "lora", "lr": 3e-4},
                {"mode": "sparse"}]),
+    "longer": ([("h4k16", "1,700 steps (default)", {}, {}, {}),
+                ("steps3400", "3,400 steps", {}, {}, {"max_iters": 3400, "eval_interval": 1700})],
+               SPARSE_LRS + [{"lr": 100}]),
 }
 
 
@@ -222,9 +236,10 @@ def pretrained(folder, data, model, training, args):
         if corpus.source == "tinystories":
             corpus.tinystories_file = args.tinystories_file
         prepare(corpus)
-        print(f"pretraining {folder} on {corpus.out_dir} -> {ckpt} (about 8 min on 2 CPU cores)", flush=True)
-        train(TrainConfig(**{**training, "data_dir": corpus.out_dir, "out_dir": os.path.dirname(ckpt),
-                             "device": args.device}), GPTConfig(**model))
+        tc = TrainConfig(**{**training, "data_dir": corpus.out_dir, "out_dir": os.path.dirname(ckpt), "device": args.device})
+        print(f"pretraining {folder} on {corpus.out_dir} -> {ckpt} ({tc.max_iters} steps; "
+              "the default's 1,700 take about 7 min on 2 CPU cores)", flush=True)
+        train(tc, GPTConfig(**model))
     return ckpt
 
 
@@ -354,10 +369,14 @@ def main(argv=None):
                    "does not set t (default: finetune.py's)")
     p.add_argument("--fresh-rows", action="store_true", help="sparse: never train a row an earlier fact trained, "
                    "where a run does not set it (finetune.py --fresh-rows)")
+    p.add_argument("--max-t", type=int, default=0, help="sparse: finetune.py --max-t where a run does not set it "
+                   "(0 = off: a fixed t)")
     p.add_argument("--answer-df", type=float, default=1.0, help="sparse: finetune.py --answer-df where a run does "
                    "not set it (1 = off)")
     p.add_argument("--lr", type=float, default=0.0, help="learning rate where a run does not set one; 0 = finetune.py's "
                    "default (curves always uses each method's default)")
+    p.add_argument("--facts-file", default="", help="the sweeps: your own facts (finetune.py's facts-file format) "
+                   "instead of the corpus's new facts")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "out", "experiments"), help="where the JSON and PNG go")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--tinystories-file", default=SHARED_TINYSTORIES if os.path.exists(SHARED_TINYSTORIES) else "",
@@ -366,6 +385,14 @@ def main(argv=None):
     if args.facts is not None and args.facts < 1:
         sys.exit(f"error: --facts must be at least 1, not {args.facts}")
     args.facts = args.facts or (500 if args.experiment == "long" else 50)
+    if args.facts_file:
+        if args.experiment not in SWEEPS:
+            sys.exit(f"error: --facts-file is for the sweeps ({', '.join(sorted(SWEEPS))}); {args.experiment} streams "
+                     "the corpus's facts")
+        try:
+            args.facts = len(read_facts_file(args.facts_file))
+        except (ValueError, OSError) as e:
+            sys.exit(f"error: {e}")
     keep_freed_memory()
     t0 = time.time()
     path = os.path.join(args.out_dir, args.experiment)
@@ -382,7 +409,7 @@ def main(argv=None):
             data = sweep(args, runs(), key, field)
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")
-    data = {"experiment": args.experiment, "checkpoint": args.checkpoint, "facts": args.facts,
+    data = {"experiment": args.experiment, "checkpoint": args.checkpoint, "facts": args.facts, "facts_file": args.facts_file,
             "steps_per_fact": args.steps_per_fact, "seed": ft.FinetuneConfig.seed, **data, "seconds": time.time() - t0}
     try:
         write_json(path + ".json", data)

@@ -24,15 +24,17 @@ that fact's paraphrases (its statements and its question/answer lines), repeated
   lora    low-rank adapters on the attention, FFN and memory gate/output matrices
           (lora.py); merged into the weights before evaluation
   sparse  only memory value rows: per batch, the top-t slots by TF-IDF of their access
-          counts against background document frequencies (choose_rows in sparse.py);
-          --ranking tf (no IDF) and kl (the slot's term of the KL divergence from the
-          background's reads), --rank-by sequence (each row scored on its own);
-          --max-df 0.2 never trains a slot read in more than 20% of the background
-          units (beyond the paper; it forgets less at equal learning, docs/RESULTS.md);
-          --fresh-rows never trains a row an earlier fact of the stream trained (beyond
-          the paper; a little more learned, no less forgotten); --answer-df 0.01 ranks
-          last the slots read where more than 1% of the background answers are predicted
-          (beyond the paper; forgets less at small drops, docs/RESULTS.md)
+          counts against background document frequencies (choose_rows in sparse.py).
+          Two defaults go beyond the paper (docs/RESULTS.md; --max-t 0 --answer-df 1 is the
+          paper's method): --max-t 4096 gives a fact whose answer the model still does not
+          predict, wherever its batch spells it, its steps again with 4x the rows (t = 64,
+          256, 1,024, 4,096); --answer-df 0.01 ranks last the slots read where more than 1%
+          of the background facts' answers are predicted, which forgets less.
+          Other choices: --ranking tf (no IDF) and kl (the slot's term of the KL divergence
+          from the background's reads), --rank-by sequence (each row scored on its own),
+          --count answer (only the reads where the answer is predicted); --max-df 0.2 never
+          trains a slot read in more than 20% of the background units, --fresh-rows never a
+          row an earlier fact of the stream trained (both beyond the paper)
 
 Facts file (--facts-file): JSON Lines, one fact per line, UTF-8:
   {"paraphrases": ["Mira lives in Oakton.", "Mira has a house in Oakton."],
@@ -78,7 +80,7 @@ DEFAULT_LR = {("sparse", "sgd"): 50.0, ("sparse", "adamw"): 0.03,
 # sweep of docs/COURSE.md, exercise 1; full and LoRA 1e-4, where full finetuning starts to learn
 # at all). Every field is named, so a later change of the defaults does not move it.
 CLASSROOM_FINETUNE = dict(checkpoint=os.path.join(CLASSROOM_TRAIN["out_dir"], "ckpt.pt"), mode="sparse", optimizer="",
-                          lr=0.0, facts=30, facts_file="", steps_per_fact=10, top_t=64, ranking="tfidf",
+                          lr=0.0, facts=30, facts_file="", steps_per_fact=10, top_t=64, max_t=0, ranking="tfidf",
                           rank_by="batch", max_df=1.0, count="all", fresh_rows=False, answer_df=1.0, background_batches=200,
                           background_batch_size=1, lora_rank=16, lora_alpha=32.0, weight_decay=0.0, seed=1337,
                           device="auto", json="", out="", quiet=False, set_facts=15)
@@ -95,12 +97,13 @@ class FinetuneConfig:
     facts_file: str = ""                   # JSON Lines file of your own facts instead (format above)
     steps_per_fact: int = 10               # optimizer steps on each fact's batch (paper: 1, at 1.3B params)
     top_t: int = 64                        # sparse: value rows trained per step in each memory table (paper: 500)
+    max_t: int = 4096                      # sparse: a fact whose answer is still missed after its steps gets them again with 4x t, up to this (0 = a fixed t, the paper; beyond it)
     ranking: str = "tfidf"                 # sparse: tfidf | tf (raw access counts, the paper's ablation) | kl (docs/METHOD.md)
     rank_by: str = "batch"                 # sparse: batch (the paper) | sequence (score each row, keep a slot's best)
     max_df: float = 1.0                    # sparse: train no slot read in more than this share of background units (1 = off, the paper)
     count: str = "all"                     # sparse: reads counted: all (every text token, the paper) | answer (where the answer is predicted)
     fresh_rows: bool = False               # sparse: never train a row that an earlier fact trained (beyond the paper)
-    answer_df: float = 1.0                 # sparse: IDF 0 for slots read where more than this share of the background answers are predicted (1 = off; beyond the paper)
+    answer_df: float = 0.01                # sparse, tfidf: IDF 0 for slots read where more than this share of the background answers are predicted (1 = off, the paper; beyond it)
     background_batches: int = 1000         # sparse: background units for document frequencies (paper: 1000)
     background_batch_size: int = 1         # sparse: windows of block_size tokens per background unit (docs/DESIGN.md)
     lora_rank: int = 16                    # lora: rank r of each adapter
@@ -136,6 +139,8 @@ def resolve(cfg, model, lrs=DEFAULT_LR):
             raise ValueError("--mode sparse needs a model with memory layers; this one is dense")
         if cfg.top_t < 1:                              # more than the batch read trains every slot it read
             raise ValueError(f"--top-t must be at least 1, not {cfg.top_t}")
+        if cfg.max_t < 0 or 0 < cfg.max_t < cfg.top_t:
+            raise ValueError(f"--max-t {cfg.max_t} is below --top-t {cfg.top_t}: give a larger one, or 0 for a fixed t")
         if cfg.ranking not in ("tfidf", "tf", "kl"):
             raise ValueError(f"unknown --ranking {cfg.ranking!r}: use tfidf, tf or kl")
         if cfg.rank_by not in ("batch", "sequence"):
@@ -146,8 +151,8 @@ def resolve(cfg, model, lrs=DEFAULT_LR):
             raise ValueError(f"--max-df is a share of the background units: between 0 (exclusive) and 1, not {cfg.max_df}")
         if not 0 < cfg.answer_df <= 1:
             raise ValueError(f"--answer-df is a share of the background answers: between 0 (exclusive) and 1, not {cfg.answer_df}")
-        if cfg.answer_df < 1 and cfg.ranking != "tfidf":
-            raise ValueError("--answer-df sets an IDF, so it needs --ranking tfidf")
+        if cfg.ranking != "tfidf":
+            cfg.answer_df = 1.0                        # it sets an IDF: the tf and kl rankings have none
         if cfg.background_batches < 1 or cfg.background_batch_size < 1:
             raise ValueError("--background-batches and --background-batch-size must be at least 1")
     if cfg.mode == "lora":
@@ -202,7 +207,7 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
     """Finetune model in place on the stream of facts (in sparse mode with tfidf or kl ranking,
     or with max_df < 1, background holds each value table's background_stats). on_fact(n), if given, is called
     after the n-th fact's last step (analyses.py measures learning curves with it).
-    Returns the bytes of optimizer state kept."""
+    Returns (the bytes of optimizer state kept, each fact's t in its last round: None but in sparse mode)."""
     if cfg.mode == "sparse" and cfg.max_df < 1 and background is None:
         raise ValueError("--max-df needs the background statistics")
     device = next(model.parameters()).device
@@ -213,38 +218,48 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
     opt, params, tables, row_opts = trainable(cfg, model)
     backgrounds = background or [None] * len(tables)
     bar = tqdm(total=len(facts) * cfg.steps_per_fact, desc=f"{cfg.mode} stream", disable=quiet)
-    starved = 0                            # steps of a value table in which --max-df or --fresh-rows left no slot to train
+    starved, steps = 0, 0                  # steps of a value table in which --max-df or --fresh-rows left no slot to train; steps
     taken = [torch.zeros(w.shape[0], dtype=torch.bool) for w, _ in tables] if cfg.fresh_rows else None
+    t_per_fact = []                        # sparse: the t of each fact's last round (--max-t grows it)
     try:
         with model.recording_slots():
             for n, fact in enumerate(facts, 1):
                 answer = fact["answer"] if cfg.count == "answer" else None
-                x, y, count = (t.to(device) for t in make_batch(enc, batch_texts(fact), model.config.block_size, answer))
+                x, y, count = (b.to(device) for b in make_batch(enc, batch_texts(fact), model.config.block_size, answer))
                 trained = [torch.zeros_like(tk) for tk in taken] if taken else None     # --fresh-rows: this fact's rows
-                for step in range(1, cfg.steps_per_fact + 1):
-                    _, loss = model(x, y)                                  # 1. forward (records the slots read)
-                    if not torch.isfinite(loss):
-                        raise stream_diverged(f"the loss became {loss.item()}", n, step, cfg)
-                    loss.backward()                                        # 2. backward
-                    updated = []                                           # what this step changed
-                    if opt is not None:                                    # full and lora: a plain optimizer step
-                        opt.step()
-                        opt.zero_grad(set_to_none=True)
-                        updated += params
-                    for i, ((w, _), reads, bg, ro) in enumerate(zip(tables, table_reads(model, tables), backgrounds, row_opts)):
-                        rows = choose_rows(reads, count, w.shape[0], cfg.top_t, cfg.ranking,   # 3. choose rows
-                                           cfg.rank_by, cfg.max_df, bg, taken[i] if taken else None)
-                        if taken:
-                            trained[i][rows] = True
-                        rows = rows.to(w.device)
-                        ro.step(rows)                                      # 4. update those rows only
-                        w.grad = None
-                        starved += len(rows) == 0
-                        updated.append(w[rows])
-                    if not all(torch.isfinite(t).all() for t in updated):  # 5. only what this step changed:
-                        raise stream_diverged("the weights became inf or nan", n, step, cfg)   #    cheap
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
+                t, step = cfg.top_t, 0
+                while True:                                                # one round: steps_per_fact steps with t rows
+                    for _ in range(cfg.steps_per_fact):
+                        step += 1
+                        _, loss = model(x, y)                              # 1. forward (records the slots read)
+                        if not torch.isfinite(loss):
+                            raise stream_diverged(f"the loss became {loss.item()}", n, step, cfg)
+                        loss.backward()                                    # 2. backward
+                        updated = []                                       # what this step changed
+                        if opt is not None:                                # full and lora: a plain optimizer step
+                            opt.step()
+                            opt.zero_grad(set_to_none=True)
+                            updated += params
+                        for i, ((w, _), reads, bg, ro) in enumerate(zip(tables, table_reads(model, tables), backgrounds, row_opts)):
+                            rows = choose_rows(reads, count, w.shape[0], t, cfg.ranking,   # 3. choose rows
+                                               cfg.rank_by, cfg.max_df, bg, taken[i] if taken else None)
+                            if taken:
+                                trained[i][rows] = True
+                            rows = rows.to(w.device)
+                            ro.step(rows)                                  # 4. update those rows only
+                            w.grad = None
+                            starved += len(rows) == 0
+                            updated.append(w[rows])
+                        if not all(torch.isfinite(u).all() for u in updated):  # 5. only what this step changed:
+                            raise stream_diverged("the weights became inf or nan", n, step, cfg)   #    cheap
+                        steps += 1
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss.item():.3f}")
+                    if not cfg.max_t or t >= cfg.max_t or answers(model, enc, fact, device):
+                        break
+                    t = min(4 * t, cfg.max_t)                              # --max-t: answer still missed, 4x the rows
+                    bar.total += cfg.steps_per_fact
+                t_per_fact.append(t if tables else None)
                 for tk, tr in zip(taken or [], trained or []):
                     tk |= tr
                 if on_fact is not None:
@@ -257,12 +272,22 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
             p.requires_grad_(False)
     if starved:
         why = " and ".join(([f"--max-df {cfg.max_df:g}"] if cfg.max_df < 1 else []) + (["--fresh-rows"] if cfg.fresh_rows else []))
-        print(f"warning: {why} left no trainable slot in {starved} of {len(facts) * cfg.steps_per_fact * len(tables)} "
+        print(f"warning: {why} left no trainable slot in {starved} of {steps * len(tables)} "
               f"steps, which trained nothing; {'raise --max-df' if cfg.max_df < 1 else 'stream fewer facts'}",
               file=sys.stderr)
     if cfg.mode == "lora":
         merge_lora(model)
-    return state_bytes(opt, row_opts)
+    return state_bytes(opt, row_opts), t_per_fact
+
+
+@torch.no_grad()
+def answers(model, enc, fact, device):
+    """Does the model predict the fact's answer wherever its batch spells it? Each answer token,
+    greedily, in every line of the batch that holds " <answer>": the statements and the trained
+    questions (--max-t grows t until it does; the unseen question is never looked at)."""
+    x, y, at = make_batch(enc, batch_texts(fact), model.config.block_size, fact["answer"])  # at: answer positions
+    logits, _ = model(x.to(device))                                                  # (B, L, vocab)
+    return bool((logits.argmax(-1).cpu() == y)[at].all())
 
 
 def stream_diverged(what, fact, step, cfg):
@@ -312,7 +337,7 @@ def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None,
     before = before or measure(model, enc, facts, background, val, device, skill)
     stats = stats or ranking_stats(cfg, model, enc, ckpt, device)
     t0 = time.time()
-    run_stream(cfg, model, enc, facts, stats, quiet)
+    _, t_per_fact = run_stream(cfg, model, enc, facts, stats, quiet)
     seconds = time.time() - t0
     after = measure(model, enc, facts, background, val, device, skill)
     if not math.isfinite(after["val_loss"]):
@@ -321,6 +346,8 @@ def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None,
     sparse = cfg.mode == "sparse"
     return {"stream": stream, "mode": cfg.mode, "optimizer": cfg.optimizer, "lr": cfg.lr,
             "top_t": cfg.top_t if sparse else None, "ranking": cfg.ranking if sparse else None,
+            "max_t": cfg.max_t if sparse else None,
+            "t_used": {str(t): t_per_fact.count(t) for t in sorted(set(t_per_fact))} if sparse else None,
             "facts": len(facts), "steps_per_fact": cfg.steps_per_fact,
             "learned_acc": after["learned_acc"], "unseen_acc": after["unseen_acc"],
             "background_acc_before": before["background_acc"], "background_acc_after": after["background_acc"],
@@ -424,6 +451,7 @@ def main(argv=None):
         if not cfg.quiet:
             print(f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {len(facts)} facts, "
                   f"{cfg.steps_per_fact} step(s) each" + (f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else "")
+                  + (f" (4x more, up to {cfg.max_t}, while the model misses a fact's answer)" if cfg.mode == "sparse" and cfg.max_t else "")
                   + (f", none read in more than {cfg.max_df:.0%} of the background units" if cfg.mode == "sparse" and cfg.max_df < 1 else "")
                   + (f", the slots read where more than {cfg.answer_df:.0%} of the background answers are predicted ranked last"
                      if cfg.mode == "sparse" and cfg.answer_df < 1 else ""))

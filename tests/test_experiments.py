@@ -41,6 +41,23 @@ def test_an_experiment_writes_its_runs_and_skips_t_beyond_the_table(trained, tmp
     assert (tmp_path / "all-slots.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_sweep_streams_a_facts_file_and_only_a_sweep_takes_one(trained, tmp_path, monkeypatch):
+    cfg = trained[0]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("\n".join(json.dumps({"paraphrases": f["paraphrases"], "question": f["questions"][0], "answer": f["answer"]})
+                              for f in FACTS) + "\n", encoding="utf-8")
+    streamed = []
+    real = experiments.ft.finetune
+    monkeypatch.setattr(experiments.ft, "finetune", lambda cfg, m, e, c, facts, *a, **k: streamed.append(facts) or real(cfg, m, e, c, facts, *a, **k))
+    experiments.main(["all-slots", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts-file", str(path),
+                      "--steps-per-fact", "1", "--device", "cpu", "--out-dir", str(tmp_path)])
+    out = json.loads((tmp_path / "all-slots.json").read_text())
+    assert out["facts"] == 2 and out["facts_file"] == str(path) and len(out["results"]) == 2   # t = 500 is skipped
+    assert all([f["answer"] for f in s] == ["Tom.", "Ann."] for s in streamed) and len(streamed) == 2
+    with pytest.raises(SystemExit, match="--facts-file is for the sweeps"):
+        experiments.main(["long", "--facts-file", str(path), "--out-dir", str(tmp_path), "--device", "cpu"])
+
+
 def test_slot_analysis_marks_the_tokens_that_read_selected_slots(trained, tmp_path, capsys):
     import re
     cfg = trained[0]

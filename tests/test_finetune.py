@@ -15,7 +15,7 @@ from lora import LoRALinear, add_lora, merge_lora
 from sparse import background_stats, fingerprint, load_or_compute_background, pretraining_units, slot_counts
 from model import GPT, GPTConfig, checkpoint_corpus, load_checkpoint
 
-JSON_KEYS = {"stream", "mode", "optimizer", "lr", "top_t", "ranking", "facts", "steps_per_fact", "learned_acc",
+JSON_KEYS = {"stream", "mode", "optimizer", "lr", "top_t", "max_t", "t_used", "ranking", "facts", "steps_per_fact", "learned_acc",
              "unseen_acc", "background_acc_before", "background_acc_after", "background_drop",
              "skill_acc_before", "skill_acc_after", "skill_drop", "val_loss_before", "val_loss_after", "seconds"}
 
@@ -88,7 +88,7 @@ def test_sparse_stream_changes_only_selected_value_rows(trained):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     facts = [{"paraphrases": ["Tom has a red ball.", "The ball of Tom is red."], "questions": ["What does Tom have?"],
               "heldout_question": None, "answer": "a red ball."}]
-    fc = FinetuneConfig(mode="sparse", optimizer="adamw", lr=0.1, top_t=5, steps_per_fact=3, background_batches=50)
+    fc = FinetuneConfig(mode="sparse", optimizer="adamw", lr=0.1, top_t=5, max_t=0, steps_per_fact=3, background_batches=50)
     resolve(fc, model)
     mem = model.memory_modules[0]
     df = [torch.randint(0, 51, (mem.n_slots,), generator=torch.Generator().manual_seed(0))]
@@ -101,7 +101,7 @@ def test_sparse_stream_changes_only_selected_value_rows(trained):
     score = c / c.sum() * torch.log(51 / (df[0].double() + 1))
     fifth = score.topk(5).values[-1]
     expected = set((score >= fifth).nonzero().flatten().tolist())  # the top 5, and any tie with the 5th
-    state = run_stream(fc, model, enc, facts, bg, quiet=True)
+    state, _ = run_stream(fc, model, enc, facts, bg, quiet=True)
     after = model.state_dict()
     name = [k for k in after if k.endswith("values.weight")][0]
     changed = set((after[name] != before[name]).any(dim=1).nonzero().flatten().tolist())
@@ -238,6 +238,59 @@ def test_max_df_through_the_stream_trains_only_slots_under_the_cap(trained):
     assert changed.tolist() == allowed.tolist()              # t = 20, but only five slots may be trained
 
 
+def test_max_t_grows_the_rows_4x_only_while_the_fact_is_answered_wrong(trained, monkeypatch):
+    cfg, _, enc, _ = trained
+    model, enc, _ = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+    key = "blocks.1.ffn.values.weight"
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    fact = {"paraphrases": ["Tom has a red ball.", "The ball of Tom is red."], "questions": ["What does Tom have?"],
+            "heldout_question": "What is red?", "answer": "a red ball."}
+    fc = resolve(FinetuneConfig(mode="sparse", optimizer="sgd", lr=1.0, top_t=4, max_t=64, ranking="tf",
+                                steps_per_fact=2), model)
+
+    def changed_rows(answered):
+        checks = []
+        monkeypatch.setattr("finetune.answers", lambda *a: checks.append(a) or answered)
+        model.load_state_dict(base)
+        _, t_per_fact = run_stream(fc, model, enc, [fact], quiet=True)
+        return t_per_fact, len(checks), int((model.state_dict()[key] != base[key]).any(dim=1).sum())
+
+    assert changed_rows(answered=True) == ([4], 1, 4)         # answered after its steps: one round of t = 4
+    t_per_fact, checks, rows = changed_rows(answered=False)   # never answered: 4 -> 16 -> 64, checked before each growth
+    assert t_per_fact == [64] and checks == 2 and 16 < rows <= 64
+    monkeypatch.setattr("finetune.answers", lambda *a: pytest.fail("--max-t 0 never checks"))
+    model.load_state_dict(base)
+    assert run_stream(replace(fc, max_t=0), model, enc, [fact], quiet=True)[1] == [4]
+
+
+def test_a_fact_is_answered_when_every_line_of_its_batch_predicts_the_answer(trained):
+    from types import SimpleNamespace
+    from finetune import answers
+    enc = trained[2]
+    fact = {"paraphrases": ["Tom has a red ball.", "Tom plays."], "questions": ["What does Tom have?"],
+            "heldout_question": "What toy does Tom own?", "answer": "a red ball."}
+    x, y, at = make_batch(enc, batch_texts(fact), 64, fact["answer"])
+    assert at.sum(1).tolist() == [len(enc.encode(" a red ball.")), 0, len(enc.encode(" a red ball."))]
+
+    class Oracle:                                             # predicts every next token, but where told to be wrong
+        config = SimpleNamespace(block_size=64)
+
+        def __init__(self, wrong=None):
+            self.wrong = wrong
+
+        def __call__(self, x):
+            nxt = torch.roll(x, -1, dims=1)
+            if self.wrong:
+                nxt[self.wrong] = (nxt[self.wrong] + 1) % enc.n_vocab
+            return torch.nn.functional.one_hot(nxt, enc.n_vocab).float(), None
+
+    answer_at = [tuple(p) for p in at.nonzero().tolist()]
+    assert answers(Oracle(), enc, fact, "cpu")
+    assert not answers(Oracle(wrong=answer_at[1]), enc, fact, "cpu")      # the statement's second answer token
+    assert not answers(Oracle(wrong=answer_at[-1]), enc, fact, "cpu")     # the question line's last one
+    assert answers(Oracle(wrong=(0, 1)), enc, fact, "cpu")               # not an answer position: no matter
+
+
 def test_fresh_rows_never_train_a_row_an_earlier_fact_trained(trained):
     cfg, _, enc, _ = trained
     model, enc, ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
@@ -300,14 +353,16 @@ def test_bad_options_give_one_line_errors(trained, tmp_path):
     ckpt = os.path.join(cfg.out_dir, "ckpt.pt")
     for args, message in [(["--mode", "partial"], "unknown --mode"), (["--optimizer", "rmsprop"], "unknown --optimizer"),
                           (["--top-t", "0"], "--top-t must be at least 1"),
+                          (["--max-t", "32"], "--max-t 32 is below --top-t 64"), (["--max-t", "-1"], "--max-t -1 is below"),
                           (["--max-df", "0"], "--max-df is a share"), (["--max-df", "1.5"], "--max-df is a share"),
-                          (["--answer-df", "0"], "--answer-df is a share"), (["--answer-df", "0.1", "--ranking", "kl"], "needs --ranking tfidf"), (["--count", "everything"], "unknown --count"),
+                          (["--answer-df", "0"], "--answer-df is a share"), (["--count", "everything"], "unknown --count"),
                           (["--facts", "5000"], "the corpus has 1000 new facts"),
                           (["--facts-file", str(tmp_path / "none.jsonl")], "does not exist"),
                           (["--checkpoint", str(tmp_path / "none.pt")], "does not exist")]:
         with pytest.raises(SystemExit) as e:
             main((["--checkpoint", ckpt] if "--checkpoint" not in args else []) + args + ["--device", "cpu"])
         assert message in str(e.value), args
+    assert resolve(FinetuneConfig(ranking="kl"), load_checkpoint(ckpt)[0]).answer_df == 1.0   # an IDF cap: tfidf's alone
     dense = tiny_model(memory_layers=())
     with pytest.raises(ValueError, match="needs a model with memory layers"):
         resolve(FinetuneConfig(mode="sparse"), dense)
@@ -403,6 +458,17 @@ def test_greedy_answer_is_the_continuation_up_to_its_first_period(trained):
                          "cpu") == "a red"                         # an end of text ends it too
     assert greedy_answer(Scripted(enc.encode(" far away and on and on and on")), enc, prompt, "cpu",
                          max_new_tokens=3) == enc.decode(enc.encode(" far away and on and on and on")[:3]).strip()
+
+
+def test_the_example_facts_files_are_hand_written_facts_in_the_documented_format():
+    from conftest import ROOT
+    folder = os.path.join(ROOT, "data", "examples")
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".jsonl"))
+    assert files == ["short_facts.jsonl", "student_facts.jsonl"]
+    for name in files:
+        facts = read_facts_file(os.path.join(folder, name))
+        assert len(facts) >= 15 and all(f["heldout_question"] for f in facts)
+        assert all(f["heldout_question"] not in f["questions"] for f in facts)   # the unseen phrasing is never trained
 
 
 def test_examples_show_taught_answers_and_the_background_the_stream_broke(trained, capsys):
