@@ -23,7 +23,6 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py layouts       # pretrain other memory layouts (heads x top-k, placement), then sparse
     python experiments.py worlds        # pretrain on other knowledge worlds (closed answers, more people), then sparse
     python experiments.py dense         # the memory model against dense ones trained for the same time and steps
-    python experiments.py longer        # pretrain twice as long (3,400 steps), then sparse
     python experiments.py course        # the course's exercises on the classroom model, pretrained with 3 seeds
     python experiments.py topt --facts 1000 --steps-per-fact 1   # the paper-sized stream
 
@@ -215,9 +214,6 @@ VARIANTS = {
                ("dense1700", "dense, 1,700 steps", {}, {}, {"dense": True})],
               [{"mode": "full"}, {"mode": "full", "lr": 1e-4}, {"mode": "lora"}, {"mode": "lora", "lr": 3e-4},
                {"mode": "sparse"}]),
-    "longer": ([("h4k16", "1,700 steps (default)", {}, {}, {}),
-                ("steps3400", "3,400 steps", {}, {}, {"max_iters": 3400, "eval_interval": 1700})],
-               SPARSE_LRS + [{"lr": 100}]),
 }
 
 
