@@ -261,6 +261,10 @@ def test_max_t_grows_the_rows_4x_only_while_the_fact_is_answered_wrong(trained, 
     monkeypatch.setattr("finetune.answers", lambda *a: pytest.fail("--max-t 0 never checks"))
     model.load_state_dict(base)
     assert run_stream(replace(fc, max_t=0), model, enc, [fact], quiet=True)[1] == [4]
+    monkeypatch.setattr("finetune.answers", lambda *a: pytest.fail("full finetuning has no t to grow"))
+    model.load_state_dict(base)
+    full = resolve(FinetuneConfig(mode="full", lr=1e-3, steps_per_fact=2), model)   # max_t keeps its default
+    assert full.max_t == 4096 and run_stream(full, model, enc, [fact], quiet=True)[1] == [None]
 
 
 def test_a_fact_is_answered_when_every_line_of_its_batch_predicts_the_answer(trained):
