@@ -11,7 +11,7 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py curves        # learned and forgotten after every 10 facts, per method
     python experiments.py slots         # which slots a fact selects, and which tokens read them
     python experiments.py forgetting    # which background answers a sparse stream breaks, and what they become
-    python experiments.py max-t         # grow t 4x while a fact's own questions are answered wrong (beyond the paper)
+    python experiments.py max-t         # grow t 4x while the model misses a fact's answer (beyond the paper)
     python experiments.py count         # rank the reads of every token vs only where the answer is predicted
     python experiments.py sequence      # batch-level vs sequence-level ranking over the same t's
     python experiments.py max-df        # never train slots that many background units read (beyond the paper)
