@@ -119,7 +119,7 @@ def fact_units(enc, facts, block_size):
     """Background units from the new facts themselves (the paper's Figure 7 ablation): one per fact batch."""
     for fact in facts:
         x, _, count = make_batch(enc, batch_texts(fact), block_size)
-        yield x, count
+        yield x.unsqueeze(0), count.unsqueeze(0)                       # (1, B, L): one unit of B rows
 
 
 def known_units(enc, ckpt, cfg, block_size):

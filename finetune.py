@@ -299,12 +299,14 @@ def stream_diverged(what, fact, step, cfg):
     return Diverged(f"{what} at fact {fact}, step {step}: the stream diverged; lower --lr ({cfg.lr:g})")
 
 
-def answer_units(enc, facts):
+def answer_units(enc, facts, per_batch=128):
     """One unit per question of each fact (facts.json entries): the question and its answer,
-    counting only the reads at the positions that predict the answer's tokens."""
-    for item in qa_items(facts):
-        x, y, _ = qa_batch(enc, [item])                                # (1, T): -1 in y where no answer token is predicted
-        yield x, y >= 0
+    counting only the reads at the positions that predict the answer's tokens; per_batch units
+    in one forward (sparse.background_stats)."""
+    items = qa_items(facts)
+    for i in range(0, len(items), per_batch):
+        x, y, _ = qa_batch(enc, items[i:i + per_batch])               # (U, L): -1 in y where no answer token is predicted
+        yield x.unsqueeze(1), (y >= 0).unsqueeze(1)                   # (U, 1, L): a unit is one row
 
 
 def keep_clear_of_answers(stats, model, enc, facts, share, device):

@@ -121,28 +121,38 @@ def choose_rows(reads, count, n_slots, t, ranking="tfidf", rank_by="batch", max_
 # ----------------------------------------------------------------------------------------
 # background statistics: df and reads per slot
 
-def pretraining_units(train_data, block_size, n_units, unit_windows, seed):
-    """Background units from pretraining: unit_windows random windows of block_size tokens each."""
+def pretraining_units(train_data, block_size, n_units, unit_windows, seed, per_batch=32):
+    """Background units from pretraining, per_batch at a time: (x (U, W, L), None), U units of
+    unit_windows = W random windows of block_size = L tokens each, every token counted."""
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(n_units):
-        yield get_batch(train_data, block_size, unit_windows, gen)[0], None
+    for start in range(0, n_units, per_batch):
+        windows = [get_batch(train_data, block_size, unit_windows, gen)[0] for _ in range(min(per_batch, n_units - start))]
+        yield torch.stack(windows), None
 
 
 @torch.no_grad()
 def background_stats(model, units, device, quiet=False):
-    """Per value table, over background units (x, mask of counted tokens or None): df, the
-    number of units in which each slot was read, and reads, its total reads."""
+    """Per value table, over background units: df, the number of units in which each slot was
+    read, and reads, its total reads. units yields batches (x, mask): x (U, W, L) holds U units
+    of W rows each, read in one forward; mask (U, W, L) is True on the tokens whose reads count
+    (None: every token). A unit's rows may be right-padded: causal attention keeps the padding
+    out of the tokens before it."""
     tables = memory_tables(model)
     stats = [{"df": torch.zeros(w.shape[0], dtype=torch.long), "reads": torch.zeros(w.shape[0], dtype=torch.long),
               "units": 0} for w, _ in tables]
     with model.recording_slots():
         for x, mask in tqdm(units, desc="background", leave=False, disable=quiet):
-            model(x.to(device))
+            U, W, L = x.shape
+            model(x.view(U * W, L).to(device))
+            counted = torch.ones(U * W, L, dtype=torch.bool) if mask is None else mask.reshape(U * W, L)
+            unit = torch.arange(U).repeat_interleave(W * L).view(U * W, L)[counted]     # (tokens,) each token's unit
             for st, (w, _), reads in zip(stats, tables, table_reads(model, tables)):
-                c = slot_counts(reads if mask is None else reads[mask.to(device)], w.shape[0])
-                st["df"] += c > 0
-                st["reads"] += c
-                st["units"] += 1
+                n = w.shape[0]
+                r = reads.cpu()[counted]                                                 # (tokens, H, k) slots read
+                st["reads"] += slot_counts(r, n)
+                read_in = (unit.view(-1, 1, 1) * n + r).unique()                         # each (unit, slot) once
+                st["df"] += torch.bincount(read_in % n, minlength=n)
+                st["units"] += U
     return stats
 
 

@@ -187,8 +187,9 @@ def test_known_facts_background_holds_every_other_fact_and_the_drop_is_measured_
     known = experiments.checkpoint_corpus(ckpt)[1]["background"]
     fc = experiments.ft.FinetuneConfig(background_batches=3)
     units = list(experiments.known_units(enc, ckpt, fc, 32))
-    assert len(units) == 3 + (len(known) + 1) // 2                      # 3 windows, then the even-numbered facts
-    assert units[0][1] is None and units[3][1] is not None            # windows count every token; facts their text
+    assert len(units) == 1 + (len(known) + 1) // 2                      # 3 windows in one batch, then the even-numbered facts
+    assert units[0][0].shape == (3, 1, 32) and units[1][0].shape[0] == 1   # (units, rows, tokens)
+    assert units[0][1] is None and units[1][1] is not None            # windows count every token; facts their text
     odd = [i % 2 for i, f in enumerate(known) for _ in f["questions"]]
     before = {"background_correct": [True] * len(odd)}
     even_broken = {"background_correct": [bool(o) for o in odd]}

@@ -321,9 +321,10 @@ def test_answer_units_count_only_where_the_answers_are_predicted(trained):
     cfg, _, enc, _ = trained
     ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))[2]
     known = checkpoint_corpus(ckpt)[1]["background"][:5]
-    units = list(answer_units(enc, known))
+    units = list(answer_units(enc, known, per_batch=1))
     assert len(units) == sum(len(f["questions"]) for f in known)      # one per question
-    x, count = units[0]
+    assert sum(x.shape[0] for x, _ in answer_units(enc, known, per_batch=4)) == len(units)
+    x, count = units[0][0][0], units[0][1][0]                         # the first unit: (1 row, L)
     answer = enc.encode(" " + known[0]["answer"])
     assert count.sum() == len(answer) and x[0, -len(answer):].tolist() == answer
     at = count[0].nonzero().flatten()

@@ -101,13 +101,24 @@ class ReadsItsTokens:
 
 def test_background_df_counts_units_that_read_a_slot_and_skips_uncounted_tokens():
     F, T = False, True
-    units = [(torch.tensor([[7, 1, 2, 2], [7, 3, 7, 7]]), torch.tensor([[F, T, T, T], [F, T, F, F]])),
-             (torch.tensor([[7, 2, 4, 7]]), torch.tensor([[F, T, T, F]])),   # 7: separator and padding
-             (torch.tensor([[1, 1]]), None)]                                  # no mask: every token counts
+    units = [(torch.tensor([[[7, 1, 2, 2], [7, 3, 7, 7]]]), torch.tensor([[[F, T, T, T], [F, T, F, F]]])),
+             (torch.tensor([[[7, 2, 4, 7]]]), torch.tensor([[[F, T, T, F]]])),   # 7: separator and padding
+             (torch.tensor([[[1, 1]]]), None)]                                    # no mask: every token counts
     st = background_stats(ReadsItsTokens(), units, "cpu", quiet=True)[0]
     assert st["units"] == 3
     assert st["df"].tolist() == [0, 2, 2, 1, 1, 0, 0, 0]            # slot 1 in units 1 and 3, slot 2 in 1 and 2
     assert st["reads"].tolist() == [0, 3, 3, 1, 1, 0, 0, 0]
+
+
+def test_units_read_together_count_as_when_read_one_by_one():
+    torch.manual_seed(0)
+    x = torch.randint(0, 8, (5, 3, 6))                              # 5 units of 3 rows
+    mask = torch.rand(5, 3, 6) < 0.6
+    together = background_stats(ReadsItsTokens(), [(x, mask)], "cpu", quiet=True)[0]
+    alone = background_stats(ReadsItsTokens(), [(x[u:u + 1], mask[u:u + 1]) for u in range(5)], "cpu", quiet=True)[0]
+    assert together["units"] == alone["units"] == 5
+    assert torch.equal(together["df"], alone["df"]) and torch.equal(together["reads"], alone["reads"])
+    assert together["df"].max() <= 5 and (together["reads"] > together["df"]).any()   # a unit reading a slot twice counts once
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adamw"])
