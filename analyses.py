@@ -6,6 +6,7 @@ streams at finetune.py's defaults.
     python experiments.py slots         # which slots a fact selects, and which tokens read them
     python experiments.py forgetting    # which background answers a sparse stream breaks, and what they become
     python experiments.py long          # sparse: a stream of 500 facts, then 500 more
+    python experiments.py one-fact      # each fact taught alone, by each method: forgetting at matched learning
 
 Each takes experiments.py's parsed command line, prints its lines and returns every number
 (the JSON experiments.py writes); the *_figure after it draws its PNG. setup() is how every
@@ -19,7 +20,7 @@ import torch
 import finetune as ft
 from common import pick_device
 from data.prepare import DataConfig, new_fact_entries, seen_tokens
-from evaluate import corpus_facts, first_wrong_tokens, qa_accuracy, qa_batch, qa_correct, qa_items
+from evaluate import corpus_facts, first_wrong_tokens, qa_accuracy, qa_batch, qa_correct, qa_items, qa_pair
 from facts import batch_texts, check_lengths, make_batch, stream_facts
 from model import checkpoint_corpus, checkpoint_train_tokens
 from sparse import choose_rows, load_or_compute_background, memory_tables, slot_counts, table_reads
@@ -30,7 +31,7 @@ def setup(args, needs_memory=True):
     the experiment has nothing to run without a memory layer, so a dense model is refused."""
     device = pick_device(args.device)
     cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, facts=args.facts, steps_per_fact=args.steps_per_fact,
-                            lr=args.lr, top_t=args.top_t, max_t=args.max_t, fresh_rows=args.fresh_rows,
+                            lr=args.lr, top_t=args.top_t, max_t=args.max_t, max_df=args.max_df, fresh_rows=args.fresh_rows,
                             answer_df=args.answer_df, device=args.device)
     model, enc, ckpt = ft.load_base(cfg, device)
     if needs_memory:
@@ -92,6 +93,56 @@ def curves_figure(plt, data):
     return fig
 
 
+# Rates of full finetuning and LoRA near where they learn one fact in 10 steps (their defaults learn none).
+ONE_FACT_LRS = {"full": (1e-4, 3e-4), "lora": (3e-4, 1e-3)}
+
+
+def one_fact(args):
+    """Streams of one fact: each of the first --facts facts taught alone to the pretrained model
+    by each method (full and LoRA at each rate of ONE_FACT_LRS, sparse at the experiments'
+    rate), and the background measured after it. The shortest stream, where every method can
+    learn: its forgetting at matched learning."""
+    model, enc, ckpt, facts, base_cfg, device = setup(args, needs_memory=False)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
+    before = qa_accuracy(model, enc, background, device)
+    runs = [(m, lr) for m in ("full", "lora") for lr in ONE_FACT_LRS[m]] + [("sparse", base_cfg.lr)] * bool(model.memory_modules)
+    out = []
+    for mode, lr in runs:
+        model.load_state_dict(base)
+        cfg = ft.resolve(ft.FinetuneConfig(**{**vars(base_cfg), "mode": mode, "lr": lr}), model)
+        stats = ft.ranking_stats(cfg, model, enc, ckpt, device)           # of the pretrained model
+        learned, unseen, drops = [], [], []
+        for fact in facts:
+            model.load_state_dict(base)
+            ft.run_stream(cfg, model, enc, [fact], stats, quiet=True)
+            learned.append(all(qa_correct(model, enc, qa_items([fact]), device)))
+            if fact["heldout_question"]:
+                unseen.append(qa_correct(model, enc, [qa_pair(fact["heldout_question"], fact["answer"])], device)[0])
+            drops.append((before - qa_accuracy(model, enc, background, device)) / before if before else 0.0)
+        out.append({"mode": mode, "lr": cfg.lr, "learned": sum(learned) / len(learned),
+                    "unseen": sum(unseen) / max(1, len(unseen)), "background_drop": sum(drops) / len(drops), "drops": drops})
+        r = out[-1]
+        print(f"{mode:<7} lr {cfg.lr:<6g} one fact at a time, {len(facts)} facts: learned {r['learned']:.2f} "
+              f"(unseen {r['unseen']:.2f}), background drop {r['background_drop']:.2%} on average "
+              f"(largest {max(drops):.2%})", flush=True)
+    model.load_state_dict(base)
+    return {"background_before": before, "runs": out}
+
+
+def one_fact_figure(plt, data):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in data["runs"]:
+        ax.plot(r["background_drop"] * 100, r["learned"] * 100, "o", ms=9, label=f"{r['mode']} (lr {r['lr']:g})")
+    ax.set_xlabel("background drop after one fact (%, mean)")
+    ax.set_ylabel("learned (%)")
+    ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def new_facts(ckpt, enc, n):
     """The first n new-fact entries: facts.json's, continued by the corpus generator when
     more are asked (the same prefix; data.prepare.new_fact_entries)."""
@@ -107,7 +158,8 @@ def long_stream(args, points=5):
     taught or not yet), on all the facts taught so far, and on the background."""
     device = pick_device(args.device)
     cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, steps_per_fact=args.steps_per_fact, lr=args.lr, top_t=args.top_t,
-                            max_t=args.max_t, fresh_rows=args.fresh_rows, answer_df=args.answer_df, device=args.device)
+                            max_t=args.max_t, max_df=args.max_df, fresh_rows=args.fresh_rows, answer_df=args.answer_df,
+                            device=args.device)
     model, enc, ckpt = ft.load_base(cfg, device)
     refuse_dense(args, model)
     cfg = ft.resolve(cfg, model)
@@ -371,4 +423,5 @@ def forgetting_figure(plt, data):
 
 # Each analysis: (the function that runs it, the one that draws its figure).
 ANALYSES = {"curves": (curves, curves_figure), "slots": (slots, slots_figure),
-            "forgetting": (forgetting, forgetting_figure), "long": (long_stream, long_figure)}
+            "forgetting": (forgetting, forgetting_figure), "long": (long_stream, long_figure),
+            "one-fact": (one_fact, one_fact_figure)}

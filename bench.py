@@ -188,7 +188,7 @@ def finetune_steps(path, n_facts=10):
     (run_stream itself: batch, forward, backward, slot ranking, update)."""
     out = {}
     for mode, opt in (("full", "adamw"), ("lora", "adamw"), ("sparse", "sgd"), ("sparse", "adamw")):
-        cfg = ft.FinetuneConfig(checkpoint=path, mode=mode, optimizer=opt, max_t=0, device="cpu")   # steps_per_fact steps a fact
+        cfg = ft.FinetuneConfig(checkpoint=path, mode=mode, optimizer=opt, max_t=0, max_df=1.0, device="cpu")   # steps_per_fact steps a fact
         model, enc, ckpt = ft.load_base(cfg, "cpu")
         cfg = ft.resolve(cfg, model)
         facts = corpus_facts(checkpoint_corpus(ckpt)[1]["new"][:n_facts])

@@ -19,6 +19,7 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py fresh-rows    # never train a row an earlier fact trained (beyond the paper)
     python experiments.py answer-df     # rank last the slots that background answers are read from (beyond the paper)
     python experiments.py long          # sparse: a stream of 500 facts, then 500 more (--facts 1000: 1000 + 1000)
+    python experiments.py one-fact      # each fact taught alone by full, LoRA and sparse: forgetting at matched learning
     python experiments.py real-text     # pretrain on real TinyStories text, then full vs LoRA vs sparse
     python experiments.py layouts       # pretrain other memory layouts (heads x top-k, placement), then sparse
     python experiments.py worlds        # pretrain on other knowledge worlds (closed answers, more people), then sparse
@@ -31,9 +32,10 @@ streams the same facts, and is scored like finetune.py: learned = exact-match ac
 the taught facts' questions; forgotten = the relative drop in background-fact accuracy;
 val loss before and after. Unless a run says otherwise it is the paper's method: sparse SGD at
 finetune.py's default learning rate and t = 64, a fixed t and the paper's IDF. finetune.py's
-default goes beyond it with --max-t 4096 --answer-df 0.01; give them here to use them too.
-The sweeps are here; curves, slots, forgetting and long, which look inside streams, are in
-analyses.py.
+default goes beyond it with --max-t 4096 --answer-df 0.01 --max-df 0.99; give them here to use
+them too.
+The sweeps are here; curves, slots, forgetting, long and one-fact, which look inside streams,
+are in analyses.py.
 """
 
 import argparse
@@ -369,6 +371,8 @@ def main(argv=None):
                    "(0 = off: a fixed t)")
     p.add_argument("--answer-df", type=float, default=1.0, help="sparse: finetune.py --answer-df where a run does "
                    "not set it (1 = off)")
+    p.add_argument("--max-df", type=float, default=1.0, help="sparse: finetune.py --max-df where a run does not set "
+                   "it (1 = off)")
     p.add_argument("--lr", type=float, default=0.0, help="learning rate where a run does not set one; 0 = finetune.py's "
                    "default (curves always uses each method's default)")
     p.add_argument("--facts-file", default="", help="the sweeps: your own facts (finetune.py's facts-file format) "

@@ -25,11 +25,13 @@ that fact's paraphrases (its statements and its question/answer lines), repeated
           (lora.py); merged into the weights before evaluation
   sparse  only memory value rows: per batch, the top-t slots by TF-IDF of their access
           counts against background document frequencies (choose_rows in sparse.py).
-          Two defaults go beyond the paper (docs/RESULTS.md; --max-t 0 --answer-df 1 is the
-          paper's method): --max-t 4096 gives a fact whose answer the model still does not
-          predict, wherever its batch spells it, its steps again with 4x the rows (t = 64,
-          256, 1,024, 4,096); --answer-df 0.01 ranks last the slots read where more than 1%
-          of the background facts' answers are predicted, which forgets less.
+          Three defaults go beyond the paper (docs/RESULTS.md; --max-t 0 --answer-df 1
+          --max-df 1 is the paper's method): --max-t 4096 gives a fact whose answer the model
+          still does not predict, wherever its batch spells it, its steps again with 4x the
+          rows (t = 64, 256, 1,024, 4,096); --answer-df 0.01 ranks last the slots read where
+          more than 1% of the background facts' answers are predicted, which forgets less;
+          --max-df 0.99 never trains a slot read in more than 99% of the background units,
+          which keeps the large rounds off the slots all text reads (val loss).
           Other choices: --ranking tf (no IDF) and kl (the slot's term of the KL divergence
           from the background's reads), --rank-by sequence (each row scored on its own),
           --count answer (only the reads where the answer is predicted); --max-df 0.2 never
@@ -103,7 +105,7 @@ class FinetuneConfig:
     max_t: int = 4096                      # sparse: a fact whose answer is still missed after its steps gets them again with 4x t, up to this (0 = a fixed t, the paper; beyond it)
     ranking: str = "tfidf"                 # sparse: tfidf | tf (raw access counts, the paper's ablation) | kl (docs/METHOD.md)
     rank_by: str = "batch"                 # sparse: batch (the paper) | sequence (score each row, keep a slot's best)
-    max_df: float = 1.0                    # sparse: train no slot read in more than this share of background units (1 = off, the paper)
+    max_df: float = 0.99                   # sparse: train no slot read in more than this share of background units (1 = off, the paper; beyond it)
     count: str = "all"                     # sparse: reads counted: all (every text token, the paper) | answer (where the answer is predicted)
     fresh_rows: bool = False               # sparse: never train a row that an earlier fact trained (beyond the paper)
     answer_df: float = 0.01                # sparse, tfidf: IDF 0 for slots read where more than this share of the background answers are predicted (1 = off, the paper; beyond it)
@@ -313,9 +315,9 @@ def keep_clear_of_answers(stats, model, enc, facts, share, device):
     """--answer-df: background statistics in which every slot read where the answers of more
     than `share` of the facts' questions are predicted has df = |B|, so IDF 0: it ranks last
     and is trained only when a batch reads fewer than t other slots (beyond the paper:
-    docs/RESULTS.md, answer-df)."""
+    docs/RESULTS.md, answer-df). read_df keeps the df as read, which --max-df caps."""
     answers = background_stats(model, answer_units(enc, facts), device, quiet=True)
-    return [{**st, "df": torch.where(a["df"] > share * a["units"], st["units"], st["df"])}
+    return [{**st, "df": torch.where(a["df"] > share * a["units"], st["units"], st["df"]), "read_df": st["df"]}
             for st, a in zip(stats, answers)]
 
 

@@ -10,7 +10,7 @@ from conftest import TINY_MODEL
 from evaluate import qa_items
 from facts import batch_texts, make_batch
 from finetune import DEFAULT_CHECKPOINT
-from sparse import background_stats
+from sparse import background_stats, fingerprint
 from model import GPT, GPTConfig, load_checkpoint
 from train import TrainConfig, train
 
@@ -218,3 +218,18 @@ def test_trained_reads_counts_the_reads_where_the_answer_is_predicted(trained):
     assert analyses.trained_reads(model, enc, items, [at_answer], "cpu")[0] == 1.0
     assert elsewhere.any() and analyses.trained_reads(model, enc, items, [elsewhere], "cpu")[0] == 0.0
 
+
+
+def test_one_fact_teaches_every_fact_to_the_pretrained_model(trained, tmp_path, monkeypatch):
+    cfg = trained[0]
+    weights = []                                                       # the model each stream and ranking starts from
+    real_stream, real_stats = analyses.ft.run_stream, analyses.ft.ranking_stats
+    monkeypatch.setattr(analyses.ft, "run_stream", lambda c, model, *a, **k: weights.append(fingerprint(model)) or real_stream(c, model, *a, **k))
+    monkeypatch.setattr(analyses.ft, "ranking_stats", lambda c, model, *a: weights.append(fingerprint(model)) or real_stats(c, model, *a))
+    experiments.main(["one-fact", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2", "--steps-per-fact", "2",
+                      "--lr", "1.0", "--device", "cpu", "--out-dir", str(tmp_path)])
+    runs = json.loads((tmp_path / "one-fact.json").read_text())["runs"]
+    assert [(r["mode"], r["lr"]) for r in runs] == [("full", 1e-4), ("full", 3e-4), ("lora", 3e-4), ("lora", 1e-3), ("sparse", 1.0)]
+    assert all(len(r["drops"]) == 2 and 0 <= r["learned"] <= 1 for r in runs)
+    assert len(weights) == 5 * 3 and len(set(weights)) == 1          # 5 runs x (statistics + 2 facts), all from the pretrained model
+    assert (tmp_path / "one-fact.png").read_bytes()[:4] == b"\x89PNG"

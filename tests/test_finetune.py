@@ -125,7 +125,7 @@ def test_weights_that_break_are_named_at_the_fact_and_step_that_broke_them(train
     model, enc, _ = load_checkpoint(os.path.join(trained[0].out_dir, "ckpt.pt"))
     facts = [{"paraphrases": [f"{name} ran."], "questions": ["Who ran?"], "heldout_question": None, "answer": f"{name}."}
              for name in ("Tom", "Ann", "Ben")]
-    fc = resolve(FinetuneConfig(mode="sparse", ranking="tf", lr=1.0, top_t=4, steps_per_fact=2), model)
+    fc = resolve(FinetuneConfig(mode="sparse", ranking="tf", max_df=1.0, lr=1.0, top_t=4, steps_per_fact=2), model)
     with pytest.raises(Diverged, match="the weights became inf or nan at fact 1, step 2:"):
         run_stream(fc, model, enc, facts, quiet=True)
 
@@ -245,7 +245,7 @@ def test_max_t_grows_the_rows_4x_only_while_the_fact_is_answered_wrong(trained, 
     base = {k: v.clone() for k, v in model.state_dict().items()}
     fact = {"paraphrases": ["Tom has a red ball.", "The ball of Tom is red."], "questions": ["What does Tom have?"],
             "heldout_question": "What is red?", "answer": "a red ball."}
-    fc = resolve(FinetuneConfig(mode="sparse", optimizer="sgd", lr=1.0, top_t=4, max_t=64, ranking="tf",
+    fc = resolve(FinetuneConfig(mode="sparse", optimizer="sgd", lr=1.0, top_t=4, max_t=64, ranking="tf", max_df=1.0,
                                 steps_per_fact=2), model)
 
     def changed_rows(answered):
@@ -302,7 +302,7 @@ def test_fresh_rows_never_train_a_row_an_earlier_fact_trained(trained):
     facts = [{"paraphrases": [f"{name} has a red ball.", f"The ball of {name} is red."],
               "questions": [f"What does {name} have?"], "heldout_question": None, "answer": "a red ball."}
              for name in ("Tom", "Sue")]                       # the same words: without the rule they share rows
-    fc = resolve(FinetuneConfig(mode="sparse", optimizer="sgd", lr=1.0, top_t=16, ranking="tf", steps_per_fact=2), model)
+    fc = resolve(FinetuneConfig(mode="sparse", optimizer="sgd", lr=1.0, top_t=16, ranking="tf", max_df=1.0, steps_per_fact=2), model)
     base = model.state_dict()[key].clone()
     run_stream(fc, model, enc, facts[:1], quiet=True)
     after_first = model.state_dict()[key].clone()
