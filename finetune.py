@@ -71,7 +71,8 @@ DEFAULT_CHECKPOINT = os.path.join(TrainConfig.out_dir, "ckpt.pt")
 # of 50 facts: sparse (the paper's fixed t = 64), the largest swept rate that costs at most 5% of
 # the background facts (the paper's target); with the default's growing t the same rate is the
 # smallest swept one that learns 0.90 of the demo's 100 facts (experiments.py max-t --facts 100
-# --answer-df 0.01: lr 20 0.895 at a 2.9% drop, lr 50 0.905 at 3.4%, lr 100 0.925 at 4.3%).
+# --answer-df 0.01: lr 20 0.895 at a 2.9% drop, lr 50 0.905 at 3.4%, lr 100 0.925 at 4.3%; lr 100
+# forgets twice as much of the hand-written short facts, docs/RESULTS.md "Grow t").
 # Full and LoRA, which learn almost nothing at any rate that spares the background: the largest
 # that costs at most a quarter of it. Other pairs were not swept, so they have no default and
 # need --lr.
