@@ -106,7 +106,9 @@ def one_fact(args):
     base = {k: v.clone() for k, v in model.state_dict().items()}
     background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
     before = qa_accuracy(model, enc, background, device)
-    runs = [(m, lr) for m in ("full", "lora") for lr in ONE_FACT_LRS[m]] + [("sparse", base_cfg.lr)] * bool(model.memory_modules)
+    runs = [(m, lr) for m in ("full", "lora") for lr in ONE_FACT_LRS[m]]
+    if model.memory_modules:                                           # a dense model: full and LoRA only
+        runs.append(("sparse", base_cfg.lr))
     out = []
     for mode, lr in runs:
         model.load_state_dict(base)

@@ -219,7 +219,6 @@ def test_trained_reads_counts_the_reads_where_the_answer_is_predicted(trained):
     assert elsewhere.any() and analyses.trained_reads(model, enc, items, [elsewhere], "cpu")[0] == 0.0
 
 
-
 def test_one_fact_teaches_every_fact_to_the_pretrained_model(trained, tmp_path, monkeypatch):
     cfg = trained[0]
     weights = []                                                       # the model each stream and ranking starts from
