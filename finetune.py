@@ -233,6 +233,8 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
             for n, fact in enumerate(facts, 1):
                 answer = fact["answer"] if cfg.count == "answer" else None
                 x, y, count = (b.to(device) for b in make_batch(enc, batch_texts(fact), model.config.block_size, answer))
+                if grow:                                                   # where each line spells the answer (--max-t)
+                    at = make_batch(enc, batch_texts(fact), model.config.block_size, fact["answer"])[2].to(device)
                 trained = [torch.zeros_like(tk) for tk in taken] if taken else None     # --fresh-rows: this fact's rows
                 t, step = cfg.top_t, 0
                 while True:                                                # one round: steps_per_fact steps with t rows
@@ -262,7 +264,7 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
                         steps += 1
                         bar.update(1)
                         bar.set_postfix(loss=f"{loss.item():.3f}")
-                    if not grow or t >= cfg.max_t or answers(model, enc, fact, device):
+                    if not grow or t >= cfg.max_t or answers(model, x, y, at):
                         break
                     t = min(4 * t, cfg.max_t)                              # --max-t: answer still missed, 4x the rows
                     bar.total += cfg.steps_per_fact
@@ -288,13 +290,13 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
 
 
 @torch.no_grad()
-def answers(model, enc, fact, device):
-    """Does the model predict the fact's answer wherever its batch spells it? Each answer token,
-    greedily, in every line of the batch that holds " <answer>": the statements and the trained
-    questions (--max-t grows t until it does; the unseen question is never looked at)."""
-    x, y, at = make_batch(enc, batch_texts(fact), model.config.block_size, fact["answer"])  # at: answer positions
-    logits, _ = model(x.to(device))                                                  # (B, L, vocab)
-    return bool((logits.argmax(-1).cpu() == y)[at].all())
+def answers(model, x, y, at):
+    """Does the model predict the fact's answer wherever its batch spells it? x, y: the fact's
+    batch (make_batch); at: (B, L) True at the positions that predict the answer's tokens, in
+    every line that holds " <answer>": the statements and the trained questions (--max-t grows
+    t until each is predicted, greedily; the unseen question is not in the batch)."""
+    logits, _ = model(x)                                                             # (B, L, vocab)
+    return bool((logits.argmax(-1) == y)[at].all())
 
 
 def stream_diverged(what, fact, step, cfg):

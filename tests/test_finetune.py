@@ -268,7 +268,6 @@ def test_max_t_grows_the_rows_4x_only_while_the_fact_is_answered_wrong(trained, 
 
 
 def test_a_fact_is_answered_when_every_line_of_its_batch_predicts_the_answer(trained):
-    from types import SimpleNamespace
     from finetune import answers
     enc = trained[2]
     fact = {"paraphrases": ["Tom has a red ball.", "Tom plays."], "questions": ["What does Tom have?"],
@@ -277,8 +276,6 @@ def test_a_fact_is_answered_when_every_line_of_its_batch_predicts_the_answer(tra
     assert at.sum(1).tolist() == [len(enc.encode(" a red ball.")), 0, len(enc.encode(" a red ball."))]
 
     class Oracle:                                             # predicts every next token, but where told to be wrong
-        config = SimpleNamespace(block_size=64)
-
         def __init__(self, wrong=None):
             self.wrong = wrong
 
@@ -289,10 +286,10 @@ def test_a_fact_is_answered_when_every_line_of_its_batch_predicts_the_answer(tra
             return torch.nn.functional.one_hot(nxt, enc.n_vocab).float(), None
 
     answer_at = [tuple(p) for p in at.nonzero().tolist()]
-    assert answers(Oracle(), enc, fact, "cpu")
-    assert not answers(Oracle(wrong=answer_at[1]), enc, fact, "cpu")      # the statement's second answer token
-    assert not answers(Oracle(wrong=answer_at[-1]), enc, fact, "cpu")     # the question line's last one
-    assert answers(Oracle(wrong=(0, 1)), enc, fact, "cpu")               # not an answer position: no matter
+    assert answers(Oracle(), x, y, at)
+    assert not answers(Oracle(wrong=answer_at[1]), x, y, at)      # the statement's second answer token
+    assert not answers(Oracle(wrong=answer_at[-1]), x, y, at)     # the question line's last one
+    assert answers(Oracle(wrong=(0, 1)), x, y, at)               # not an answer position: no matter
 
 
 def test_fresh_rows_never_train_a_row_an_earlier_fact_trained(trained):
