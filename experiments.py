@@ -156,8 +156,9 @@ def run_background(run, cfg, model, enc, ckpt, facts, device):
     return None
 
 
-def sweep(args, runs, key, field):
-    """Finetune a fresh copy of the base model for each run; one result dict per run."""
+def sweep(args, runs, key, field, lrs=ft.DEFAULT_LR):
+    """Finetune a fresh copy of the base model for each run; one result dict per run. A run that
+    sets no lr (nor --lr) takes its mode's rate from lrs (finetune.resolve)."""
     sparse = [run.get("mode", "sparse") == "sparse" for run in runs]
     model, enc, ckpt, facts, base_cfg, device = setup(args, needs_memory=all(sparse))
     base = {k: v.clone() for k, v in model.state_dict().items()}
@@ -174,7 +175,7 @@ def sweep(args, runs, key, field):
             continue
         if "top_t" in settings:
             settings["top_t"] = settings["top_t"] or n_slots            # 0: every accessed slot
-        cfg = ft.resolve(ft.FinetuneConfig(**{**vars(base_cfg), **settings}), model)
+        cfg = ft.resolve(ft.FinetuneConfig(**{**vars(base_cfg), **settings}), model, lrs)
         model.load_state_dict(base)
         try:
             stats = run_background(run, cfg, model, enc, ckpt, facts, device)
@@ -279,12 +280,8 @@ def course(args):
         args.checkpoint = os.path.join(tcfg.out_dir, "ckpt.pt")
         if not os.path.exists(args.checkpoint):
             train(tcfg, GPTConfig(**CLASSROOM_MODEL), quiet=True)
-        runs = []
-        for _, run in COURSE_RUNS:
-            mode = run.get("mode", "sparse")
-            runs.append({**preset, "mode": mode, "lr": ft.CLASSROOM_LR[(mode, "sgd" if mode == "sparse" else "adamw")], **run})
         print(f"pretraining seed {seed}:", flush=True)
-        out[f"seed {seed}"] = sweep(args, runs, "mode", "lr")
+        out[f"seed {seed}"] = sweep(args, [{**preset, **run} for _, run in COURSE_RUNS], "mode", "lr", ft.CLASSROOM_LR)
         out[f"seed {seed}"]["pretraining"] = load_checkpoint(args.checkpoint)[2]["metrics"]
     print(f"\nrange over the {len(COURSE_SEEDS)} pretraining seeds (new facts stream, {args.facts} facts):")
     for i, name in enumerate(names):
@@ -331,7 +328,8 @@ def variants_figure(plt, name, data):
         ax.plot([r["background_drop"] * 100 for r in rs], [r["learned_acc"] * 100 for r in rs],
                 "o" if mixed else "o-", label=label)
         for r in rs:
-            text = f"{r['mode']} {r['lr']:g}" if name == "dense" else point(r["run"], "mode" if name == "real-text" else "lr")
+            text = (f"{r['mode']} {r['lr']:g}" if name == "dense" else f"{r['lr']:g}" if name == "course"
+                    else point(r["run"], "mode" if name == "real-text" else "lr"))
             ax.annotate(text, (r["background_drop"] * 100, r["learned_acc"] * 100), textcoords="offset points",
                         xytext=(4, 3), fontsize=7)
     ax.set_xlabel("forgotten: drop in background-fact accuracy (%)")

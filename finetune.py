@@ -231,10 +231,7 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
     try:
         with model.recording_slots():
             for n, fact in enumerate(facts, 1):
-                answer = fact["answer"] if cfg.count == "answer" else None
-                x, y, count = (b.to(device) for b in make_batch(enc, batch_texts(fact), model.config.block_size, answer))
-                if grow:                                                   # where each line spells the answer (--max-t)
-                    at = make_batch(enc, batch_texts(fact), model.config.block_size, fact["answer"])[2].to(device)
+                x, y, count, at = fact_batch(cfg, enc, fact, model.config.block_size, device)
                 trained = [torch.zeros_like(tk) for tk in taken] if taken else None     # --fresh-rows: this fact's rows
                 t, step = cfg.top_t, 0
                 while True:                                                # one round: steps_per_fact steps with t rows
@@ -244,23 +241,15 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
                         if not torch.isfinite(loss):
                             raise stream_diverged(f"the loss became {loss.item()}", n, step, cfg)
                         loss.backward()                                    # 2. backward
-                        updated = []                                       # what this step changed
                         if opt is not None:                                # full and lora: a plain optimizer step
                             opt.step()
                             opt.zero_grad(set_to_none=True)
-                            updated += params
-                        for i, ((w, _), reads, bg, ro) in enumerate(zip(tables, table_reads(model, tables), backgrounds, row_opts)):
-                            rows = choose_rows(reads, count, w.shape[0], t, cfg.ranking,   # 3. choose rows
-                                               cfg.rank_by, cfg.max_df, bg, taken[i] if taken else None)
-                            if taken:
-                                trained[i][rows] = True
-                            rows = rows.to(w.device)
-                            ro.step(rows)                                  # 4. update those rows only
-                            w.grad = None
-                            starved += len(rows) == 0
-                            updated.append(w[rows])
-                        if not all(torch.isfinite(u).all() for u in updated):  # 5. only what this step changed:
-                            raise stream_diverged("the weights became inf or nan", n, step, cfg)   #    cheap
+                            updated = params
+                        else:                                              # sparse: 3. choose rows, 4. update them
+                            updated, none = update_rows(cfg, model, tables, row_opts, backgrounds, count, t, taken, trained)
+                            starved += none
+                        if not all(torch.isfinite(u).all() for u in updated):  # 5. only what this step changed: cheap
+                            raise stream_diverged("the weights became inf or nan", n, step, cfg)
                         steps += 1
                         bar.update(1)
                         bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -287,6 +276,35 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
     if cfg.mode == "lora":
         merge_lora(model)
     return state_bytes(opt, row_opts), t_per_fact
+
+
+def fact_batch(cfg, enc, fact, block_size, device):
+    """A fact's batch (make_batch) as the stream trains on it: x, y, count (the tokens whose reads
+    are counted: every text token, or with --count answer only those that predict the answer),
+    and at (the positions that predict the answer, where --max-t checks that it is predicted)."""
+    answer = fact["answer"] if cfg.count == "answer" else None
+    x, y, count = (b.to(device) for b in make_batch(enc, batch_texts(fact), block_size, answer))
+    at = make_batch(enc, batch_texts(fact), block_size, fact["answer"])[2].to(device)
+    return x, y, count, at
+
+
+def update_rows(cfg, model, tables, row_opts, backgrounds, count, t, taken=None, trained=None):
+    """Sparse mode's update, after the backward: in each value table, choose t rows among the
+    slots this step read (sparse.choose_rows; none of `taken` with --fresh-rows, and those
+    chosen are marked in `trained`) and move those rows only. Returns (the chosen rows' new
+    values, the number of tables left with no row to train)."""
+    updated, starved = [], 0
+    for i, ((w, _), reads, bg, ro) in enumerate(zip(tables, table_reads(model, tables), backgrounds, row_opts)):
+        rows = choose_rows(reads, count, w.shape[0], t, cfg.ranking, cfg.rank_by, cfg.max_df, bg,
+                           taken[i] if taken else None)
+        if taken:
+            trained[i][rows] = True
+        rows = rows.to(w.device)
+        ro.step(rows)
+        w.grad = None
+        starved += len(rows) == 0
+        updated.append(w[rows])
+    return updated, starved
 
 
 @torch.no_grad()
