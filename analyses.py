@@ -175,6 +175,7 @@ def long_stream(args, points=5):
     trace = [{"facts": 0, "first": qa_accuracy(model, enc, items[0], device), "second": None, "taught": None,
               "background": qa_accuracy(model, enc, background, device)}]
     every = max(1, args.facts // points)
+    t_per_fact = []                                                   # each fact's t in its last round
     for k, stream in enumerate(streams):
         def measure(n):
             if n % every and n != len(stream):
@@ -189,8 +190,13 @@ def long_stream(args, points=5):
                   + ("" if p["second"] is None else f" | second stream {p['second']:.3f}")
                   + f" | all taught so far {p['taught']:.3f} | background {p['background']:.3f} "
                   f"(drop {(trace[0]['background'] - p['background']) / trace[0]['background']:.1%})", flush=True)
-        ft.run_stream(cfg, model, enc, stream, stats, quiet=True, on_fact=measure)
-    return {"lr": cfg.lr, "top_t": cfg.top_t, "stream": args.facts, "trace": trace}
+        t_per_fact += ft.run_stream(cfg, model, enc, stream, stats, quiet=True, on_fact=measure)[1]
+    t_used = [{str(t): part.count(t) for t in sorted(set(part))}                # the facts of each fifth, by their last t
+              for part in (t_per_fact[i:i + every] for i in range(0, len(t_per_fact), every))]
+    if cfg.max_t:
+        print("facts ending at each t, by fifth of each stream:", "; ".join(
+            ", ".join(f"{t}: {c}" for t, c in part.items()) for part in t_used))
+    return {"lr": cfg.lr, "top_t": cfg.top_t, "stream": args.facts, "trace": trace, "t_used": t_used}
 
 
 def long_figure(plt, data):

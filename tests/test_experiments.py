@@ -171,10 +171,12 @@ def test_long_scores_the_facts_taught_so_far_beside_each_whole_stream(trained, t
     cfg, _, _, _ = trained
     monkeypatch.setattr(analyses, "qa_accuracy", lambda model, enc, items, device: len(items))   # "accuracy" = items scored
     monkeypatch.setattr(analyses.ft, "run_stream", lambda cfg, model, enc, stream, stats, quiet, on_fact:
-                        [on_fact(n) for n in range(1, len(stream) + 1)])
+                        ([on_fact(n) for n in range(1, len(stream) + 1)], [64, 256][:len(stream)]))
     experiments.main(["long", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2", "--device", "cpu",
                       "--out-dir", str(tmp_path)])
-    first, half, second, more, both = json.loads((tmp_path / "long.json").read_text())["trace"]
+    data = json.loads((tmp_path / "long.json").read_text())
+    first, half, second, more, both = data["trace"]
+    assert data["t_used"] == [{"64": 1}, {"256": 1}] * 2      # each fact's last t, by point of the trace
     assert 0 < half["taught"] < half["first"]                  # one fact of the first stream's two
     assert second["taught"] == second["first"]                 # all of the first stream
     assert second["first"] < more["taught"] < more["first"] + more["second"]
