@@ -45,9 +45,8 @@ def config_parser(description, *dataclasses, skip=(), presets=None):
                 p.add_argument(name, type=type(f.default), default=f.default, help=f"{text} (default: {f.default})")
     if presets:
         changes = {k: "; ".join(preset_changes(p, v)) for k, v in presets.items()}
-        p.add_argument("--preset", choices=sorted(presets), default="", help="a named set of settings, each given "
-                       "in full, so that later changes of the defaults do not move it; an option given on the "
-                       "command line still wins. " + " ".join(f"{k}: {v}." for k, v in changes.items()).replace("%", "%%"))
+        p.add_argument("--preset", choices=sorted(presets), default="", help="a named set of settings (what each "
+                       "changes is listed below); an option given on the command line still wins. " + " ".join(f"{k}: {v}." for k, v in changes.items()).replace("%", "%%"))
     return p
 
 

@@ -62,9 +62,9 @@ from common import (Diverged, check_range, check_writable, config_parser, keep_f
 from evaluate import corpus_facts, greedy_answer, measure, qa_batch, qa_items, qa_pair, story_endings
 from facts import batch_texts, check_lengths, make_batch, stream_facts, warn_unseen_tokens
 from lora import add_lora, merge_lora
-from model import CLASSROOM_MODEL, GPTConfig, checkpoint_corpus, checkpoint_train_tokens, load_checkpoint, save_checkpoint
+from model import CLASSROOM_MODEL, LARGE_MODEL, GPTConfig, checkpoint_corpus, checkpoint_train_tokens, load_checkpoint, save_checkpoint
 from sparse import RowOptimizer, background_stats, choose_rows, load_or_compute_background, memory_tables, table_reads
-from train import CLASSROOM_TRAIN, TrainConfig, train
+from train import CLASSROOM_TRAIN, LARGE_TRAIN, TrainConfig, train
 
 DEFAULT_CHECKPOINT = os.path.join(TrainConfig.out_dir, "ckpt.pt")
 # Learning rates from python experiments.py pareto and optimizer (docs/RESULTS.md), on a stream
@@ -91,6 +91,11 @@ CLASSROOM_FINETUNE = dict(checkpoint=os.path.join(CLASSROOM_TRAIN["out_dir"], "c
                           background_batch_size=1, lora_rank=16, lora_alpha=32.0, weight_decay=0.0, seed=1337,
                           device="auto", json="", out="", quiet=False, set_facts=15)
 CLASSROOM_LR = {("sparse", "sgd"): 100.0, ("full", "adamw"): 1e-4, ("lora", "adamw"): 1e-4}
+
+# The large preset (python finetune.py --preset large): the default demo on the large model
+# (train.py's LARGE_TRAIN: 262,144 memory slots, pretrained first if missing); every other
+# setting is the default's.
+LARGE_FINETUNE = dict(checkpoint=os.path.join(LARGE_TRAIN["out_dir"], "ckpt.pt"))
 
 
 @dataclass
@@ -423,13 +428,16 @@ def show_examples(base, model, enc, facts, background, before, after, device, n=
 
 
 def load_base(cfg, device):
-    """The pretrained model: cfg.checkpoint, or, if it is missing and is the default's or the
-    classroom preset's checkpoint, that model trained now."""
+    """The pretrained model: cfg.checkpoint, or, if it is missing and is the default's or a
+    preset's checkpoint, that model trained now."""
     recipes = {os.path.abspath(DEFAULT_CHECKPOINT): ("the default model (python train.py, ~8 min on 2 CPU cores)",
                                                      TrainConfig(), GPTConfig()),
                os.path.abspath(CLASSROOM_FINETUNE["checkpoint"]): ("the classroom model (python train.py --preset "
                                                                    "classroom, ~1 min on 2 CPU cores)",
-                                                                   TrainConfig(**CLASSROOM_TRAIN), GPTConfig(**CLASSROOM_MODEL))}
+                                                                   TrainConfig(**CLASSROOM_TRAIN), GPTConfig(**CLASSROOM_MODEL)),
+               os.path.abspath(LARGE_FINETUNE["checkpoint"]): ("the large model (python train.py --preset large, "
+                                                               "~10 min on 2 CPU cores)",
+                                                               TrainConfig(**LARGE_TRAIN), GPTConfig(**LARGE_MODEL))}
     if not os.path.exists(cfg.checkpoint) and os.path.abspath(cfg.checkpoint) in recipes:
         name, tcfg, mcfg = recipes[os.path.abspath(cfg.checkpoint)]
         if not cfg.quiet:
@@ -463,7 +471,7 @@ def write_outputs(cfg, ckpt, model, facts, results):
 
 
 def main(argv=None):
-    presets = {"classroom": CLASSROOM_FINETUNE}
+    presets = {"classroom": CLASSROOM_FINETUNE, "large": LARGE_FINETUNE}
     args = parse_args(config_parser(__doc__, FinetuneConfig, presets=presets), argv, presets)
     cfg = split(args, FinetuneConfig)
     keep_freed_memory()

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from common import ROOT, Diverged, check_range, check_writable, config_parser, keep_freed_memory, parse_args, pick_device, split
 from data.prepare import CLASSROOM_DATA, DataConfig, load_facts, prepare, read_corpus_meta
 from evaluate import qa_accuracy, qa_items, validate
-from model import CLASSROOM_MODEL, GPT, GPTConfig, check_same_corpus, config_dict, load_checkpoint, save_checkpoint
+from model import CLASSROOM_MODEL, LARGE_MODEL, GPT, GPTConfig, check_same_corpus, config_dict, load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -57,6 +57,10 @@ CLASSROOM_TRAIN = dict(data_dir=CLASSROOM_DATA["out_dir"], out_dir=os.path.join(
                        batch_size=32, max_iters=600, lr=1e-2, min_lr=1e-3, warmup_iters=30, value_lr=3e-2,
                        weight_decay=0.1, grad_clip=1.0, eval_interval=300, dense=False, device="auto",
                        compile=False, resume=False, stop_at=0)
+
+# The large preset (python train.py --preset large): the default run on LARGE_MODEL, the default
+# model with 4x the memory slots, into a folder of its own.
+LARGE_TRAIN = dict(out_dir=os.path.join(ROOT, "out", "large"))
 
 
 # What --resume takes from the checkpoint, whatever the command line says, so that a resumed
@@ -273,7 +277,7 @@ def train(cfg, mcfg, quiet=False):
 
 
 def main(argv=None):
-    presets = {"classroom": {**CLASSROOM_TRAIN, **CLASSROOM_MODEL}}
+    presets = {"classroom": {**CLASSROOM_TRAIN, **CLASSROOM_MODEL}, "large": {**LARGE_TRAIN, **LARGE_MODEL}}
     p = config_parser(__doc__, TrainConfig, GPTConfig, skip=("vocab_size",), presets=presets)  # it comes from the corpus
     args = parse_args(p, argv, presets)
     keep_freed_memory()

@@ -1,7 +1,8 @@
-"""The classroom preset (--preset classroom): it names every setting, reaches the configs of
-data/prepare.py, train.py and finetune.py, loses to an option given on the command line, and
-keeps its corpus and checkpoint in folders of its own. No pretraining here: the work each
-script would do is replaced by a stand-in that records its configs."""
+"""The presets. classroom: it names every setting, reaches the configs of data/prepare.py,
+train.py and finetune.py, loses to an option given on the command line, and keeps its corpus
+and checkpoint in folders of its own. large: the default run with 4x the memory slots, in a
+folder of its own. No pretraining here: the work each script would do is replaced by a
+stand-in that records its configs."""
 
 import json
 import os
@@ -13,9 +14,9 @@ import finetune
 import train
 from data import prepare
 from data.prepare import CLASSROOM_DATA, DataConfig
-from finetune import CLASSROOM_FINETUNE, CLASSROOM_LR, FinetuneConfig
-from model import CLASSROOM_MODEL, GPTConfig
-from train import CLASSROOM_TRAIN, TrainConfig
+from finetune import CLASSROOM_FINETUNE, CLASSROOM_LR, LARGE_FINETUNE, FinetuneConfig
+from model import CLASSROOM_MODEL, LARGE_MODEL, GPTConfig
+from train import CLASSROOM_TRAIN, LARGE_TRAIN, TrainConfig
 
 
 class Stop(Exception):
@@ -119,3 +120,25 @@ def test_the_course_runs_are_settings_the_classroom_preset_takes(trained):
     for _, run in COURSE_RUNS:
         cfg = finetune.resolve(FinetuneConfig(**{**CLASSROOM_FINETUNE, **run}), model, CLASSROOM_LR)
         assert cfg.lr == run.get("lr", CLASSROOM_LR[(cfg.mode, cfg.optimizer)])
+
+
+def test_the_large_preset_is_the_default_run_with_4x_the_slots_in_its_own_folder(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(train, "train", recorder(calls))
+    with pytest.raises(Stop):
+        train.main(["--preset", "large"])
+    cfg, mcfg = calls[0]
+    assert cfg == TrainConfig(out_dir=LARGE_TRAIN["out_dir"])              # the default run but its folder
+    assert os.path.abspath(cfg.out_dir) != os.path.abspath(TrainConfig.out_dir)
+    assert mcfg == GPTConfig(mem_n_keys=512) and 512 ** 2 == 4 * GPTConfig.mem_n_keys ** 2
+    monkeypatch.setattr(finetune, "load_base", recorder(calls))
+    with pytest.raises(Stop):
+        finetune.main(["--preset", "large", "--facts", "20"])
+    assert calls[1][0] == FinetuneConfig(checkpoint=os.path.join(LARGE_TRAIN["out_dir"], "ckpt.pt"), facts=20)
+    # a missing large checkpoint is pretrained with the large preset's settings
+    monkeypatch.undo()
+    monkeypatch.setitem(LARGE_FINETUNE, "checkpoint", str(tmp_path / "ckpt.pt"))
+    monkeypatch.setattr(finetune, "train", recorder(calls))
+    with pytest.raises(Stop):
+        finetune.load_base(FinetuneConfig(**{**LARGE_FINETUNE, "device": "cpu", "quiet": True}), "cpu")
+    assert calls[2] == (TrainConfig(**{**LARGE_TRAIN, "device": "cpu"}), GPTConfig(**LARGE_MODEL))
