@@ -287,9 +287,9 @@ def fact_batch(cfg, enc, fact, block_size, device):
     """A fact's batch (make_batch) as the stream trains on it: x, y, count (the tokens whose reads
     are counted: every text token, or with --count answer only those that predict the answer),
     and at (the positions that predict the answer, where --max-t checks that it is predicted)."""
-    answer = fact["answer"] if cfg.count == "answer" else None
-    x, y, count = (b.to(device) for b in make_batch(enc, batch_texts(fact), block_size, answer))
-    at = make_batch(enc, batch_texts(fact), block_size, fact["answer"])[2].to(device)
+    texts = batch_texts(fact)
+    x, y, at = (b.to(device) for b in make_batch(enc, texts, block_size, fact["answer"]))
+    count = at if cfg.count == "answer" else make_batch(enc, texts, block_size)[2].to(device)
     return x, y, count, at
 
 
