@@ -36,7 +36,9 @@ that fact's paraphrases (its statements and its question/answer lines), repeated
           from the background's reads), --rank-by sequence (each row scored on its own),
           --count answer (only the reads where the answer is predicted); --max-df 0.2 never
           trains a slot read in more than 20% of the background units, --fresh-rows never a
-          row an earlier fact of the stream trained (both beyond the paper)
+          row an earlier fact of the stream trained (both beyond the paper).
+  Any mode: --stop-early ends a fact's steps as soon as its answer is predicted wherever
+  its batch spells it, which forgets less and carries less to the unseen phrasing (beyond the paper)
 
 Facts file (--facts-file): JSON Lines, one fact per line, UTF-8:
   {"paraphrases": ["Mira lives in Oakton.", "Mira has a house in Oakton."],
@@ -87,7 +89,7 @@ DEFAULT_LR = {("sparse", "sgd"): 50.0, ("sparse", "adamw"): 0.03,
 # at all). Every field is named, so a later change of the defaults does not move it.
 CLASSROOM_FINETUNE = dict(checkpoint=os.path.join(CLASSROOM_TRAIN["out_dir"], "ckpt.pt"), mode="sparse", optimizer="",
                           lr=0.0, facts=30, facts_file="", steps_per_fact=10, top_t=64, max_t=0, ranking="tfidf",
-                          rank_by="batch", max_df=1.0, count="all", fresh_rows=False, answer_df=1.0, background_batches=200,
+                          rank_by="batch", max_df=1.0, count="all", fresh_rows=False, stop_early=False, answer_df=1.0, background_batches=200,
                           background_batch_size=1, lora_rank=16, lora_alpha=32.0, weight_decay=0.0, seed=1337,
                           device="auto", json="", out="", quiet=False, set_facts=15)
 CLASSROOM_LR = {("sparse", "sgd"): 100.0, ("full", "adamw"): 1e-4, ("lora", "adamw"): 1e-4}
@@ -114,6 +116,7 @@ class FinetuneConfig:
     max_df: float = 0.99                   # sparse: train no slot read in more than this share of background units (1 = off, the paper; beyond it)
     count: str = "all"                     # sparse: reads counted: all (every text token, the paper) | answer (where the answer is predicted)
     fresh_rows: bool = False               # sparse: never train a row that an earlier fact trained (beyond the paper)
+    stop_early: bool = False               # end a fact's steps as soon as its answer is predicted wherever its batch spells it (beyond the paper)
     answer_df: float = 0.01                # sparse, tfidf: IDF 0 for slots read where more than this share of the background answers are predicted (1 = off, the paper; beyond it)
     background_batches: int = 1000         # sparse: background units for document frequencies (paper: 1000)
     background_batch_size: int = 1         # sparse: windows of block_size tokens per background unit (docs/DESIGN.md)
@@ -240,7 +243,7 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
                 trained = [torch.zeros_like(tk) for tk in taken] if taken else None     # --fresh-rows: this fact's rows
                 t, step = cfg.top_t, 0
                 while True:                                                # one round: steps_per_fact steps with t rows
-                    for _ in range(cfg.steps_per_fact):
+                    for i in range(cfg.steps_per_fact):
                         step += 1
                         _, loss = model(x, y)                              # 1. forward (records the slots read)
                         if not torch.isfinite(loss):
@@ -258,6 +261,9 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
                         steps += 1
                         bar.update(1)
                         bar.set_postfix(loss=f"{loss.item():.3f}")
+                        if cfg.stop_early and answers(model, x, y, at):    # --stop-early: learned, no more steps
+                            bar.total -= cfg.steps_per_fact - i - 1
+                            break
                     if not grow or t >= cfg.max_t or answers(model, x, y, at):
                         break
                     t = min(4 * t, cfg.max_t)                              # --max-t: answer still missed, 4x the rows
@@ -382,7 +388,7 @@ def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None,
             "top_t": cfg.top_t if sparse else None, "ranking": cfg.ranking if sparse else None,
             "max_t": cfg.max_t if sparse else None,
             "t_used": {str(t): t_per_fact.count(t) for t in sorted(set(t_per_fact))} if sparse else None,
-            "facts": len(facts), "steps_per_fact": cfg.steps_per_fact,
+            "facts": len(facts), "steps_per_fact": cfg.steps_per_fact, "stop_early": cfg.stop_early,
             "learned_acc": after["learned_acc"], "unseen_acc": after["unseen_acc"],
             "background_acc_before": before["background_acc"], "background_acc_after": after["background_acc"],
             "background_drop": (before["background_acc"] - after["background_acc"]) / before["background_acc"] if before["background_acc"] else 0.0,
@@ -487,7 +493,9 @@ def main(argv=None):
         warn_unseen_tokens(enc, facts, checkpoint_train_tokens(ckpt))
         if not cfg.quiet:
             print(f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {len(facts)} facts, "
-                  f"{cfg.steps_per_fact} step(s) each" + (f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else "")
+                  + ("at most " if cfg.stop_early else "") + f"{cfg.steps_per_fact} step(s) each"
+                  + (" (ending once its answer is predicted)" if cfg.stop_early else "")
+                  + (f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else "")
                   + (f" (4x more, up to {cfg.max_t}, while the model misses a fact's answer)" if cfg.mode == "sparse" and cfg.max_t else "")
                   + (f", none read in more than {cfg.max_df:.0%} of the background units" if cfg.mode == "sparse" and cfg.max_df < 1 else "")
                   + (f", the slots read where more than {cfg.answer_df:.0%} of the background answers are predicted ranked last"

@@ -10,12 +10,13 @@ import torch
 from common import Diverged
 from conftest import TINY_MODEL
 from facts import batch_texts, fact_lines, make_batch, read_facts_file, warn_unseen_tokens
+import finetune
 from finetune import FinetuneConfig, answer_units, keep_clear_of_answers, main, resolve, run_stream
 from lora import LoRALinear, add_lora, merge_lora
 from sparse import background_stats, fingerprint, load_or_compute_background, pretraining_units, slot_counts
 from model import GPT, GPTConfig, checkpoint_corpus, load_checkpoint
 
-JSON_KEYS = {"stream", "mode", "optimizer", "lr", "top_t", "max_t", "t_used", "ranking", "facts", "steps_per_fact", "learned_acc",
+JSON_KEYS = {"stream", "mode", "optimizer", "lr", "top_t", "max_t", "t_used", "ranking", "facts", "steps_per_fact", "stop_early", "learned_acc",
              "unseen_acc", "background_acc_before", "background_acc_after", "background_drop",
              "skill_acc_before", "skill_acc_after", "skill_drop", "val_loss_before", "val_loss_after", "seconds"}
 
@@ -265,6 +266,35 @@ def test_max_t_grows_the_rows_4x_only_while_the_fact_is_answered_wrong(trained, 
     model.load_state_dict(base)
     full = resolve(FinetuneConfig(mode="full", lr=1e-3, steps_per_fact=2), model)   # max_t keeps its default
     assert full.max_t == 4096 and run_stream(full, model, enc, [fact], quiet=True)[1] == [None]
+
+
+def test_stop_early_ends_a_fact_s_steps_once_its_answer_is_predicted(trained, monkeypatch):
+    cfg, _, enc, _ = trained
+    model, enc, _ = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    fact = {"paraphrases": ["Tom has a red ball.", "The ball of Tom is red."], "questions": ["What does Tom have?"],
+            "heldout_question": "What is red?", "answer": "a red ball."}
+    fc = resolve(FinetuneConfig(mode="sparse", optimizer="sgd", lr=1.0, top_t=4, max_t=64, ranking="tf", max_df=1.0,
+                                steps_per_fact=5, stop_early=True), model)
+    update_rows, steps = finetune.update_rows, []
+    monkeypatch.setattr("finetune.update_rows", lambda *a: steps.append(a[6]) or update_rows(*a))
+
+    def run(cfg, answered):
+        steps.clear()
+        checks = iter(answered)
+        monkeypatch.setattr("finetune.answers", lambda *a: next(checks))
+        model.load_state_dict(base)
+        return run_stream(cfg, model, enc, [fact], quiet=True)[1], steps[:]
+
+    assert run(fc, [False, False, True, True]) == ([4], [4, 4, 4])        # predicted after its third step: no more
+    assert run(fc, [False] * 17) == ([64], [4] * 5 + [16] * 5 + [64] * 5)   # never: every step of every round
+    assert run(replace(fc, stop_early=False), [True]) == ([4], [4] * 5)   # off: the round's steps all run
+    full = resolve(FinetuneConfig(mode="full", lr=1e-3, steps_per_fact=5, stop_early=True), model)   # any mode
+    run(full, [True, True])
+    one_step = {k: v.clone() for k, v in model.state_dict().items()}
+    run(replace(full, steps_per_fact=1, stop_early=False), [])
+    assert all(torch.equal(one_step[k], v) for k, v in model.state_dict().items())
+    assert not all(torch.equal(base[k], v) for k, v in one_step.items())
 
 
 def test_a_fact_is_answered_when_every_line_of_its_batch_predicts_the_answer(trained):
