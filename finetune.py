@@ -243,6 +243,7 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
                 trained = [torch.zeros_like(tk) for tk in taken] if taken else None     # --fresh-rows: this fact's rows
                 t, step = cfg.top_t, 0
                 while True:                                                # one round: steps_per_fact steps with t rows
+                    learned = False                                        # --stop-early: answered after a step of this round
                     for i in range(cfg.steps_per_fact):
                         step += 1
                         _, loss = model(x, y)                              # 1. forward (records the slots read)
@@ -262,9 +263,10 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
                         bar.update(1)
                         bar.set_postfix(loss=f"{loss.item():.3f}")
                         if cfg.stop_early and answers(model, x, y, at):    # --stop-early: learned, no more steps
+                            learned = True
                             bar.total -= cfg.steps_per_fact - i - 1
                             break
-                    if not grow or t >= cfg.max_t or answers(model, x, y, at):
+                    if learned or not grow or t >= cfg.max_t or answers(model, x, y, at):
                         break
                     t = min(4 * t, cfg.max_t)                              # --max-t: answer still missed, 4x the rows
                     bar.total += cfg.steps_per_fact

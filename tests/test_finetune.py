@@ -286,7 +286,7 @@ def test_stop_early_ends_a_fact_s_steps_once_its_answer_is_predicted(trained, mo
         model.load_state_dict(base)
         return run_stream(cfg, model, enc, [fact], quiet=True)[1], steps[:]
 
-    assert run(fc, [False, False, True, True]) == ([4], [4, 4, 4])        # predicted after its third step: no more
+    assert run(fc, [False, False, True]) == ([4], [4, 4, 4])              # predicted after its third step: no more
     assert run(fc, [False] * 17) == ([64], [4] * 5 + [16] * 5 + [64] * 5)   # never: every step of every round
     assert run(replace(fc, stop_early=False), [True]) == ([4], [4] * 5)   # off: the round's steps all run
     full = resolve(FinetuneConfig(mode="full", lr=1e-3, steps_per_fact=5, stop_early=True), model)   # any mode
