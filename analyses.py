@@ -32,7 +32,8 @@ def setup(args, needs_memory=True):
     device = pick_device(args.device)
     cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, facts=args.facts, steps_per_fact=args.steps_per_fact,
                             lr=args.lr, top_t=args.top_t, max_t=args.max_t, max_df=args.max_df, fresh_rows=args.fresh_rows,
-                            stop_early=args.stop_early, answer_df=args.answer_df, device=args.device)
+                            stop_early=args.stop_early, answer_df=args.answer_df, answer_mask=args.answer_mask,
+                            device=args.device)
     model, enc, ckpt = ft.load_base(cfg, device)
     if needs_memory:
         refuse_dense(args, model)
@@ -161,7 +162,7 @@ def long_stream(args, points=5):
     device = pick_device(args.device)
     cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, steps_per_fact=args.steps_per_fact, lr=args.lr, top_t=args.top_t,
                             max_t=args.max_t, max_df=args.max_df, fresh_rows=args.fresh_rows, answer_df=args.answer_df,
-                            stop_early=args.stop_early, device=args.device)
+                            answer_mask=args.answer_mask, stop_early=args.stop_early, device=args.device)
     model, enc, ckpt = ft.load_base(cfg, device)
     refuse_dense(args, model)
     cfg = ft.resolve(cfg, model)

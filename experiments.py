@@ -371,6 +371,8 @@ def main(argv=None):
                    "(0 = off: a fixed t)")
     p.add_argument("--answer-df", type=float, default=1.0, help="sparse: finetune.py --answer-df where a run does "
                    "not set it (1 = off)")
+    p.add_argument("--answer-mask", action="store_true", help="sparse: never train the slots --answer-df ranks "
+                   "last, where a run does not set it (finetune.py --answer-mask)")
     p.add_argument("--max-df", type=float, default=1.0, help="sparse: finetune.py --max-df where a run does not set "
                    "it (1 = off)")
     p.add_argument("--lr", type=float, default=0.0, help="learning rate where a run does not set one; 0 = finetune.py's "

@@ -31,7 +31,9 @@ that fact's paraphrases (its statements and its question/answer lines), repeated
           rows (t = 64, 256, 1,024, 4,096); --answer-df 0.01 ranks last the slots read where
           more than 1% of the background facts' answers are predicted, which forgets less;
           --max-df 0.99 never trains a slot read in more than 99% of the background units,
-          which keeps the large rounds off the slots all text reads (val loss).
+          which keeps the large rounds off the slots all text reads (val loss);
+          --answer-mask never trains the slots --answer-df ranks last, in any round, which
+          forgets less over a long stream and carries less to the unseen phrasing.
           Other choices: --ranking tf (no IDF) and kl (the slot's term of the KL divergence
           from the background's reads), --rank-by sequence (each row scored on its own),
           --count answer (only the reads where the answer is predicted); --max-df 0.2 never
@@ -89,7 +91,8 @@ DEFAULT_LR = {("sparse", "sgd"): 50.0, ("sparse", "adamw"): 0.03,
 # at all). Every field is named, so a later change of the defaults does not move it.
 CLASSROOM_FINETUNE = dict(checkpoint=os.path.join(CLASSROOM_TRAIN["out_dir"], "ckpt.pt"), mode="sparse", optimizer="",
                           lr=0.0, facts=30, facts_file="", steps_per_fact=10, top_t=64, max_t=0, ranking="tfidf",
-                          rank_by="batch", max_df=1.0, count="all", fresh_rows=False, stop_early=False, answer_df=1.0, background_batches=200,
+                          rank_by="batch", max_df=1.0, count="all", fresh_rows=False, stop_early=False, answer_df=1.0, answer_mask=False,
+                          background_batches=200,
                           background_batch_size=1, lora_rank=16, lora_alpha=32.0, weight_decay=0.0, seed=1337,
                           device="auto", json="", out="", quiet=False, set_facts=15)
 CLASSROOM_LR = {("sparse", "sgd"): 100.0, ("full", "adamw"): 1e-4, ("lora", "adamw"): 1e-4}
@@ -118,6 +121,7 @@ class FinetuneConfig:
     fresh_rows: bool = False               # sparse: never train a row that an earlier fact trained (beyond the paper)
     stop_early: bool = False               # end a fact's steps as soon as its answer is predicted wherever its batch spells it (beyond the paper)
     answer_df: float = 0.01                # sparse, tfidf: IDF 0 for slots read where more than this share of the background answers are predicted (1 = off, the paper; beyond it)
+    answer_mask: bool = False              # sparse, tfidf: never train those slots, not only rank them last (beyond the paper)
     background_batches: int = 1000         # sparse: background units for document frequencies (paper: 1000)
     background_batch_size: int = 1         # sparse: windows of block_size tokens per background unit (docs/DESIGN.md)
     lora_rank: int = 16                    # lora: rank r of each adapter
@@ -165,8 +169,10 @@ def resolve(cfg, model, lrs=DEFAULT_LR):
             raise ValueError(f"--max-df is a share of the background units: between 0 (exclusive) and 1, not {cfg.max_df}")
         if not 0 < cfg.answer_df <= 1:
             raise ValueError(f"--answer-df is a share of the background answers: between 0 (exclusive) and 1, not {cfg.answer_df}")
+        if cfg.answer_mask and cfg.answer_df == 1:
+            raise ValueError("--answer-mask never trains the slots --answer-df counts: give --answer-df below 1 (the default 0.01)")
         if cfg.ranking != "tfidf":
-            cfg.answer_df = 1.0                        # it sets an IDF: the tf and kl rankings have none
+            cfg.answer_df, cfg.answer_mask = 1.0, False    # it sets an IDF: the tf and kl rankings have none
         if cfg.background_batches < 1 or cfg.background_batch_size < 1:
             raise ValueError("--background-batches and --background-batch-size must be at least 1")
     if cfg.mode == "lora":
@@ -232,7 +238,7 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
     opt, params, tables, row_opts = trainable(cfg, model)
     backgrounds = background or [None] * len(tables)
     bar = tqdm(total=len(facts) * cfg.steps_per_fact, desc=f"{cfg.mode} stream", disable=quiet)
-    steps, starved = 0, 0                  # steps run; steps of a value table in which --max-df or --fresh-rows left no slot to train
+    steps, starved = 0, 0                  # steps run; steps of a value table in which --max-df, --answer-mask or --fresh-rows left no slot to train
     taken = [torch.zeros(w.shape[0], dtype=torch.bool) for w, _ in tables] if cfg.fresh_rows else None
     grow = cfg.mode == "sparse" and cfg.max_t > 0     # --max-t: rounds with 4x the rows until the answer is predicted
     t_per_fact = []                        # sparse: the t of each fact's last round
@@ -282,7 +288,8 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
         for p in model.parameters():
             p.requires_grad_(False)
     if starved:
-        why = " and ".join(([f"--max-df {cfg.max_df:g}"] if cfg.max_df < 1 else []) + (["--fresh-rows"] if cfg.fresh_rows else []))
+        why = " and ".join(([f"--max-df {cfg.max_df:g}"] if cfg.max_df < 1 else []) + (["--answer-mask"] if cfg.answer_mask else [])
+                           + (["--fresh-rows"] if cfg.fresh_rows else []))
         print(f"warning: {why} left no trainable slot in {starved} of {steps * len(tables)} "
               f"steps, which trained nothing; {'raise --max-df' if cfg.max_df < 1 else 'stream fewer facts'}",
               file=sys.stderr)
@@ -304,12 +311,15 @@ def fact_batch(cfg, enc, fact, block_size, device):
 def update_rows(cfg, model, tables, row_opts, backgrounds, count, t, taken=None, trained=None):
     """Sparse mode's update, after the backward: in each value table, choose t rows among the
     slots this step read (sparse.choose_rows; none of `taken` with --fresh-rows, and those
-    chosen are marked in `trained`) and move those rows only. Returns (the chosen rows' new
-    values, the number of tables left with no row to train)."""
+    chosen are marked in `trained`; none of the background answers' rows with --answer-mask)
+    and move those rows only. Returns (the chosen rows' new values, the number of tables left
+    with no row to train)."""
     updated, starved = [], 0
     for i, ((w, _), reads, bg, ro) in enumerate(zip(tables, table_reads(model, tables), backgrounds, row_opts)):
-        rows = choose_rows(reads, count, w.shape[0], t, cfg.ranking, cfg.rank_by, cfg.max_df, bg,
-                           taken[i] if taken else None)
+        blocked = taken[i] if taken else None
+        if cfg.answer_mask:
+            blocked = bg["answer_rows"] if blocked is None else blocked | bg["answer_rows"]
+        rows = choose_rows(reads, count, w.shape[0], t, cfg.ranking, cfg.rank_by, cfg.max_df, bg, blocked)
         if taken:
             trained[i][rows] = True
         rows = rows.to(w.device)
@@ -349,10 +359,14 @@ def keep_clear_of_answers(stats, model, enc, facts, share, device):
     """--answer-df: background statistics in which every slot read where the answers of more
     than `share` of the facts' questions are predicted has df = |B|, so IDF 0: it ranks last
     and is trained only when a batch reads fewer than t other slots (beyond the paper:
-    docs/RESULTS.md, answer-df). read_df keeps the df as read, which --max-df caps."""
+    docs/RESULTS.md, answer-df). read_df keeps the df as read, which --max-df caps;
+    answer_rows is True on the slots ranked last, which --answer-mask never trains."""
     answers = background_stats(model, answer_units(enc, facts), device, quiet=True)
-    return [{**st, "df": torch.where(a["df"] > share * a["units"], st["units"], st["df"]), "read_df": st["df"]}
-            for st, a in zip(stats, answers)]
+    kept = []
+    for st, a in zip(stats, answers):
+        answer_rows = a["df"] > share * a["units"]                     # (n_slots,) read by more than share of them
+        kept.append({**st, "df": torch.where(answer_rows, st["units"], st["df"]), "read_df": st["df"], "answer_rows": answer_rows})
+    return kept
 
 
 def ranking_stats(cfg, model, enc, ckpt, device):
@@ -500,8 +514,8 @@ def main(argv=None):
                   + (f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else "")
                   + (f" (4x more, up to {cfg.max_t}, while the model misses a fact's answer)" if cfg.mode == "sparse" and cfg.max_t else "")
                   + (f", none read in more than {cfg.max_df:.0%} of the background units" if cfg.mode == "sparse" and cfg.max_df < 1 else "")
-                  + (f", the slots read where more than {cfg.answer_df:.0%} of the background answers are predicted ranked last"
-                     if cfg.mode == "sparse" and cfg.answer_df < 1 else ""))
+                  + (f", the slots read where more than {cfg.answer_df:.0%} of the background answers are predicted "
+                     + ("never trained" if cfg.answer_mask else "ranked last") if cfg.mode == "sparse" and cfg.answer_df < 1 else ""))
         base = copy.deepcopy(model)                                 # the model before: every stream starts from it
         name = os.path.basename(cfg.facts_file) if cfg.facts_file else "new facts"
         stats = ranking_stats(cfg, model, enc, ckpt, device)        # once: every stream starts from the same model

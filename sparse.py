@@ -93,19 +93,20 @@ def top_slots(scores, counts, t):
     return scores.topk(k).indices.sort().values
 
 
-def choose_rows(reads, count, n_slots, t, ranking="tfidf", rank_by="batch", max_df=1.0, background=None, taken=None):
+def choose_rows(reads, count, n_slots, t, ranking="tfidf", rank_by="batch", max_df=1.0, background=None, blocked=None):
     """The rows of one value table that this step trains. reads: (B, T, H, k) slots read by
     each token; count: (B, T) True on the tokens whose reads count (make_batch in facts.py);
     background: the table's background_stats, {"df", "reads", "units" = |B|}, and where --answer-df
-    set some df to |B|, "read_df", the df as read (finetune.keep_clear_of_answers); taken: (n_slots,)
-    True on rows that must not be trained (--fresh-rows: the rows earlier facts trained).
+    set some df to |B|, "read_df", the df as read (finetune.keep_clear_of_answers); blocked: (n_slots,)
+    True on rows that must not be trained (--fresh-rows: the rows earlier facts trained;
+    --answer-mask: the rows background answers are read from).
 
       1. counts  c(i) = reads of slot i by the counted tokens
       2. scores  tfidf(i) = c(i) / sum_j c(j) * log((|B| + 1) / (df(i) + 1))
                  (slot_scores; or tf, kl; rank_by "sequence": each row of the batch is scored
                  alone and a slot keeps its best row's score, sequence_scores)
       3. mask    max_df < 1: a slot read in more than max_df * |B| background units counts as unread
-                 (the df as read: a slot --answer-df ranks last is not masked for it); so is a taken one
+                 (the df as read: a slot --answer-df ranks last is not masked for it); so is a blocked one
       4. top-t   the t read slots with the highest scores (all read ones if fewer), sorted"""
     c = slot_counts(reads[count], n_slots)                                    # 1. counts
     if rank_by == "sequence":                                                  # 2. scores
@@ -114,8 +115,8 @@ def choose_rows(reads, count, n_slots, t, ranking="tfidf", rank_by="batch", max_
         scores = slot_scores(c, ranking, background)
     if max_df < 1:                                                             # 3. mask
         c = c.masked_fill(background.get("read_df", background["df"]) > max_df * background["units"], 0)
-    if taken is not None:
-        c = c.masked_fill(taken, 0)
+    if blocked is not None:
+        c = c.masked_fill(blocked, 0)
     return top_slots(scores, c, t)                                             # 4. top-t
 
 

@@ -239,6 +239,33 @@ def test_max_df_through_the_stream_trains_only_slots_under_the_cap(trained):
     assert changed.tolist() == allowed.tolist()              # t = 20, but only five slots may be trained
 
 
+def test_answer_mask_never_trains_the_rows_answer_df_ranks_last(trained):
+    cfg, _, enc, _ = trained
+    ckpt = os.path.join(cfg.out_dir, "ckpt.pt")
+    facts = [{"paraphrases": ["Tom has a red ball.", "The ball of Tom is red."], "questions": ["What does Tom have?"],
+              "heldout_question": None, "answer": "a red ball."}]
+    model, enc, _ = load_checkpoint(ckpt)
+    x, y, count = make_batch(enc, batch_texts(facts[0]), model.config.block_size)
+    with model.recording_slots():
+        model(x)
+        learnable = slot_counts(model.slot_reads()[0][count & (y >= 0)], model.memory_modules[0].n_slots) > 0
+    answer_rows = torch.zeros_like(learnable)
+    answer_rows[learnable.nonzero().flatten()[::2]] = True     # every other slot with a gradient: read by the answers
+    n = len(answer_rows)
+    stats = [{"df": torch.where(answer_rows, 1000, 0), "read_df": torch.zeros(n, dtype=torch.long),
+              "reads": torch.ones(n, dtype=torch.long), "units": 1000, "answer_rows": answer_rows}]
+
+    def trained_rows(answer_mask):                            # t = 4,096: more than the batch reads
+        model = load_checkpoint(ckpt)[0]
+        before = model.state_dict()["blocks.1.ffn.values.weight"].clone()
+        fc = resolve(FinetuneConfig(mode="sparse", lr=1.0, top_t=4096, max_t=0, answer_mask=answer_mask), model)
+        run_stream(fc, model, enc, facts, stats, quiet=True)
+        return (model.state_dict()["blocks.1.ffn.values.weight"] != before).any(dim=1)
+    assert trained_rows(False)[answer_rows].all()              # ranked last, but trained once t reaches them
+    masked = trained_rows(True)
+    assert not masked[answer_rows].any() and masked[learnable & ~answer_rows].all()
+
+
 def test_max_t_grows_the_rows_4x_only_while_the_fact_is_answered_wrong(trained, monkeypatch):
     cfg, _, enc, _ = trained
     model, enc, _ = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
@@ -388,6 +415,7 @@ def test_bad_options_give_one_line_errors(trained, tmp_path):
                           (["--max-t", "32"], "--max-t 32 is below --top-t 64"), (["--max-t", "-1"], "--max-t -1 is below"),
                           (["--max-df", "0"], "--max-df is a share"), (["--max-df", "1.5"], "--max-df is a share"),
                           (["--answer-df", "0"], "--answer-df is a share"), (["--count", "everything"], "unknown --count"),
+                          (["--answer-mask", "--answer-df", "1"], "give --answer-df below 1"),
                           (["--facts", "5000"], "the corpus has 1000 new facts"),
                           (["--facts-file", str(tmp_path / "none.jsonl")], "does not exist"),
                           (["--checkpoint", str(tmp_path / "none.pt")], "does not exist")]:

@@ -80,14 +80,14 @@ def test_max_df_caps_the_df_as_read_not_the_one_answer_df_set_to_b():
     assert choose_rows(reads, count, 6, 4, "tfidf", "batch", 0.99, bg).tolist() == [0, 1, 3]    # 2 capped; 0 and 3 still trainable
 
 
-def test_taken_rows_are_never_chosen_and_the_next_best_take_their_place():
+def test_blocked_rows_are_never_chosen_and_the_next_best_take_their_place():
     reads = torch.tensor([[0, 2], [0, 2], [0, 2], [0, 3], [3, 1]]).view(1, 5, 1, 2)   # tf 0.4, 0.1, 0.3, 0.2
     count = torch.ones(1, 5, dtype=torch.bool)
-    taken = torch.tensor([True, False, False, False, False, False])
+    blocked = torch.tensor([True, False, False, False, False, False])
     assert choose_rows(reads, count, 6, 2, "tf").tolist() == [0, 2]
-    assert choose_rows(reads, count, 6, 2, "tf", taken=taken).tolist() == [2, 3]
+    assert choose_rows(reads, count, 6, 2, "tf", blocked=blocked).tolist() == [2, 3]
     everything = torch.ones(6, dtype=torch.bool)
-    assert choose_rows(reads, count, 6, 2, "tf", taken=everything).tolist() == []
+    assert choose_rows(reads, count, 6, 2, "tf", blocked=everything).tolist() == []
 
 
 class ReadsItsTokens:
