@@ -356,17 +356,12 @@ def answer_units(enc, facts, per_batch=128):
 
 
 def keep_clear_of_answers(stats, model, enc, facts, share, device):
-    """--answer-df: background statistics in which every slot read where the answers of more
-    than `share` of the facts' questions are predicted has df = |B|, so IDF 0: it ranks last
-    and is trained only when a batch reads fewer than t other slots (beyond the paper:
-    docs/RESULTS.md, answer-df). read_df keeps the df as read, which --max-df caps;
-    answer_rows is True on the slots ranked last, which --answer-mask never trains."""
+    """--answer-df: the background statistics with "answer_rows", True on every slot read where
+    the answers of more than `share` of the facts' questions are predicted. Such a slot gets IDF
+    0 (sparse.slot_scores): it ranks last and is trained only when a batch reads fewer than t
+    other slots, or never with --answer-mask (beyond the paper: docs/RESULTS.md, answer-df)."""
     answers = background_stats(model, answer_units(enc, facts), device, quiet=True)
-    kept = []
-    for st, a in zip(stats, answers):
-        answer_rows = a["df"] > share * a["units"]                     # (n_slots,) read by more than share of them
-        kept.append({**st, "df": torch.where(answer_rows, st["units"], st["df"]), "read_df": st["df"], "answer_rows": answer_rows})
-    return kept
+    return [{**st, "answer_rows": a["df"] > share * a["units"]} for st, a in zip(stats, answers)]
 
 
 def ranking_stats(cfg, model, enc, ckpt, device):

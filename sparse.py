@@ -58,16 +58,22 @@ def slot_scores(counts, ranking="tfidf", background=None):
     """Scores of every slot for one batch's read counts c. An unread slot scores 0, which a read
     one can too (or less, under kl): top_slots, not the score, keeps unread slots out.
       tf(i)    = c(i) / sum_j c(j)
-      tfidf(i) = tf(i) * log((|B| + 1) / (df(i) + 1))       df: background units reading slot i
+      tfidf(i) = tf(i) * log((|B| + 1) / (df(i) + 1))       df: background units reading slot i;
+                 0 for the slots background answers are read from, with --answer-df
       kl(i)    = tf(i) * log(tf(i) / q(i))                   q: the background's share of reads,
                  q(i) = (reads(i) + 1) / (sum_j reads(j) + N), add-one smoothed over N slots;
                  the slot's term of KL(batch reads || background reads)
-    background: {"df", "reads", "units"} of one value table (background_stats)."""
+    background: {"df", "reads", "units"} of one value table (background_stats), and with
+    --answer-df "answer_rows", True on the slots background answers are read from
+    (finetune.keep_clear_of_answers)."""
     tf = counts.double() / counts.sum()
     if ranking == "tf":
         return tf
     if ranking == "tfidf":
-        return tf * torch.log((background["units"] + 1) / (background["df"].double() + 1))
+        idf = torch.log((background["units"] + 1) / (background["df"].double() + 1))
+        if "answer_rows" in background:                            # --answer-df: ranked last
+            idf = idf.masked_fill(background["answer_rows"], 0.0)
+        return tf * idf
     reads = background["reads"].double()
     q = (reads + 1) / (reads.sum() + len(reads))
     return torch.special.xlogy(tf, tf / q)                         # 0 where tf = 0
@@ -96,17 +102,17 @@ def top_slots(scores, counts, t):
 def choose_rows(reads, count, n_slots, t, ranking="tfidf", rank_by="batch", max_df=1.0, background=None, blocked=None):
     """The rows of one value table that this step trains. reads: (B, T, H, k) slots read by
     each token; count: (B, T) True on the tokens whose reads count (make_batch in facts.py);
-    background: the table's background_stats, {"df", "reads", "units" = |B|}, and where --answer-df
-    set some df to |B|, "read_df", the df as read (finetune.keep_clear_of_answers); blocked: (n_slots,)
+    background: the table's background_stats, {"df", "reads", "units" = |B|}, and with --answer-df
+    "answer_rows" (slot_scores); blocked: (n_slots,)
     True on rows that must not be trained (--fresh-rows: the rows earlier facts trained;
     --answer-mask: the rows background answers are read from).
 
       1. counts  c(i) = reads of slot i by the counted tokens
-      2. scores  tfidf(i) = c(i) / sum_j c(j) * log((|B| + 1) / (df(i) + 1))
+      2. scores  tfidf(i) = c(i) / sum_j c(j) * log((|B| + 1) / (df(i) + 1)), 0 on answer_rows
                  (slot_scores; or tf, kl; rank_by "sequence": each row of the batch is scored
                  alone and a slot keeps its best row's score, sequence_scores)
-      3. mask    max_df < 1: a slot read in more than max_df * |B| background units counts as unread
-                 (the df as read: a slot --answer-df ranks last is not masked for it); so is a blocked one
+      3. mask    max_df < 1: a slot read in more than max_df * |B| background units counts as unread;
+                 so does a blocked one
       4. top-t   the t read slots with the highest scores (all read ones if fewer), sorted"""
     c = slot_counts(reads[count], n_slots)                                    # 1. counts
     if rank_by == "sequence":                                                  # 2. scores
@@ -114,7 +120,7 @@ def choose_rows(reads, count, n_slots, t, ranking="tfidf", rank_by="batch", max_
     else:
         scores = slot_scores(c, ranking, background)
     if max_df < 1:                                                             # 3. mask
-        c = c.masked_fill(background.get("read_df", background["df"]) > max_df * background["units"], 0)
+        c = c.masked_fill(background["df"] > max_df * background["units"], 0)
     if blocked is not None:
         c = c.masked_fill(blocked, 0)
     return top_slots(scores, c, t)                                             # 4. top-t

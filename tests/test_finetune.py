@@ -13,7 +13,7 @@ from facts import batch_texts, fact_lines, make_batch, read_facts_file, warn_uns
 import finetune
 from finetune import FinetuneConfig, answer_units, keep_clear_of_answers, main, resolve, run_stream
 from lora import LoRALinear, add_lora, merge_lora
-from sparse import background_stats, fingerprint, load_or_compute_background, pretraining_units, slot_counts
+from sparse import background_stats, fingerprint, load_or_compute_background, pretraining_units, slot_counts, slot_scores
 from model import GPT, GPTConfig, checkpoint_corpus, load_checkpoint
 
 JSON_KEYS = {"stream", "mode", "optimizer", "lr", "top_t", "max_t", "t_used", "ranking", "facts", "steps_per_fact", "stop_early", "learned_acc",
@@ -252,8 +252,8 @@ def test_answer_mask_never_trains_the_rows_answer_df_ranks_last(trained):
     answer_rows = torch.zeros_like(learnable)
     answer_rows[learnable.nonzero().flatten()[::2]] = True     # every other slot with a gradient: read by the answers
     n = len(answer_rows)
-    stats = [{"df": torch.where(answer_rows, 1000, 0), "read_df": torch.zeros(n, dtype=torch.long),
-              "reads": torch.ones(n, dtype=torch.long), "units": 1000, "answer_rows": answer_rows}]
+    stats = [{"df": torch.zeros(n, dtype=torch.long), "reads": torch.ones(n, dtype=torch.long), "units": 1000,
+              "answer_rows": answer_rows}]
 
     def trained_rows(answer_mask):                            # t = 4,096: more than the batch reads
         model = load_checkpoint(ckpt)[0]
@@ -393,10 +393,10 @@ def test_answer_df_gives_idf_zero_to_the_slots_many_answers_are_read_from(traine
     monkeypatch.setattr("finetune.background_stats", lambda *a, **k: [answers])
     stats = [{"df": torch.arange(n) % 7, "reads": torch.ones(n, dtype=torch.long), "units": 1000}]
     capped = keep_clear_of_answers(stats, model, enc, [], 0.1, "cpu")[0]
-    assert capped["df"][:3].tolist() == [1000, 1000, 2]                # over 10% of the answers: df = |B|, IDF 0
-    assert torch.equal(capped["df"][3:], stats[0]["df"][3:]) and capped["units"] == 1000
-    idf = torch.log((capped["units"] + 1) / (capped["df"].double() + 1))
-    assert idf[0] == 0 and idf[2] > 0
+    assert capped["answer_rows"].nonzero().flatten().tolist() == [0, 1]   # over 10% of the answers
+    assert torch.equal(capped["df"], stats[0]["df"]) and capped["units"] == 1000
+    idf = slot_scores(torch.ones(n, dtype=torch.long), "tfidf", capped) * n   # tf = 1/n everywhere
+    assert idf[0] == 0 and idf[1] == 0 and idf[2] > 0
 
 
 def test_max_df_with_tf_ranking_still_reads_the_background(trained, tmp_path):

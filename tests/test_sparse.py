@@ -70,11 +70,11 @@ def test_max_df_drops_the_slots_above_the_cap_before_top_t(ranking, rank_by, unc
     assert choose_rows(reads, count, 6, 2, ranking, rank_by, 0.1, bg).tolist() == capped
 
 
-def test_max_df_caps_the_df_as_read_not_the_one_answer_df_set_to_b():
+def test_answer_rows_rank_last_and_max_df_caps_only_by_the_df():
     reads = torch.tensor([[0, 2], [0, 2], [0, 2], [0, 3], [3, 1]]).view(1, 5, 1, 2)   # tf 0.4, 0.1, 0.3, 0.2
     count = torch.ones(1, 5, dtype=torch.bool)
-    # --answer-df gave slots 0 and 3 df = |B| (IDF 0); as read, slot 0 is in 5 units, slot 2 in 995
-    bg = {"df": torch.tensor([1000, 0, 995, 1000, 0, 0]), "read_df": torch.tensor([5, 0, 995, 7, 0, 0]),
+    # --answer-df marked slots 0 and 3 (IDF 0); slot 0 is read in 5 background units, slot 2 in 995
+    bg = {"df": torch.tensor([5, 0, 995, 7, 0, 0]), "answer_rows": torch.tensor([True, False, False, True, False, False]),
           "reads": torch.zeros(6, dtype=torch.long), "units": 1000}
     assert choose_rows(reads, count, 6, 2, "tfidf", "batch", 1.0, bg).tolist() == [1, 2]        # tfidf 0, 0.69, 0.0015, 0
     assert choose_rows(reads, count, 6, 4, "tfidf", "batch", 0.99, bg).tolist() == [0, 1, 3]    # 2 capped; 0 and 3 still trainable
