@@ -230,6 +230,8 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
     Returns (the bytes of optimizer state kept, each fact's t in its last round: None but in sparse mode)."""
     if cfg.mode == "sparse" and cfg.max_df < 1 and background is None:
         raise ValueError("--max-df needs the background statistics")
+    if cfg.mode == "sparse" and cfg.answer_mask and not (background and all("answer_rows" in bg for bg in background)):
+        raise ValueError("--answer-mask needs the slots background answers are read from: rank against --answer-df's statistics")
     device = next(model.parameters()).device
     model.eval()                           # no dropout; BatchNorm keeps its pretrained statistics
     sparse_grad = [m.values.sparse for m in model.memory_modules]

@@ -264,6 +264,9 @@ def test_answer_mask_never_trains_the_rows_answer_df_ranks_last(trained):
     assert trained_rows(False)[answer_rows].all()              # ranked last, but trained once t reaches them
     masked = trained_rows(True)
     assert not masked[answer_rows].any() and masked[learnable & ~answer_rows].all()
+    unmarked = [{k: v for k, v in stats[0].items() if k != "answer_rows"}]   # statistics --answer-df did not mark
+    with pytest.raises(ValueError, match="--answer-mask needs"):
+        run_stream(resolve(FinetuneConfig(mode="sparse", lr=1.0, answer_mask=True), model), model, enc, facts, unmarked, quiet=True)
 
 
 def test_max_t_grows_the_rows_4x_only_while_the_fact_is_answered_wrong(trained, monkeypatch):
