@@ -160,6 +160,9 @@ def sweep(args, runs, key, field, lrs=ft.DEFAULT_LR):
     """Finetune a fresh copy of the base model for each run; one result dict per run. A run that
     sets no lr (nor --lr) takes its mode's rate from lrs (finetune.resolve)."""
     sparse = [run.get("mode", "sparse") == "sparse" for run in runs]
+    if args.answer_mask and any("background" in run or "answer_df" in run for run in runs):
+        raise ValueError("--answer-mask needs the statistics of --answer-df, and this experiment's runs set their own: "
+                         "run it without --answer-mask")
     model, enc, ckpt, facts, base_cfg, device = setup(args, needs_memory=all(sparse))
     base = {k: v.clone() for k, v in model.state_dict().items()}
     n_slots = model.memory_modules[0].n_slots if model.memory_modules else 0
@@ -372,7 +375,7 @@ def main(argv=None):
     p.add_argument("--answer-df", type=float, default=1.0, help="sparse: finetune.py --answer-df where a run does "
                    "not set it (1 = off)")
     p.add_argument("--answer-mask", action="store_true", help="sparse: never train the slots --answer-df ranks "
-                   "last, where a run does not set it (finetune.py --answer-mask)")
+                   "last (finetune.py --answer-mask; needs --answer-df below 1)")
     p.add_argument("--max-df", type=float, default=1.0, help="sparse: finetune.py --max-df where a run does not set "
                    "it (1 = off)")
     p.add_argument("--lr", type=float, default=0.0, help="learning rate where a run does not set one; 0 = finetune.py's "

@@ -170,7 +170,7 @@ def resolve(cfg, model, lrs=DEFAULT_LR):
         if not 0 < cfg.answer_df <= 1:
             raise ValueError(f"--answer-df is a share of the background answers: between 0 (exclusive) and 1, not {cfg.answer_df}")
         if cfg.answer_mask and cfg.answer_df == 1:
-            raise ValueError("--answer-mask never trains the slots --answer-df counts: give --answer-df below 1 (the default 0.01)")
+            raise ValueError("--answer-mask never trains the slots --answer-df counts: give --answer-df below 1 (finetune.py's default is 0.01)")
         if cfg.ranking != "tfidf":
             cfg.answer_df, cfg.answer_mask = 1.0, False    # it sets an IDF: the tf and kl rankings have none
         if cfg.background_batches < 1 or cfg.background_batch_size < 1:
@@ -292,9 +292,10 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
     if starved:
         why = " and ".join(([f"--max-df {cfg.max_df:g}"] if cfg.max_df < 1 else []) + (["--answer-mask"] if cfg.answer_mask else [])
                            + (["--fresh-rows"] if cfg.fresh_rows else []))
+        fix = " or ".join((["raise --max-df"] if cfg.max_df < 1 else []) + (["raise --answer-df or drop --answer-mask"] if cfg.answer_mask else [])
+                          + (["stream fewer facts"] if cfg.fresh_rows else []))
         print(f"warning: {why} left no trainable slot in {starved} of {steps * len(tables)} "
-              f"steps, which trained nothing; {'raise --max-df' if cfg.max_df < 1 else 'stream fewer facts'}",
-              file=sys.stderr)
+              f"steps, which trained nothing; {fix}", file=sys.stderr)
     if cfg.mode == "lora":
         merge_lora(model)
     return state_bytes(opt, row_opts), t_per_fact

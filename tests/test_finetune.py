@@ -269,6 +269,27 @@ def test_answer_mask_never_trains_the_rows_answer_df_ranks_last(trained):
         run_stream(resolve(FinetuneConfig(mode="sparse", lr=1.0, answer_mask=True), model), model, enc, facts, unmarked, quiet=True)
 
 
+def test_update_rows_blocks_taken_and_answer_rows_together_in_every_table(monkeypatch):
+    # two value tables of 6 rows; the step read rows 0-3 of each (tf 0.4, 0.3, 0.2, 0.1 by reads)
+    reads = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 3]).view(1, 10, 1, 1)
+    monkeypatch.setattr("finetune.table_reads", lambda model, tables: [reads, reads])
+    tables = [(torch.zeros(6, 2, requires_grad=True), [0]), (torch.zeros(6, 2, requires_grad=True), [1])]
+    for w, _ in tables:
+        w.grad = torch.ones(6, 2)
+    answer_rows = [torch.tensor([True, False, False, False, False, False]),     # table 0: row 0 read by the answers
+                   torch.tensor([False, True, False, False, False, False])]    # table 1: row 1
+    bgs = [{"df": torch.zeros(6, dtype=torch.long), "reads": torch.ones(6, dtype=torch.long), "units": 10, "answer_rows": a}
+           for a in answer_rows]
+    taken = [torch.tensor([False, False, True, False, False, False])] * 2       # --fresh-rows: row 2, in both
+    trained = [torch.zeros(6, dtype=torch.bool) for _ in tables]
+    cfg = FinetuneConfig(mode="sparse", ranking="tfidf", max_df=1.0, answer_mask=True)
+    row_opts = [finetune.RowOptimizer(w, "sgd", 1.0) for w, _ in tables]
+    finetune.update_rows(cfg, None, tables, row_opts, bgs, torch.ones(1, 10, dtype=torch.bool), 4, taken, trained)
+    assert trained[0].nonzero().flatten().tolist() == [1, 3]      # read 0-3; 0 answers', 2 taken
+    assert trained[1].nonzero().flatten().tolist() == [0, 3]      # read 0-3; 1 answers', 2 taken
+    assert [(w[:, 0] != 0).nonzero().flatten().tolist() for w, _ in tables] == [[1, 3], [0, 3]]
+
+
 def test_max_t_grows_the_rows_4x_only_while_the_fact_is_answered_wrong(trained, monkeypatch):
     cfg, _, enc, _ = trained
     model, enc, _ = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
