@@ -368,8 +368,8 @@ def main(argv=None):
                    "does not set t (default: finetune.py's)")
     p.add_argument("--fresh-rows", action="store_true", help="sparse: never train a row an earlier fact trained, "
                    "where a run does not set it (finetune.py --fresh-rows)")
-    p.add_argument("--stop-early", action="store_true", help="end a fact's steps once its answer is predicted, "
-                   "where a run does not set it (finetune.py --stop-early)")
+    p.add_argument("--stop-early", action="store_true", help="end a fact's steps once its answer is predicted "
+                   "(finetune.py --stop-early)")
     p.add_argument("--max-t", type=int, default=0, help="sparse: finetune.py --max-t where a run does not set it "
                    "(0 = off: a fixed t)")
     p.add_argument("--answer-df", type=float, default=1.0, help="sparse: finetune.py --answer-df where a run does "

@@ -290,12 +290,11 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
         for p in model.parameters():
             p.requires_grad_(False)
     if starved:
-        why = " and ".join(([f"--max-df {cfg.max_df:g}"] if cfg.max_df < 1 else []) + (["--answer-mask"] if cfg.answer_mask else [])
-                           + (["--fresh-rows"] if cfg.fresh_rows else []))
-        fix = " or ".join((["raise --max-df"] if cfg.max_df < 1 else []) + (["raise --answer-df or drop --answer-mask"] if cfg.answer_mask else [])
-                          + (["stream fewer facts"] if cfg.fresh_rows else []))
-        print(f"warning: {why} left no trainable slot in {starved} of {steps * len(tables)} "
-              f"steps, which trained nothing; {fix}", file=sys.stderr)
+        limits = [(flag, fix) for on, flag, fix in ((cfg.max_df < 1, f"--max-df {cfg.max_df:g}", "raise --max-df"),
+                                                    (cfg.answer_mask, "--answer-mask", "raise --answer-df or drop --answer-mask"),
+                                                    (cfg.fresh_rows, "--fresh-rows", "stream fewer facts")) if on]
+        print(f"warning: {' and '.join(flag for flag, _ in limits)} left no trainable slot in {starved} of "
+              f"{steps * len(tables)} steps, which trained nothing; {' or '.join(fix for _, fix in limits)}", file=sys.stderr)
     if cfg.mode == "lora":
         merge_lora(model)
     return state_bytes(opt, row_opts), t_per_fact
