@@ -1,12 +1,13 @@
 """
 The analyses among experiments.py's commands: rather than sweep a setting, each looks inside
-streams at finetune.py's defaults.
+streams at finetune.py's defaults, or (answer-reads) inside the pretrained memory.
 
     python experiments.py curves        # learned and forgotten after every 10 facts, per method
     python experiments.py slots         # which slots a fact selects, and which tokens read them
     python experiments.py forgetting    # which background answers a sparse stream breaks, and what they become
     python experiments.py long          # sparse: a stream of 500 facts, then 500 more
     python experiments.py one-fact      # each fact taught alone, by each method: forgetting at matched learning
+    python experiments.py answer-reads  # which slots the answers are read from, and how many two questions share
 
 Each takes experiments.py's parsed command line, prints its lines and returns every number
 (the JSON experiments.py writes); the *_figure after it draws its PNG. setup() is how every
@@ -430,7 +431,88 @@ def forgetting_figure(plt, data):
     return fig
 
 
+@torch.no_grad()
+def first_answer_reads(model, enc, items, device, batch_size=128):
+    """Per value table (memory_tables): (Q, layers * heads * k) slot ids, the slots each
+    (prompt, answer) pair reads at the position that predicts its answer's first token."""
+    tables, out = memory_tables(model), None
+    with model.recording_slots():
+        for i in range(0, len(items), batch_size):
+            x, _, starts = qa_batch(enc, items[i:i + batch_size])    # starts: where each answer's first token is predicted
+            model(x.to(device))
+            reads = [r[torch.arange(len(x)), starts].reshape(len(x), -1).cpu()   # (B, layers * heads * k)
+                     for r in table_reads(model, tables)]
+            out = reads if out is None else [torch.cat([o, r]) for o, r in zip(out, reads)]
+    return out
+
+
+def jaccard(reads):
+    """(Q, Q): |A_i & A_j| / |A_i | A_j|, A_i the set of slots in reads[i]. reads: (Q, R) slot ids."""
+    _, inverse = torch.unique(reads, return_inverse=True)             # (Q, R): slot ids -> 0 .. U-1
+    a = torch.zeros(len(reads), int(inverse.max()) + 1).scatter_(1, inverse, 1.0)   # (Q, U) 1 on each read slot
+    inter = a @ a.T                                                   # (Q, Q) slots in common
+    size = a.sum(dim=1)                                               # (Q,)
+    return inter / (size[:, None] + size[None, :] - inter)
+
+
+def answer_reads(args):
+    """Which slots answers are read from. With the memory in the last block, only the slots read
+    at a position change that position's prediction, so a fact's answer can be stored only in the
+    slots read where it is predicted. For the background questions at the position that predicts
+    the answer's first token: how many distinct slots they read together, and how many of their
+    reads two questions share (Jaccard), by pair: two phrasings of one fact, two subjects of one
+    relation, two relations. For the first --facts new facts' questions: the share of their reads
+    there that fall on slots a background question (of the same relation) reads there too."""
+    model, enc, ckpt, facts, base_cfg, device = setup(args)
+    corpus = checkpoint_corpus(ckpt)[1]
+    background, new = corpus["background"], corpus["new"][:len(facts)]
+    fact_of = torch.tensor([n for n, f in enumerate(background) for _ in f["questions"]])
+    names = {r: n for n, r in enumerate(sorted({f["relation"] for f in background + new}))}
+    relation = torch.tensor([names[f["relation"]] for f in background for _ in f["questions"]])
+    new_relation = [names[f["relation"]] for f in new for _ in f["questions"]]
+    other = ~torch.eye(len(fact_of), dtype=torch.bool)                 # pairs of two questions
+    same_fact = (fact_of[:, None] == fact_of[None, :]) & other
+    same_relation = (relation[:, None] == relation[None, :]) & other
+    pairs = {"same fact": same_fact, "same relation, another fact": same_relation & ~same_fact,
+             "another relation": other & ~same_relation}
+    tables = []
+    for n, (bg, nw) in enumerate(zip(first_answer_reads(model, enc, qa_items(background), device),
+                                     first_answer_reads(model, enc, qa_items(new), device))):
+        n_slots = memory_tables(model)[n][0].shape[0]
+        read = torch.zeros(n_slots, dtype=torch.bool)
+        read[bg.flatten()] = True
+        by_relation = {r: torch.zeros(n_slots, dtype=torch.bool) for r in names.values()}
+        for r, slots in zip(relation.tolist(), bg):
+            by_relation[r][slots] = True
+        jac = jaccard(bg)                                             # (Q, Q)
+        t = {"table": n, "slots": n_slots, "reads_per_question": bg.shape[1], "questions": len(bg),
+             "distinct_slots": int(read.sum()),
+             "jaccard": {k: jac[p].mean().item() for k, p in pairs.items()},
+             "new_questions": len(nw), "new_reads_on_background_slots": read[nw].float().mean().item(),
+             "new_reads_on_same_relation_slots": torch.stack([by_relation[r][s] for r, s in zip(new_relation, nw)])
+                                                 .float().mean().item()}
+        tables.append(t)
+        print(f"table {n}: {t['questions']} background questions each read {t['reads_per_question']} slots where the "
+              f"answer's first token is predicted, {t['distinct_slots']} distinct slots together "
+              f"({t['distinct_slots'] / n_slots:.1%} of {n_slots:,})")
+        print("  reads two questions share (Jaccard): " + ", ".join(f"{k} {v:.3f}" for k, v in t["jaccard"].items()))
+        print(f"  {t['new_questions']} questions of {len(new)} new facts: {t['new_reads_on_background_slots']:.1%} of "
+              f"their reads there fall on those slots, {t['new_reads_on_same_relation_slots']:.1%} on slots a "
+              "background question of the same relation reads")
+    return {"tables": tables}
+
+
+def answer_reads_figure(plt, data):
+    t = data["tables"][0]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.bar(list(t["jaccard"]), [v * 100 for v in t["jaccard"].values()], color="#1f77b4")
+    ax.set_ylabel("reads in common (Jaccard, %)")
+    ax.set_title(f"{t['distinct_slots']:,} of {t['slots']:,} slots hold every background answer's first read", fontsize=9)
+    return fig
+
+
 # Each analysis: (the function that runs it, the one that draws its figure).
 ANALYSES = {"curves": (curves, curves_figure), "slots": (slots, slots_figure),
             "forgetting": (forgetting, forgetting_figure), "long": (long_stream, long_figure),
-            "one-fact": (one_fact, one_fact_figure)}
+            "one-fact": (one_fact, one_fact_figure),
+            "answer-reads": (answer_reads, answer_reads_figure)}

@@ -18,8 +18,10 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py frontier      # sparse: larger t at smaller learning rates
     python experiments.py fresh-rows    # never train a row an earlier fact trained (beyond the paper)
     python experiments.py answer-df     # rank last the slots that background answers are read from (beyond the paper)
+    python experiments.py answer-mask   # rank those slots last or never train them, as fewer answers mark a slot
     python experiments.py long          # sparse: a stream of 500 facts, then 500 more (--facts 1000: 1000 + 1000)
     python experiments.py one-fact      # each fact taught alone by full, LoRA and sparse: forgetting at matched learning
+    python experiments.py answer-reads  # which slots the answers are read from, and how many two questions share
     python experiments.py real-text     # pretrain on real TinyStories text, then full vs LoRA vs sparse
     python experiments.py layouts       # pretrain other memory layouts (heads x top-k, placement), then sparse
     python experiments.py worlds        # pretrain on other knowledge worlds (closed answers, more people), then sparse
@@ -34,8 +36,8 @@ val loss before and after. Unless a run says otherwise it is the paper's method:
 finetune.py's default learning rate and t = 64, a fixed t and the paper's IDF. finetune.py's
 default goes beyond it with --max-t 4096 --answer-df 0.01 --max-df 0.99; give them here to use
 them too.
-The sweeps are here; curves, slots, forgetting, long and one-fact, which look inside streams,
-are in analyses.py.
+The sweeps are here; curves, slots, forgetting, long, one-fact and answer-reads, which look inside
+streams and the memory, are in analyses.py.
 """
 
 import argparse
@@ -61,7 +63,8 @@ LRS = {"full": (3e-6, 1e-5, 3e-5, 1e-4), "lora": (3e-5, 1e-4, 3e-4, 1e-3), "spar
 # A run overrides FinetuneConfig fields; "background": "facts" takes IDF from the new facts,
 # "pretraining + known facts" from the pretraining windows and the texts of every other background fact;
 # "answer_df": D ranks last (IDF 0) every slot read where the answers of more than a share D of
-# every other background fact's questions are predicted (finetune.py --answer-df, counted on half);
+# every other background fact's questions are predicted (finetune.py --answer-df, counted on half),
+# and with "answer_mask" never trains it (--answer-mask);
 # "top_t": 0 trains every slot the batch read.
 SWEEPS = {
     "compare": (lambda: [{"mode": m} for m in ("full", "lora", "sparse")], "mode", "mode"),
@@ -81,6 +84,8 @@ SWEEPS = {
     "frontier": (lambda: [{"top_t": t, "lr": lr} for t in (100, 200, 500) for lr in (10, 20, 50)], "top_t", "lr"),
     "fresh-rows": (lambda: [{"fresh_rows": f, "lr": lr} for f in (False, True) for lr in (20, 50, 100)], "fresh_rows", "lr"),
     "answer-df": (lambda: [{"answer_df": d, "lr": lr} for d in (1.0, 0.05, 0.01) for lr in (50, 100, 200)], "answer_df", "lr"),
+    "answer-mask": (lambda: [{"answer_mask": m, "answer_df": d} for m in (False, True) for d in (0.01, 0.003, 0.0003)],
+                    "answer_mask", "answer_df"),
 }
 
 
@@ -95,6 +100,8 @@ def group(run, key):
         return f"grows up to t = {run['max_t']}" if run["max_t"] else "fixed t (the paper)"
     if key == "count":
         return "answer positions" if run["count"] == "answer" else "every token (the paper)"
+    if key == "answer_mask":
+        return "never trained" if run["answer_mask"] else "ranked last"
     if key == "fresh_rows":
         return "fresh rows" if run["fresh_rows"] else "rows shared (the paper)"
     return run.get(key, "sparse") if key else "sparse"
@@ -169,7 +176,7 @@ def sweep(args, runs, key, field, lrs=ft.DEFAULT_LR):
     results, diverged, before = [], [], None
     for run, needs_memory in zip(runs, sparse):
         name = group(run, key) if field == key else f"{group(run, key)} {field.replace('top_', '')}={point(run, field)}"
-        settings = {k: v for k, v in run.items() if k not in ("background", "answer_df")}   # set by run_background
+        settings = {k: v for k, v in run.items() if k != "background"}  # set by run_background
         if needs_memory and not n_slots:                                # full and LoRA run on a dense model
             print(f"{name:<26} skipped: the model has no memory layer")
             continue

@@ -234,3 +234,54 @@ def test_one_fact_teaches_every_fact_to_the_pretrained_model(trained, tmp_path, 
     assert all(len(r["drops"]) == 2 and 0 <= r["learned"] <= 1 for r in runs)
     assert len(weights) == 5 * 3 and len(set(weights)) == 1          # 5 runs x (statistics + 2 facts), all from the pretrained model
     assert (tmp_path / "one-fact.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_jaccard_of_read_sets_counts_each_slot_once():
+    reads = torch.tensor([[1, 2, 3, 4], [3, 4, 5, 6], [7, 8, 9, 9], [4, 3, 2, 1]])   # 9 twice in row 2: one slot
+    assert torch.allclose(analyses.jaccard(reads), torch.tensor([[1, 1 / 3, 0, 1],
+                                                                  [1 / 3, 1, 0, 1 / 3],
+                                                                  [0, 0, 1, 0],
+                                                                  [1, 1 / 3, 0, 1]]))
+
+
+def test_answer_reads_takes_the_reads_where_the_answers_first_token_is_predicted(trained, tmp_path):
+    cfg, _, enc, _ = trained
+    model = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))[0].eval()
+    items = [("Q: Where does Tom live? A:", " Dedufield."), ("Q: What does Sue eat? A:", " soup.")]
+    eot = enc.encode("<|endoftext|>", allowed_special="all")
+    expected = []
+    for prompt, answer in items:
+        p = eot + enc.encode(prompt)
+        with model.recording_slots():
+            model(torch.tensor([p + enc.encode(answer)]))
+            expected.append(model.slot_reads()[0][0, len(p) - 1].flatten())   # (H * k,) where the answer's first token is predicted
+    got = analyses.first_answer_reads(model, enc, items, "cpu")   # one right-padded batch
+    assert len(got) == 1 and torch.equal(got[0], torch.stack(expected))
+    experiments.main(["answer-reads", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "3",
+                      "--device", "cpu", "--out-dir", str(tmp_path)])
+    t = json.loads((tmp_path / "answer-reads.json").read_text())["tables"][0]
+    assert t["new_questions"] >= 3 and 0 < t["distinct_slots"] <= t["slots"]
+    assert 0 <= t["new_reads_on_same_relation_slots"] <= t["new_reads_on_background_slots"] <= 1
+    assert set(t["jaccard"]) == {"same fact", "same relation, another fact", "another relation"}
+
+
+def test_answer_mask_runs_never_train_the_rows_half_the_background_answers_mark(trained, tmp_path, monkeypatch):
+    cfg = trained[0]
+    seen = []                                                          # (answer_mask, the rows marked, the rows trained)
+    real = experiments.ft.finetune
+    def finetune(c, model, enc, ckpt, facts, *a, stats=None, **k):
+        before = model.memory_modules[0].values.weight.detach().clone()
+        out = real(c, model, enc, ckpt, facts, *a, stats=stats, **k)
+        seen.append((c.answer_mask, stats[0]["answer_rows"], (model.memory_modules[0].values.weight != before).any(dim=1)))
+        return out
+    monkeypatch.setattr(experiments.ft, "finetune", finetune)
+    experiments.main(["answer-mask", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2",
+                      "--steps-per-fact", "2", "--top-t", "256", "--lr", "1.0", "--device", "cpu", "--out-dir", str(tmp_path)])
+    out = json.loads((tmp_path / "answer-mask.json").read_text())
+    assert [(r["run"]["answer_mask"], r["run"]["answer_df"]) for r in out["results"]] == [
+        (m, d) for m in (False, True) for d in (0.01, 0.003, 0.0003)]
+    assert all("other_half_drop" in r for r in out["results"])
+    assert [m for m, _, _ in seen] == [False] * 3 + [True] * 3
+    for mask, marked, trained_rows in seen:                            # t = 256: every slot read is a candidate
+        assert marked.any() and trained_rows.any()
+        assert (marked & trained_rows).any() != mask                   # ranked last, every read row trains; masked, none
