@@ -461,15 +461,20 @@ def answer_reads(args):
     slots read where it is predicted. For the background questions at the position that predicts
     the answer's first token: how many distinct slots they read together, and how many of their
     reads two questions share (Jaccard), by pair: two phrasings of one fact, two subjects of one
-    relation, two relations. For the first --facts new facts' questions: the share of their reads
-    there that fall on slots a background question (of the same relation) reads there too."""
+    relation, two relations. For the questions of the first --facts new facts (or of --facts-file's
+    facts, the held-out ones too): the share of their reads there that fall on slots a background
+    question reads there too (for the corpus's facts also: one of the same relation)."""
     model, enc, ckpt, facts, base_cfg, device = setup(args)
     corpus = checkpoint_corpus(ckpt)[1]
-    background, new = corpus["background"], corpus["new"][:len(facts)]
+    background, new = corpus["background"], None if args.facts_file else corpus["new"][:len(facts)]
     fact_of = torch.tensor([n for n, f in enumerate(background) for _ in f["questions"]])
-    names = {r: n for n, r in enumerate(sorted({f["relation"] for f in background + new}))}
+    names = {r: n for n, r in enumerate(sorted({f["relation"] for f in background + (new or [])}))}
     relation = torch.tensor([names[f["relation"]] for f in background for _ in f["questions"]])
-    new_relation = [names[f["relation"]] for f in new for _ in f["questions"]]
+    new_items, new_relation = [], []                                  # each new question, and its fact's relation
+    for n, f in enumerate(facts):
+        for q in f["questions"] + ([f["heldout_question"]] if f.get("heldout_question") else []):
+            new_items.append(qa_pair(q, f["answer"]))
+            new_relation.append(names[new[n]["relation"]] if new else None)
     other = ~torch.eye(len(fact_of), dtype=torch.bool)                 # pairs of two questions
     same_fact = (fact_of[:, None] == fact_of[None, :]) & other
     same_relation = (relation[:, None] == relation[None, :]) & other
@@ -477,7 +482,7 @@ def answer_reads(args):
              "another relation": other & ~same_relation}
     tables = []
     for n, (bg, nw) in enumerate(zip(first_answer_reads(model, enc, qa_items(background), device),
-                                     first_answer_reads(model, enc, qa_items(new), device))):
+                                     first_answer_reads(model, enc, new_items, device))):
         n_slots = memory_tables(model)[n][0].shape[0]
         read = torch.zeros(n_slots, dtype=torch.bool)
         read[bg.flatten()] = True
@@ -488,17 +493,19 @@ def answer_reads(args):
         t = {"table": n, "slots": n_slots, "reads_per_question": bg.shape[1], "questions": len(bg),
              "distinct_slots": int(read.sum()),
              "jaccard": {k: jac[p].mean().item() for k, p in pairs.items()},
-             "new_questions": len(nw), "new_reads_on_background_slots": read[nw].float().mean().item(),
-             "new_reads_on_same_relation_slots": torch.stack([by_relation[r][s] for r, s in zip(new_relation, nw)])
-                                                 .float().mean().item()}
+             "new_questions": len(nw), "new_reads_on_background_slots": read[nw].float().mean().item()}
+        if new:                                                       # the corpus's facts: their relations are known
+            same = torch.stack([by_relation[r][slots] for r, slots in zip(new_relation, nw)])   # (questions, reads)
+            t["new_reads_on_same_relation_slots"] = same.float().mean().item()
         tables.append(t)
         print(f"table {n}: {t['questions']} background questions each read {t['reads_per_question']} slots where the "
               f"answer's first token is predicted, {t['distinct_slots']} distinct slots together "
               f"({t['distinct_slots'] / n_slots:.1%} of {n_slots:,})")
         print("  reads two questions share (Jaccard): " + ", ".join(f"{k} {v:.3f}" for k, v in t["jaccard"].items()))
-        print(f"  {t['new_questions']} questions of {len(new)} new facts: {t['new_reads_on_background_slots']:.1%} of "
-              f"their reads there fall on those slots, {t['new_reads_on_same_relation_slots']:.1%} on slots a "
-              "background question of the same relation reads")
+        print(f"  {t['new_questions']} questions of {len(facts)} {'facts of ' + args.facts_file if args.facts_file else 'new facts'}: "
+              f"{t['new_reads_on_background_slots']:.1%} of their reads there fall on those slots"
+              + (f", {t['new_reads_on_same_relation_slots']:.1%} on slots a background question of the same relation reads"
+                 if new else ""))
     return {"tables": tables}
 
 

@@ -387,8 +387,8 @@ def main(argv=None):
                    "it (1 = off)")
     p.add_argument("--lr", type=float, default=0.0, help="learning rate where a run does not set one; 0 = finetune.py's "
                    "default (curves always uses each method's default)")
-    p.add_argument("--facts-file", default="", help="the sweeps: your own facts (finetune.py's facts-file format) "
-                   "instead of the corpus's new facts")
+    p.add_argument("--facts-file", default="", help="the sweeps and answer-reads: your own facts (finetune.py's "
+                   "facts-file format) instead of the corpus's new facts")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "out", "experiments"), help="where the JSON and PNG go")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--tinystories-file", default=SHARED_TINYSTORIES if os.path.exists(SHARED_TINYSTORIES) else "",
@@ -398,9 +398,9 @@ def main(argv=None):
         sys.exit(f"error: --facts must be at least 1, not {args.facts}")
     args.facts = args.facts or (500 if args.experiment == "long" else 50)
     if args.facts_file:
-        if args.experiment not in SWEEPS:
-            sys.exit(f"error: --facts-file is for the sweeps ({', '.join(sorted(SWEEPS))}); {args.experiment} streams "
-                     "the corpus's facts")
+        if args.experiment not in SWEEPS and args.experiment != "answer-reads":
+            sys.exit(f"error: --facts-file is for the sweeps ({', '.join(sorted(SWEEPS))}) and answer-reads; "
+                     f"{args.experiment} streams the corpus's facts")
         try:
             args.facts = len(read_facts_file(args.facts_file))
         except (ValueError, OSError) as e:

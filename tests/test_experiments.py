@@ -263,6 +263,13 @@ def test_answer_reads_takes_the_reads_where_the_answers_first_token_is_predicted
     assert t["new_questions"] >= 3 and 0 < t["distinct_slots"] <= t["slots"]
     assert 0 <= t["new_reads_on_same_relation_slots"] <= t["new_reads_on_background_slots"] <= 1
     assert set(t["jaccard"]) == {"same fact", "same relation, another fact", "another relation"}
+    mine = tmp_path / "mine.jsonl"                                     # facts written by hand: no relation to compare
+    mine.write_text(json.dumps({"paraphrases": ["Tom lives in Dedufield."], "question": "Where does Tom live?",
+                                "answer": "Dedufield.", "heldout_question": "What town is Tom from?"}) + "\n", encoding="utf-8")
+    experiments.main(["answer-reads", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts-file", str(mine),
+                      "--device", "cpu", "--out-dir", str(tmp_path)])
+    t = json.loads((tmp_path / "answer-reads.json").read_text())["tables"][0]
+    assert t["new_questions"] == 2 and "new_reads_on_same_relation_slots" not in t   # its question and the held-out one
 
 
 def test_answer_mask_runs_never_train_the_rows_half_the_background_answers_mark(trained, tmp_path, monkeypatch):
