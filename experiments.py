@@ -176,7 +176,7 @@ def sweep(args, runs, key, field, lrs=ft.DEFAULT_LR):
     results, diverged, before = [], [], None
     for run, needs_memory in zip(runs, sparse):
         name = group(run, key) if field == key else f"{group(run, key)} {field.replace('top_', '')}={point(run, field)}"
-        settings = {k: v for k, v in run.items() if k != "background"}  # set by run_background
+        settings = {k: v for k, v in run.items() if k != "background"}  # run_background's (answer_df is both: the mask checks it)
         if needs_memory and not n_slots:                                # full and LoRA run on a dense model
             print(f"{name:<26} skipped: the model has no memory layer")
             continue
