@@ -481,9 +481,9 @@ def answer_reads(args):
     pairs = {"same fact": same_fact, "same relation, another fact": same_relation & ~same_fact,
              "another relation": other & ~same_relation}
     tables = []
-    for n, (bg, nw) in enumerate(zip(first_answer_reads(model, enc, qa_items(background), device),
-                                     first_answer_reads(model, enc, new_items, device))):
-        n_slots = memory_tables(model)[n][0].shape[0]
+    for n, ((w, _), bg, nw) in enumerate(zip(memory_tables(model), first_answer_reads(model, enc, qa_items(background), device),
+                                             first_answer_reads(model, enc, new_items, device))):
+        n_slots = w.shape[0]
         read = torch.zeros(n_slots, dtype=torch.bool)
         read[bg.flatten()] = True
         by_relation = {r: torch.zeros(n_slots, dtype=torch.bool) for r in names.values()}

@@ -103,9 +103,9 @@ def choose_rows(reads, count, n_slots, t, ranking="tfidf", rank_by="batch", max_
     """The rows of one value table that this step trains. reads: (B, T, H, k) slots read by
     each token; count: (B, T) True on the tokens whose reads count (make_batch in facts.py);
     background: the table's background_stats, {"df", "reads", "units" = |B|}, and with --answer-df
-    "answer_rows" (slot_scores); blocked: (n_slots,)
-    True on rows that must not be trained (--fresh-rows: the rows earlier facts trained;
-    --answer-mask: the rows background answers are read from).
+    "answer_rows" (slot_scores); blocked: (n_slots,) True on rows that must not be trained
+    (--fresh-rows: the rows earlier facts trained; --answer-mask: the rows background answers
+    are read from).
 
       1. counts  c(i) = reads of slot i by the counted tokens
       2. scores  tfidf(i) = c(i) / sum_j c(j) * log((|B| + 1) / (df(i) + 1)), 0 on answer_rows
