@@ -34,7 +34,7 @@ def setup(args, needs_memory=True):
     cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, facts=args.facts, steps_per_fact=args.steps_per_fact,
                             lr=args.lr, top_t=args.top_t, max_t=args.max_t, max_df=args.max_df, fresh_rows=args.fresh_rows,
                             stop_early=args.stop_early, answer_df=args.answer_df, answer_mask=args.answer_mask,
-                            device=args.device)
+                            answer_damp=args.answer_damp, device=args.device)
     model, enc, ckpt = ft.load_base(cfg, device)
     if needs_memory:
         refuse_dense(args, model)
@@ -163,7 +163,8 @@ def long_stream(args, points=5):
     device = pick_device(args.device)
     cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, steps_per_fact=args.steps_per_fact, lr=args.lr, top_t=args.top_t,
                             max_t=args.max_t, max_df=args.max_df, fresh_rows=args.fresh_rows, answer_df=args.answer_df,
-                            answer_mask=args.answer_mask, stop_early=args.stop_early, device=args.device)
+                            answer_mask=args.answer_mask, answer_damp=args.answer_damp, stop_early=args.stop_early,
+                            device=args.device)
     model, enc, ckpt = ft.load_base(cfg, device)
     refuse_dense(args, model)
     cfg = ft.resolve(cfg, model)
@@ -455,6 +456,13 @@ def jaccard(reads):
     return inter / (size[:, None] + size[None, :] - inter)
 
 
+def facts_per_slot(reads, fact_of, n_slots):
+    """(n_slots,) how many facts read each slot, a fact counted once however many of its questions
+    or reads take it. reads: (Q, R) slot ids; fact_of: (Q,) the fact each question asks."""
+    per_fact = [torch.unique(reads[fact_of == f]) for f in torch.unique(fact_of)]
+    return torch.bincount(torch.cat(per_fact), minlength=n_slots)
+
+
 def answer_reads(args):
     """Which slots answers are read from. With the memory in the last block, only the slots read
     at a position change that position's prediction, so a fact's answer can be stored only in the
@@ -463,7 +471,8 @@ def answer_reads(args):
     reads two questions share (Jaccard), by pair: two phrasings of one fact, two subjects of one
     relation, two relations. For the questions of the first --facts new facts (or of --facts-file's
     facts, the held-out ones too): the share of their reads there that fall on slots a background
-    question reads there too (for the corpus's facts also: one of the same relation)."""
+    question reads there too (for the corpus's facts also: one of the same relation). And how many
+    background facts read each slot a question reads there: the other facts a change to it reaches."""
     model, enc, ckpt, facts, base_cfg, device = setup(args)
     corpus = checkpoint_corpus(ckpt)[1]
     background, new = corpus["background"], None if args.facts_file else corpus["new"][:len(facts)]
@@ -490,10 +499,13 @@ def answer_reads(args):
         for r, slots in zip(relation.tolist(), bg):
             by_relation[r][slots] = True
         jac = jaccard(bg)                                             # (Q, Q)
+        readers = facts_per_slot(bg, fact_of, n_slots)               # (slots,) background facts that read each one there
         t = {"table": n, "slots": n_slots, "reads_per_question": bg.shape[1], "questions": len(bg),
              "distinct_slots": int(read.sum()),
              "jaccard": {k: jac[p].mean().item() for k, p in pairs.items()},
-             "new_questions": len(nw), "new_reads_on_background_slots": read[nw].float().mean().item()}
+             "other_facts_per_read": (readers[bg] - 1).float().mean().item(),   # its own fact not counted
+             "new_questions": len(nw), "new_reads_on_background_slots": read[nw].float().mean().item(),
+             "background_facts_per_new_read": readers[nw].float().mean().item()}
         if new:                                                       # the corpus's facts: their relations are known
             same = torch.stack([by_relation[r][slots] for r, slots in zip(new_relation, nw)])   # (questions, reads)
             t["new_reads_on_same_relation_slots"] = same.float().mean().item()
@@ -502,10 +514,12 @@ def answer_reads(args):
               f"answer's first token is predicted, {t['distinct_slots']} distinct slots together "
               f"({t['distinct_slots'] / n_slots:.1%} of {n_slots:,})")
         print("  reads two questions share (Jaccard): " + ", ".join(f"{k} {v:.3f}" for k, v in t["jaccard"].items()))
+        print(f"  each slot a background question reads there is read there by {t['other_facts_per_read']:.1f} other "
+              "background facts (mean over its reads)")
         print(f"  {t['new_questions']} questions of {len(facts)} {'facts of ' + args.facts_file if args.facts_file else 'new facts'}: "
               f"{t['new_reads_on_background_slots']:.1%} of their reads there fall on those slots"
               + (f", {t['new_reads_on_same_relation_slots']:.1%} on slots a background question of the same relation reads"
-                 if new else ""))
+                 if new else "") + f"; each is read there by {t['background_facts_per_new_read']:.1f} background facts")
     return {"tables": tables}
 
 

@@ -19,6 +19,7 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py fresh-rows    # never train a row an earlier fact trained (beyond the paper)
     python experiments.py answer-df     # rank last the slots that background answers are read from (beyond the paper)
     python experiments.py answer-mask   # rank those slots last or never train them, as fewer answers mark a slot
+    python experiments.py answer-damp   # divide each row's step by how many background answers read it
     python experiments.py long          # sparse: a stream of 500 facts, then 500 more (--facts 1000: 1000 + 1000)
     python experiments.py one-fact      # each fact taught alone by full, LoRA and sparse: forgetting at matched learning
     python experiments.py answer-reads  # which slots the answers are read from, and how many two questions share
@@ -64,7 +65,8 @@ LRS = {"full": (3e-6, 1e-5, 3e-5, 1e-4), "lora": (3e-5, 1e-4, 3e-4, 1e-3), "spar
 # "pretraining + known facts" from the pretraining windows and the texts of every other background fact;
 # "answer_df": D ranks last (IDF 0) every slot read where the answers of more than a share D of
 # every other background fact's questions are predicted (finetune.py --answer-df, counted on half),
-# and with "answer_mask" never trains it (--answer-mask);
+# and with "answer_mask" never trains it (--answer-mask); "answer_damp" divides each row's step
+# by 1 + (those questions that read it) / K (--answer-damp);
 # "top_t": 0 trains every slot the batch read.
 SWEEPS = {
     "compare": (lambda: [{"mode": m} for m in ("full", "lora", "sparse")], "mode", "mode"),
@@ -86,6 +88,9 @@ SWEEPS = {
     "answer-df": (lambda: [{"answer_df": d, "lr": lr} for d in (1.0, 0.05, 0.01) for lr in (50, 100, 200)], "answer_df", "lr"),
     "answer-mask": (lambda: [{"answer_mask": m, "answer_df": d} for m in (False, True) for d in (0.01, 0.003, 0.0003)],
                     "answer_mask", "answer_df"),
+    "answer-damp": (lambda: [{"answer_damp": k, "answer_df": 0.01, "lr": lr}
+                             for k, lrs in ((0.0, (25, 50)), (8.0, (50, 100, 200)), (1.0, (100, 300))) for lr in lrs],
+                    "answer_damp", "lr"),
 }
 
 
@@ -102,6 +107,8 @@ def group(run, key):
         return "answer positions" if run["count"] == "answer" else "every token (the paper)"
     if key == "answer_mask":
         return "never trained" if run["answer_mask"] else "ranked last"
+    if key == "answer_damp":
+        return f"answer-damp {run['answer_damp']:g}" if run["answer_damp"] else "no damping"
     if key == "fresh_rows":
         return "fresh rows" if run["fresh_rows"] else "rows shared (the paper)"
     return run.get(key, "sparse") if key else "sparse"
@@ -383,6 +390,8 @@ def main(argv=None):
                    "not set it (1 = off)")
     p.add_argument("--answer-mask", action="store_true", help="sparse: never train the slots --answer-df ranks "
                    "last (finetune.py --answer-mask; needs --answer-df below 1)")
+    p.add_argument("--answer-damp", type=float, default=0.0, help="sparse: finetune.py --answer-damp where a run "
+                   "does not set it (0 = off)")
     p.add_argument("--max-df", type=float, default=1.0, help="sparse: finetune.py --max-df where a run does not set "
                    "it (1 = off)")
     p.add_argument("--lr", type=float, default=0.0, help="learning rate where a run does not set one; 0 = finetune.py's "

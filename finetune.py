@@ -33,7 +33,10 @@ that fact's paraphrases (its statements and its question/answer lines), repeated
           --max-df 0.99 never trains a slot read in more than 99% of the background units,
           which keeps the large rounds off the slots all text reads (val loss);
           --answer-mask never trains the slots --answer-df ranks last, in any round, which
-          forgets less over a long stream and carries less to the unseen phrasing.
+          forgets less over a long stream and carries less to the unseen phrasing;
+          --answer-damp K divides each chosen row's step by 1 + n / K, n the background
+          questions that read it where their answer is predicted, which forgets much less
+          (with a larger --lr: 8 and 100, or 1 and 300).
           Other choices: --ranking tf (no IDF) and kl (the slot's term of the KL divergence
           from the background's reads), --rank-by sequence (each row scored on its own),
           --count answer (only the reads where the answer is predicted); --max-df 0.2 never
@@ -92,7 +95,7 @@ DEFAULT_LR = {("sparse", "sgd"): 50.0, ("sparse", "adamw"): 0.03,
 CLASSROOM_FINETUNE = dict(checkpoint=os.path.join(CLASSROOM_TRAIN["out_dir"], "ckpt.pt"), mode="sparse", optimizer="",
                           lr=0.0, facts=30, facts_file="", steps_per_fact=10, top_t=64, max_t=0, ranking="tfidf",
                           rank_by="batch", max_df=1.0, count="all", fresh_rows=False, stop_early=False, answer_df=1.0, answer_mask=False,
-                          background_batches=200,
+                          answer_damp=0.0, background_batches=200,
                           background_batch_size=1, lora_rank=16, lora_alpha=32.0, weight_decay=0.0, seed=1337,
                           device="auto", json="", out="", quiet=False, set_facts=15)
 CLASSROOM_LR = {("sparse", "sgd"): 100.0, ("full", "adamw"): 1e-4, ("lora", "adamw"): 1e-4}
@@ -122,6 +125,7 @@ class FinetuneConfig:
     stop_early: bool = False               # end a fact's steps as soon as its answer is predicted wherever its batch spells it (beyond the paper)
     answer_df: float = 0.01                # sparse, tfidf: IDF 0 for slots read where more than this share of the background answers are predicted (1 = off, the paper; beyond it)
     answer_mask: bool = False              # sparse, tfidf: never train those slots, not only rank them last (beyond the paper)
+    answer_damp: float = 0.0               # sparse: each chosen row's step divided by 1 + n / this, n the background questions that read it where their answer is predicted (0 = off, the paper; beyond it)
     background_batches: int = 1000         # sparse: background units for document frequencies (paper: 1000)
     background_batch_size: int = 1         # sparse: windows of block_size tokens per background unit (docs/DESIGN.md)
     lora_rank: int = 16                    # lora: rank r of each adapter
@@ -173,6 +177,8 @@ def resolve(cfg, model, lrs=DEFAULT_LR):
             raise ValueError("--answer-mask never trains the slots --answer-df counts: give --answer-df below 1 (finetune.py's default is 0.01)")
         if cfg.ranking != "tfidf":
             cfg.answer_df, cfg.answer_mask = 1.0, False    # it sets an IDF: the tf and kl rankings have none
+        if cfg.answer_damp < 0:
+            raise ValueError(f"--answer-damp must be 0 (off) or positive, not {cfg.answer_damp}")
         if cfg.background_batches < 1 or cfg.background_batch_size < 1:
             raise ValueError("--background-batches and --background-batch-size must be at least 1")
     if cfg.mode == "lora":
@@ -232,6 +238,8 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
         raise ValueError("--max-df needs the background statistics")
     if cfg.mode == "sparse" and cfg.answer_mask and not (background and all("answer_rows" in bg for bg in background)):
         raise ValueError("--answer-mask needs the slots background answers are read from: rank against --answer-df's statistics")
+    if cfg.mode == "sparse" and cfg.answer_damp and not (background and all("answer_readers" in bg for bg in background)):
+        raise ValueError("--answer-damp needs how many background answers read each slot: rank against --answer-df's statistics")
     device = next(model.parameters()).device
     model.eval()                           # no dropout; BatchNorm keeps its pretrained statistics
     sparse_grad = [m.values.sparse for m in model.memory_modules]
@@ -314,8 +322,9 @@ def update_rows(cfg, model, tables, row_opts, backgrounds, count, t, taken=None,
     """Sparse mode's update, after the backward: in each value table, choose t rows among the
     slots this step read (sparse.choose_rows; none of `taken` with --fresh-rows, and those
     chosen are marked in `trained`; none of the background answers' rows with --answer-mask)
-    and move those rows only. Returns (the chosen rows' new values, the number of tables left
-    with no row to train)."""
+    and move those rows only, each by its step divided by 1 + n / --answer-damp with it on (n:
+    the background questions that read the row where their answer is predicted). Returns (the
+    chosen rows' new values, the number of tables left with no row to train)."""
     updated, starved = [], 0
     for i, ((w, _), reads, bg, ro) in enumerate(zip(tables, table_reads(model, tables), backgrounds, row_opts)):
         blocked = taken[i] if taken else None
@@ -324,8 +333,9 @@ def update_rows(cfg, model, tables, row_opts, backgrounds, count, t, taken=None,
         rows = choose_rows(reads, count, w.shape[0], t, cfg.ranking, cfg.rank_by, cfg.max_df, bg, blocked)
         if taken:
             trained[i][rows] = True
+        scale = 1 / (1 + bg["answer_readers"][rows].float() / cfg.answer_damp) if cfg.answer_damp else None   # (t,)
         rows = rows.to(w.device)
-        ro.step(rows)
+        ro.step(rows, scale)
         w.grad = None
         starved += len(rows) == 0
         updated.append(w[rows])
@@ -361,19 +371,20 @@ def keep_clear_of_answers(stats, model, enc, facts, share, device):
     """--answer-df: the background statistics with "answer_rows", True on every slot read where
     the answers of more than `share` of the facts' questions are predicted. Such a slot gets IDF
     0 (sparse.slot_scores): it ranks last and is trained only when a batch reads fewer than t
-    other slots, or never with --answer-mask (beyond the paper: docs/RESULTS.md, answer-df)."""
+    other slots, or never with --answer-mask (beyond the paper: docs/RESULTS.md, answer-df).
+    And "answer_readers": for each slot, how many of those questions read it there (--answer-damp)."""
     answers = background_stats(model, answer_units(enc, facts), device, quiet=True)
-    return [{**st, "answer_rows": a["df"] > share * a["units"]} for st, a in zip(stats, answers)]
+    return [{**st, "answer_rows": a["df"] > share * a["units"], "answer_readers": a["df"]} for st, a in zip(stats, answers)]
 
 
 def ranking_stats(cfg, model, enc, ckpt, device):
     """The background statistics a sparse stream ranks against (None where it needs none): the
-    pretraining windows' (load_or_compute_background), with --answer-df's cap counted on the
-    background facts of the checkpoint's corpus."""
-    if cfg.mode != "sparse" or (cfg.ranking == "tf" and cfg.max_df == 1):
+    pretraining windows' (load_or_compute_background), with --answer-df's cap (and the counts
+    --answer-damp divides by) counted on the background facts of the checkpoint's corpus."""
+    if cfg.mode != "sparse" or (cfg.ranking == "tf" and cfg.max_df == 1 and not cfg.answer_damp):
         return None
     stats = load_or_compute_background(cfg, model, ckpt, device)
-    if cfg.answer_df < 1:
+    if cfg.answer_df < 1 or cfg.answer_damp:
         stats = keep_clear_of_answers(stats, model, enc, checkpoint_corpus(ckpt)[1]["background"], cfg.answer_df, device)
     return stats
 
@@ -512,7 +523,9 @@ def main(argv=None):
                   + (f" (4x more, up to {cfg.max_t}, while the model misses a fact's answer)" if cfg.mode == "sparse" and cfg.max_t else "")
                   + (f", none read in more than {cfg.max_df:.0%} of the background units" if cfg.mode == "sparse" and cfg.max_df < 1 else "")
                   + (f", the slots read where more than {cfg.answer_df:.0%} of the background answers are predicted "
-                     + ("never trained" if cfg.answer_mask else "ranked last") if cfg.mode == "sparse" and cfg.answer_df < 1 else ""))
+                     + ("never trained" if cfg.answer_mask else "ranked last") if cfg.mode == "sparse" and cfg.answer_df < 1 else "")
+                  + (f", each row's step divided by 1 + (background answers read from it) / {cfg.answer_damp:g}"
+                     if cfg.mode == "sparse" and cfg.answer_damp else ""))
         base = copy.deepcopy(model)                                 # the model before: every stream starts from it
         name = os.path.basename(cfg.facts_file) if cfg.facts_file else "new facts"
         stats = ranking_stats(cfg, model, enc, ckpt, device)        # once: every stream starts from the same model

@@ -231,10 +231,13 @@ class RowOptimizer:
         return sum(t.numel() * t.element_size() for t in (self.where, self.exp_avg, self.exp_avg_sq, self.steps))
 
     @torch.no_grad()
-    def step(self, rows):
+    def step(self, rows, scale=None):
+        """Move the rows (t,) by their gradient; scale: (t,) a factor on each row's learning rate
+        (finetune.py --answer-damp), None: the same rate for all."""
         w, g = self.weight, self.weight.grad[rows]                    # g: (t, v_dim)
+        lr = self.lr if scale is None else self.lr * scale.to(w.device, w.dtype).unsqueeze(1)   # scalar or (t, 1)
         if self.kind == "sgd":
-            w[rows] = w[rows] - self.lr * g
+            w[rows] = w[rows] - lr * g
             return
         new = rows[self.where[rows] < 0]                               # 1. rows selected for the first
         if len(new):                                                   #    time get zero moments
@@ -252,4 +255,4 @@ class RowOptimizer:
         self.exp_avg[i], self.exp_avg_sq[i] = m, v
         denom = (v / (1 - b2 ** n)).sqrt().add(self.eps)               # 4. bias-corrected step, decoupled decay
         update = (m / (1 - b1 ** n)) / denom
-        w[rows] = w[rows] * (1 - self.lr * self.wd) - self.lr * update.to(w.dtype)
+        w[rows] = w[rows] * (1 - lr * self.wd) - lr * update.to(w.dtype)

@@ -244,6 +244,12 @@ def test_jaccard_of_read_sets_counts_each_slot_once():
                                                                   [1, 1 / 3, 0, 1]]))
 
 
+def test_facts_per_slot_counts_each_fact_once():
+    reads = torch.tensor([[1, 2], [2, 3], [2, 2], [4, 4]])            # fact 0 asks rows 0 and 1, fact 1 row 2, fact 2 row 3
+    got = analyses.facts_per_slot(reads, torch.tensor([0, 0, 1, 2]), 6)
+    assert got.tolist() == [0, 1, 2, 1, 1, 0]                          # slot 2: facts 0 and 1, though read four times
+
+
 def test_answer_reads_takes_the_reads_where_the_answers_first_token_is_predicted(trained, tmp_path):
     cfg, _, enc, _ = trained
     model = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))[0].eval()
@@ -262,6 +268,7 @@ def test_answer_reads_takes_the_reads_where_the_answers_first_token_is_predicted
     t = json.loads((tmp_path / "answer-reads.json").read_text())["tables"][0]
     assert t["new_questions"] >= 3 and 0 < t["distinct_slots"] <= t["slots"]
     assert 0 <= t["new_reads_on_same_relation_slots"] <= t["new_reads_on_background_slots"] <= 1
+    assert 0 <= t["other_facts_per_read"] < t["questions"] and 0 <= t["background_facts_per_new_read"] <= t["questions"]
     assert set(t["jaccard"]) == {"same fact", "same relation, another fact", "another relation"}
     mine = tmp_path / "mine.jsonl"                                     # facts written by hand: no relation to compare
     mine.write_text(json.dumps({"paraphrases": ["Tom lives in Dedufield."], "question": "Where does Tom live?",

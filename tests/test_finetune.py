@@ -117,8 +117,8 @@ def test_weights_that_break_are_named_at_the_fact_and_step_that_broke_them(train
     steps = []
 
     class Breaks(RowOptimizer):                               # fact 1's second step writes inf into its rows
-        def step(self, rows):
-            super().step(rows)
+        def step(self, rows, scale=None):
+            super().step(rows, scale)
             steps.append(rows)
             if len(steps) == 2:
                 self.weight.data[rows] = float("inf")
@@ -288,6 +288,24 @@ def test_update_rows_blocks_taken_and_answer_rows_together_in_every_table(monkey
     assert trained[0].nonzero().flatten().tolist() == [1, 3]      # read 0-3; 0 answers', 2 taken
     assert trained[1].nonzero().flatten().tolist() == [0, 3]      # read 0-3; 1 answers', 2 taken
     assert [(w[:, 0] != 0).nonzero().flatten().tolist() for w, _ in tables] == [[1, 3], [0, 3]]
+
+
+def test_answer_damp_divides_each_rows_step_by_one_plus_its_answer_readers_over_k(monkeypatch):
+    reads = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 3]).view(1, 10, 1, 1)    # the step read rows 0-3
+    monkeypatch.setattr("finetune.table_reads", lambda model, tables: [reads])
+    w = torch.zeros(6, 2, requires_grad=True)
+    w.grad = torch.ones(6, 2)
+    readers = torch.tensor([0, 4, 12, 1, 50, 50])              # background questions reading each row at their answer
+    bg = {"df": torch.zeros(6, dtype=torch.long), "reads": torch.ones(6, dtype=torch.long), "units": 100,
+          "answer_rows": torch.zeros(6, dtype=torch.bool), "answer_readers": readers}
+    cfg = FinetuneConfig(mode="sparse", ranking="tfidf", max_df=1.0, answer_damp=4.0)
+    finetune.update_rows(cfg, None, [(w, [0])], [finetune.RowOptimizer(w, "sgd", 2.0)], [bg],
+                         torch.ones(1, 10, dtype=torch.bool), 4)
+    assert torch.allclose(w[:, 0], -2.0 * torch.tensor([1, 1 / 2, 1 / 4, 1 / 1.25, 0, 0]))   # rows 4, 5 not read: not moved
+    with pytest.raises(ValueError, match="--answer-damp needs"):
+        run_stream(FinetuneConfig(mode="sparse", answer_damp=4.0), None, None, [], [{k: v for k, v in bg.items() if k != "answer_readers"}])
+    with pytest.raises(ValueError, match="--answer-damp must be"):
+        resolve(FinetuneConfig(mode="sparse", lr=1.0, answer_damp=-1.0), type("M", (), {"memory_modules": [1]})())
 
 
 def test_max_t_grows_the_rows_4x_only_while_the_fact_is_answered_wrong(trained, monkeypatch):

@@ -163,6 +163,24 @@ def test_row_optimizer_matches_torch_on_the_selected_rows(kind, reference, hyper
     torch.testing.assert_close(w[rows], ref, rtol=1e-6, atol=1e-7)   # a few ulps: another kernel may fuse differently
 
 
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_a_rows_scale_gives_it_that_share_of_the_learning_rate(kind):
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(6, 4))
+    rows, scale = torch.tensor([1, 4]), torch.tensor([1.0, 0.25])
+    refs = [torch.nn.Parameter(w.detach().clone()) for _ in range(2)]   # one optimizer at each row's own rate
+    opt = RowOptimizer(w, kind, lr=0.2, weight_decay=0.1)
+    ref_opts = [RowOptimizer(refs[0], kind, lr=0.2, weight_decay=0.1), RowOptimizer(refs[1], kind, lr=0.05, weight_decay=0.1)]
+    for _ in range(3):
+        g = torch.randn(6, 4)
+        w.grad, refs[0].grad, refs[1].grad = g, g.clone(), g.clone()
+        opt.step(rows, scale)
+        for ref, ro in zip(refs, ref_opts):
+            ro.step(rows)
+    torch.testing.assert_close(w[1], refs[0][1], rtol=1e-6, atol=1e-7)   # scale 1: the optimizer's rate
+    torch.testing.assert_close(w[4], refs[1][4], rtol=1e-6, atol=1e-7)   # scale 0.25: a quarter of it
+
+
 def test_row_adamw_bias_correction_counts_each_rows_own_updates():
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(6, 4))
