@@ -66,7 +66,8 @@ LRS = {"full": (3e-6, 1e-5, 3e-5, 1e-4), "lora": (3e-5, 1e-4, 3e-4, 1e-3), "spar
 # "answer_df": D ranks last (IDF 0) every slot read where the answers of more than a share D of
 # every other background fact's questions are predicted (finetune.py --answer-df, counted on half),
 # and with "answer_mask" never trains it (--answer-mask); "answer_damp" divides each row's step
-# by 1 + (those questions that read it) / K (--answer-damp);
+# by 1 + (those questions that read it) / K (--answer-damp), or with "damp_by": "text" by
+# 1 + (the pretraining units that read it) / K (the ablation: any reads, not the answers');
 # "top_t": 0 trains every slot the batch read.
 SWEEPS = {
     "compare": (lambda: [{"mode": m} for m in ("full", "lora", "sparse")], "mode", "mode"),
@@ -89,7 +90,8 @@ SWEEPS = {
     "answer-mask": (lambda: [{"answer_mask": m, "answer_df": d} for m in (False, True) for d in (0.01, 0.003, 0.0003)],
                     "answer_mask", "answer_df"),
     "answer-damp": (lambda: [{"answer_damp": k, "answer_df": 0.01, "lr": lr}
-                             for k, lrs in ((0.0, (25, 50)), (8.0, (50, 100, 200)), (1.0, (100, 300))) for lr in lrs],
+                             for k, lrs in ((0.0, (25, 50)), (8.0, (50, 100, 200)), (1.0, (100, 300))) for lr in lrs]
+                    + [{"answer_damp": 25.0, "damp_by": "text", "answer_df": 0.01, "lr": lr} for lr in (100, 200)],
                     "answer_damp", "lr"),
 }
 
@@ -108,6 +110,8 @@ def group(run, key):
     if key == "answer_mask":
         return "never trained" if run["answer_mask"] else "ranked last"
     if key == "answer_damp":
+        if run.get("damp_by") == "text":
+            return f"damp by text df, K {run['answer_damp']:g}"
         return f"answer-damp {run['answer_damp']:g}" if run["answer_damp"] else "no damping"
     if key == "fresh_rows":
         return "fresh rows" if run["fresh_rows"] else "rows shared (the paper)"
@@ -165,8 +169,11 @@ def run_background(run, cfg, model, enc, ckpt, facts, device):
     if run.get("background") == "pretraining + known facts":
         return background_stats(model, known_units(enc, ckpt, cfg, block), device, quiet=True)
     if run.get("answer_df", 1.0) < 1:                                  # counted on every other background fact
-        return ft.keep_clear_of_answers(load_or_compute_background(cfg, model, ckpt, device), model, enc,
-                                        checkpoint_corpus(ckpt)[1]["background"][0::2], run["answer_df"], device)
+        stats = ft.keep_clear_of_answers(load_or_compute_background(cfg, model, ckpt, device), model, enc,
+                                         checkpoint_corpus(ckpt)[1]["background"][0::2], run["answer_df"], device)
+        if run.get("damp_by") == "text":                               # --answer-damp divides by the text's df instead
+            stats = [{**st, "answer_readers": st["df"]} for st in stats]
+        return stats
     return None
 
 
@@ -183,7 +190,7 @@ def sweep(args, runs, key, field, lrs=ft.DEFAULT_LR):
     results, diverged, before = [], [], None
     for run, needs_memory in zip(runs, sparse):
         name = group(run, key) if field == key else f"{group(run, key)} {field.replace('top_', '')}={point(run, field)}"
-        settings = {k: v for k, v in run.items() if k != "background"}  # run_background's (answer_df is both: the mask checks it)
+        settings = {k: v for k, v in run.items() if k not in ("background", "damp_by")}  # run_background's (answer_df is both: the mask checks it)
         if needs_memory and not n_slots:                                # full and LoRA run on a dense model
             print(f"{name:<26} skipped: the model has no memory layer")
             continue

@@ -299,3 +299,15 @@ def test_answer_mask_runs_never_train_the_rows_half_the_background_answers_mark(
     for mask, marked, trained_rows in seen:                            # t = 256: every slot read is a candidate
         assert marked.any() and trained_rows.any()
         assert (marked & trained_rows).any() != mask                   # ranked last, every read row trains; masked, none
+
+
+def test_the_damping_ablation_divides_by_the_pretraining_df_not_the_answers_count(trained):
+    cfg = trained[0]
+    fc = experiments.ft.FinetuneConfig(checkpoint=os.path.join(cfg.out_dir, "ckpt.pt"), device="cpu", answer_damp=8.0)
+    model, enc, ckpt = experiments.ft.load_base(fc, "cpu")
+    fc = experiments.ft.resolve(fc, model)
+    answers = experiments.run_background({"answer_df": 0.01, "answer_damp": 8.0}, fc, model, enc, ckpt, [], "cpu")[0]
+    text = experiments.run_background({"answer_df": 0.01, "answer_damp": 8.0, "damp_by": "text"}, fc, model, enc, ckpt, [], "cpu")[0]
+    assert torch.equal(text["answer_readers"], answers["df"])          # the pretraining units' df
+    assert not torch.equal(answers["answer_readers"], answers["df"])    # the answers' count is another one
+    assert torch.equal(text["answer_rows"], answers["answer_rows"])    # the ranking is the same in both
