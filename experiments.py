@@ -22,6 +22,7 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py answer-damp   # divide each row's step by how many background answers read it
     python experiments.py long          # sparse: a stream of 500 facts, then 500 more (--facts 1000: 1000 + 1000)
     python experiments.py one-fact      # each fact taught alone by full, LoRA and sparse: forgetting at matched learning
+    python experiments.py passes        # the stream taught 10 times over: full and LoRA learn it too, at a cost
     python experiments.py answer-reads  # which slots the answers are read from, and how many two questions share
     python experiments.py real-text     # pretrain on real TinyStories text, then full vs LoRA vs sparse
     python experiments.py layouts       # pretrain other memory layouts (heads x top-k, placement), then sparse
@@ -93,6 +94,9 @@ SWEEPS = {
                              for k, lrs in ((0.0, (25, 50)), (8.0, (50, 100, 200)), (1.0, (100, 300))) for lr in lrs]
                     + [{"answer_damp": 25.0, "damp_by": "text", "answer_df": 0.01, "lr": lr} for lr in (100, 200)],
                     "answer_damp", "lr"),
+    "passes": (lambda: [{"mode": m, "lr": lr, "passes": p} for m, p, lrs in (
+        ("full", 10, (1e-5, 3e-5)), ("lora", 10, (1e-4, 3e-4)), ("sparse", 10, (10, 50)), ("sparse", 1, (50,))) for lr in lrs],
+               "passes", "lr"),
 }
 
 
@@ -113,6 +117,8 @@ def group(run, key):
         if run.get("damp_by") == "text":
             return f"damp by text df, K {run['answer_damp']:g}"
         return f"answer-damp {run['answer_damp']:g}" if run["answer_damp"] else "no damping"
+    if key == "passes":
+        return f"{run['mode']}, the stream {run['passes']}x" if run["passes"] > 1 else f"{run['mode']}, once"
     if key == "fresh_rows":
         return "fresh rows" if run["fresh_rows"] else "rows shared (the paper)"
     return run.get(key, "sparse") if key else "sparse"

@@ -93,7 +93,7 @@ DEFAULT_LR = {("sparse", "sgd"): 50.0, ("sparse", "adamw"): 0.03,
 # sweep of docs/COURSE.md, exercise 1; full and LoRA 1e-4, where full finetuning starts to learn
 # at all). Every field is named, so a later change of the defaults does not move it.
 CLASSROOM_FINETUNE = dict(checkpoint=os.path.join(CLASSROOM_TRAIN["out_dir"], "ckpt.pt"), mode="sparse", optimizer="",
-                          lr=0.0, facts=30, facts_file="", steps_per_fact=10, top_t=64, max_t=0, ranking="tfidf",
+                          lr=0.0, facts=30, facts_file="", steps_per_fact=10, passes=1, top_t=64, max_t=0, ranking="tfidf",
                           rank_by="batch", max_df=1.0, count="all", fresh_rows=False, stop_early=False, answer_df=1.0, answer_mask=False,
                           answer_damp=0.0, background_batches=200,
                           background_batch_size=1, lora_rank=16, lora_alpha=32.0, weight_decay=0.0, seed=1337,
@@ -115,6 +115,7 @@ class FinetuneConfig:
     facts: int = 100                       # new facts from the corpus's facts.json to stream (up to 1000)
     facts_file: str = ""                   # JSON Lines file of your own facts instead (format above)
     steps_per_fact: int = 10               # optimizer steps on each fact's batch (paper: 1, at 1.3B params)
+    passes: int = 1                        # times the whole stream is taught, in the same order (paper: 1; beyond it)
     top_t: int = 64                        # sparse: value rows trained per step in each memory table (paper: 500)
     max_t: int = 4096                      # sparse: a fact whose answer is still missed after its steps gets them again with 4x t, up to this (0 = a fixed t, the paper; beyond it)
     ranking: str = "tfidf"                 # sparse: tfidf | tf (raw access counts, the paper's ablation) | kl (docs/METHOD.md)
@@ -154,8 +155,10 @@ def resolve(cfg, model, lrs=DEFAULT_LR):
         raise ValueError(f"no measured default learning rate for {cfg.mode} with {cfg.optimizer}; pass --lr")
     cfg.lr = cfg.lr or lrs[(cfg.mode, cfg.optimizer)]
     check_range(cfg, positive=("lr",), not_negative=("weight_decay",))
-    if cfg.steps_per_fact < 1 or cfg.facts < 1 or cfg.set_facts < 0:
-        raise ValueError("--steps-per-fact and --facts must be at least 1, --set-facts at least 0")
+    if cfg.steps_per_fact < 1 or cfg.facts < 1 or cfg.passes < 1 or cfg.set_facts < 0:
+        raise ValueError("--steps-per-fact, --facts and --passes must be at least 1, --set-facts at least 0")
+    if cfg.fresh_rows and cfg.passes > 1:
+        raise ValueError("--fresh-rows keeps a fact off the rows it trained in an earlier pass: use it with --passes 1")
     if cfg.mode == "sparse":
         if not model.memory_modules:
             raise ValueError("--mode sparse needs a model with memory layers; this one is dense")
@@ -231,8 +234,9 @@ def state_bytes(opt, row_opts):
 
 def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=None):
     """Finetune model in place on the stream of facts (in sparse mode with tfidf or kl ranking,
-    or with max_df < 1, background holds each value table's background_stats). on_fact(n), if given, is called
-    after the n-th fact's last step (analyses.py measures learning curves with it).
+    or with max_df < 1, background holds each value table's background_stats); with --passes P the
+    stream is taught P times over, in the same order. on_fact(n), if given, is called after the
+    n-th fact's last step, n counting on through the passes (analyses.py measures learning curves with it).
     Returns (the bytes of optimizer state kept, each fact's t in its last round: None but in sparse mode)."""
     if cfg.mode == "sparse" and cfg.max_df < 1 and background is None:
         raise ValueError("--max-df needs the background statistics")
@@ -247,14 +251,15 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
         m.values.sparse = False            # row selection and torch's optimizers need them
     opt, params, tables, row_opts = trainable(cfg, model)
     backgrounds = background or [None] * len(tables)
-    bar = tqdm(total=len(facts) * cfg.steps_per_fact, desc=f"{cfg.mode} stream", disable=quiet)
+    taught = list(facts) * cfg.passes      # --passes: the whole stream again, in the same order
+    bar = tqdm(total=len(taught) * cfg.steps_per_fact, desc=f"{cfg.mode} stream", disable=quiet)
     steps, starved = 0, 0                  # steps run; steps of a value table in which --max-df, --answer-mask or --fresh-rows left no slot to train
     taken = [torch.zeros(w.shape[0], dtype=torch.bool) for w, _ in tables] if cfg.fresh_rows else None
     grow = cfg.mode == "sparse" and cfg.max_t > 0     # --max-t: rounds with 4x the rows until the answer is predicted
     t_per_fact = []                        # sparse: the t of each fact's last round
     try:
         with model.recording_slots():
-            for n, fact in enumerate(facts, 1):
+            for n, fact in enumerate(taught, 1):
                 x, y, count, at = fact_batch(cfg, enc, fact, model.config.block_size, device)
                 trained = [torch.zeros_like(tk) for tk in taken] if taken else None     # --fresh-rows: this fact's rows
                 t, step = cfg.top_t, 0
@@ -412,7 +417,7 @@ def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None,
             "top_t": cfg.top_t if sparse else None, "ranking": cfg.ranking if sparse else None,
             "max_t": cfg.max_t if sparse else None,
             "t_used": {str(t): t_per_fact.count(t) for t in sorted(set(t_per_fact))} if sparse else None,
-            "facts": len(facts), "steps_per_fact": cfg.steps_per_fact, "stop_early": cfg.stop_early,
+            "facts": len(facts), "steps_per_fact": cfg.steps_per_fact, "passes": cfg.passes, "stop_early": cfg.stop_early,
             "learned_acc": after["learned_acc"], "unseen_acc": after["unseen_acc"],
             "background_acc_before": before["background_acc"], "background_acc_after": after["background_acc"],
             "background_drop": (before["background_acc"] - after["background_acc"]) / before["background_acc"] if before["background_acc"] else 0.0,
@@ -519,6 +524,7 @@ def main(argv=None):
             print(f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {len(facts)} facts, "
                   + ("at most " if cfg.stop_early else "") + f"{cfg.steps_per_fact} step(s) each"
                   + (" (ending once its answer is predicted)" if cfg.stop_early else "")
+                  + (f", the whole stream {cfg.passes} times" if cfg.passes > 1 else "")
                   + (f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else "")
                   + (f" (4x more, up to {cfg.max_t}, while the model misses a fact's answer)" if cfg.mode == "sparse" and cfg.max_t else "")
                   + (f", none read in more than {cfg.max_df:.0%} of the background units" if cfg.mode == "sparse" and cfg.max_df < 1 else "")

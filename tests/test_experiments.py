@@ -311,3 +311,16 @@ def test_the_damping_ablation_divides_by_the_pretraining_df_not_the_answers_coun
     assert torch.equal(text["answer_readers"], answers["df"])          # the pretraining units' df
     assert not torch.equal(answers["answer_readers"], answers["df"])    # the answers' count is another one
     assert torch.equal(text["answer_rows"], answers["answer_rows"])    # the ranking is the same in both
+
+
+def test_every_sweep_run_sets_only_finetune_options_and_has_a_label():
+    from dataclasses import fields
+    from finetune import FinetuneConfig
+    options = {f.name for f in fields(FinetuneConfig)} | {"background", "damp_by"}   # the last two: run_background's
+    for name, (runs, key, _) in experiments.SWEEPS.items():
+        for run in runs():
+            assert set(run) <= options, (name, set(run) - options)
+            assert experiments.group(run, key)
+    passes = experiments.SWEEPS["passes"][0]()
+    assert {r["mode"] for r in passes if r["passes"] > 1} == {"full", "lora", "sparse"}   # every method, many passes
+    assert experiments.group({"mode": "lora", "passes": 10}, "passes") == "lora, the stream 10x"

@@ -16,7 +16,7 @@ from lora import LoRALinear, add_lora, merge_lora
 from sparse import background_stats, fingerprint, load_or_compute_background, pretraining_units, slot_counts, slot_scores
 from model import GPT, GPTConfig, checkpoint_corpus, load_checkpoint
 
-JSON_KEYS = {"stream", "mode", "optimizer", "lr", "top_t", "max_t", "t_used", "ranking", "facts", "steps_per_fact", "stop_early", "learned_acc",
+JSON_KEYS = {"stream", "mode", "optimizer", "lr", "top_t", "max_t", "t_used", "ranking", "facts", "steps_per_fact", "passes", "stop_early", "learned_acc",
              "unseen_acc", "background_acc_before", "background_acc_after", "background_drop",
              "skill_acc_before", "skill_acc_after", "skill_drop", "val_loss_before", "val_loss_after", "seconds"}
 
@@ -364,6 +364,27 @@ def test_stop_early_ends_a_fact_s_steps_once_its_answer_is_predicted(trained, mo
     run(replace(full, steps_per_fact=1, stop_early=False), [])
     assert all(torch.equal(one_step[k], v) for k, v in model.state_dict().items())
     assert not all(torch.equal(base[k], v) for k, v in one_step.items())
+
+
+def test_passes_teach_the_whole_stream_again_in_the_same_order(trained, monkeypatch):
+    cfg, _, enc, _ = trained
+    model, enc, _ = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    a = {"paraphrases": ["Tom has a red ball."], "questions": ["What does Tom have?"], "answer": "a red ball."}
+    b = {"paraphrases": ["Sue has a cat."], "questions": ["What does Sue have?"], "answer": "a cat."}
+    full = resolve(FinetuneConfig(mode="full", lr=1e-3, steps_per_fact=2, passes=3), model)
+    fact_batch, seen, ends = finetune.fact_batch, [], []
+    monkeypatch.setattr("finetune.fact_batch", lambda cfg, enc, fact, *a: seen.append(fact["answer"]) or fact_batch(cfg, enc, fact, *a))
+    run_stream(full, model, enc, [a, b], quiet=True, on_fact=ends.append)
+    assert seen == ["a red ball.", "a cat."] * 3 and ends == [1, 2, 3, 4, 5, 6]
+    three_passes = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(base)
+    run_stream(replace(full, passes=1), model, enc, [a, b] * 3, quiet=True)   # the same as the stream written out 3 times
+    assert all(torch.equal(three_passes[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="--passes must be at least 1"):
+        resolve(FinetuneConfig(mode="full", lr=1e-3, passes=0), model)
+    with pytest.raises(ValueError, match="--fresh-rows keeps a fact off"):
+        resolve(FinetuneConfig(mode="sparse", lr=1.0, fresh_rows=True, passes=2), model)
 
 
 def test_a_fact_is_answered_when_every_line_of_its_batch_predicts_the_answer(trained):
