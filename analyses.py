@@ -8,6 +8,7 @@ streams at finetune.py's defaults, or (answer-reads) inside the pretrained memor
     python experiments.py long          # sparse: a stream of 500 facts, then 500 more
     python experiments.py one-fact      # each fact taught alone, by each method: forgetting at matched learning
     python experiments.py answer-reads  # which slots the answers are read from, and how many two questions share
+    python experiments.py unseen        # do a fact's unseen phrasing and its trained question read the same rows?
 
 Each takes experiments.py's parsed command line, prints its lines and returns every number
 (the JSON experiments.py writes); the *_figure after it draws its PNG. setup() is how every
@@ -532,8 +533,67 @@ def answer_reads_figure(plt, data):
     return fig
 
 
+def unseen(args):
+    """Why a new relation is hardly carried to its unseen phrasing. For the first --facts new
+    facts and as many facts of new relations: before finetuning, how many slots a fact's first
+    trained question and its unseen question read in common where the answer's first token is
+    predicted (Jaccard, mean over facts and value tables). Then each stream is taught alone from
+    the pretrained model with the run's settings, and for each fact: the share of the reads at
+    its answer positions that fall on the rows its own steps trained, for its first trained
+    question and for its unseen one (mean over facts)."""
+    model, enc, ckpt, facts, base_cfg, device = setup(args)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = ft.resolve(base_cfg, model)
+    stats = ft.ranking_stats(cfg, model, enc, ckpt, device)
+    streams = {"new facts": facts,
+               "new relations": corpus_facts(checkpoint_corpus(ckpt)[1]["new_relations"][:len(facts)])}
+    out = {}
+    for name, stream in streams.items():
+        stream = [f for f in stream if f.get("heldout_question")]
+        asked = [qa_pair(f["questions"][0], f["answer"]) for f in stream]
+        held = [qa_pair(f["heldout_question"], f["answer"]) for f in stream]
+        common = [jaccard(torch.stack([a, h]))[0, 1].item()           # one per table and fact
+                  for ra, rh in zip(first_answer_reads(model, enc, asked, device), first_answer_reads(model, enc, held, device))
+                  for a, h in zip(ra, rh)]
+        model.load_state_dict(base)
+        tables = memory_tables(model)
+        last, own = [w.detach().clone() for w, _ in tables], []        # own: per fact, per table, (n_slots,) its rows
+
+        def mark(n):                                                   # after fact n: the rows its steps changed
+            own.append([(w != v).any(dim=1).cpu() for (w, _), v in zip(tables, last)])
+            for (w, _), v in zip(tables, last):
+                v.copy_(w.detach())
+        ft.run_stream(cfg, model, enc, stream, stats, quiet=True, on_fact=mark)
+        trained = [qa_pair(q, f["answer"]) for f in stream for q in f["questions"]]
+        on_own = {k: sum(trained_reads(model, enc, [item], rows, device)[0] for item, rows in zip(items, own)) / len(own)
+                  for k, items in (("trained", asked), ("unseen", held))}
+        r = {"facts": len(stream), "jaccard_before": sum(common) / len(common),
+             "learned": qa_accuracy(model, enc, trained, device), "unseen": qa_accuracy(model, enc, held, device),
+             "trained_question_reads_on_own_rows": on_own["trained"], "unseen_question_reads_on_own_rows": on_own["unseen"]}
+        out[name] = r
+        print(f"{name:<14} {r['facts']} facts: their trained and unseen questions read {r['jaccard_before']:.1%} of their "
+              f"slots in common (Jaccard) where the answer is predicted; taught (sparse, lr {cfg.lr:g}): learned "
+              f"{r['learned']:.3f}, unseen {r['unseen']:.3f}; reads there on the fact's own trained rows: trained question "
+              f"{r['trained_question_reads_on_own_rows']:.1%}, unseen {r['unseen_question_reads_on_own_rows']:.1%}")
+    model.load_state_dict(base)
+    return {"streams": out}
+
+
+def unseen_figure(plt, data):
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    keys = {"jaccard_before": "slots in common,\ntrained and unseen question",
+            "trained_question_reads_on_own_rows": "trained question:\nreads on the fact's rows",
+            "unseen_question_reads_on_own_rows": "unseen question:\nreads on the fact's rows"}
+    for i, (name, r) in enumerate(data["streams"].items()):
+        ax.bar([j + 0.4 * i for j in range(len(keys))], [r[k] * 100 for k in keys], width=0.4, label=name)
+    ax.set_xticks([j + 0.2 for j in range(len(keys))], list(keys.values()), fontsize=7)
+    ax.set_ylabel("% (where the answer is predicted)")
+    ax.legend(fontsize=8)
+    return fig
+
+
 # Each analysis: (the function that runs it, the one that draws its figure).
 ANALYSES = {"curves": (curves, curves_figure), "slots": (slots, slots_figure),
             "forgetting": (forgetting, forgetting_figure), "long": (long_stream, long_figure),
             "one-fact": (one_fact, one_fact_figure),
-            "answer-reads": (answer_reads, answer_reads_figure)}
+            "answer-reads": (answer_reads, answer_reads_figure), "unseen": (unseen, unseen_figure)}

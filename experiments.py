@@ -24,6 +24,7 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py one-fact      # each fact taught alone by full, LoRA and sparse: forgetting at matched learning
     python experiments.py passes        # the stream taught 10 times over: full and LoRA learn it too, at a cost
     python experiments.py answer-reads  # which slots the answers are read from, and how many two questions share
+    python experiments.py unseen        # do a fact's unseen phrasing and its trained question read the same rows?
     python experiments.py real-text     # pretrain on real TinyStories text, then full vs LoRA vs sparse
     python experiments.py layouts       # pretrain other memory layouts (heads x top-k, placement), then sparse
     python experiments.py worlds        # pretrain on other knowledge worlds (closed answers, more people), then sparse
@@ -38,8 +39,8 @@ val loss before and after. Unless a run says otherwise it is the paper's method:
 finetune.py's default learning rate and t = 64, a fixed t and the paper's IDF. finetune.py's
 default goes beyond it with --max-t 4096 --answer-df 0.01 --max-df 0.99; give them here to use
 them too.
-The sweeps are here; curves, slots, forgetting, long, one-fact and answer-reads, which look inside
-streams and the memory, are in analyses.py.
+The sweeps are here; curves, slots, forgetting, long, one-fact, answer-reads and unseen, which
+look inside streams and the memory, are in analyses.py.
 """
 
 import argparse

@@ -324,3 +324,21 @@ def test_every_sweep_run_sets_only_finetune_options_and_has_a_label():
     passes = experiments.SWEEPS["passes"][0]()
     assert {r["mode"] for r in passes if r["passes"] > 1} == {"full", "lora", "sparse"}   # every method, many passes
     assert experiments.group({"mode": "lora", "passes": 10}, "passes") == "lora, the stream 10x"
+
+
+def test_unseen_compares_a_fact_s_two_questions_on_the_rows_its_own_steps_trained(trained, tmp_path, monkeypatch):
+    cfg = trained[0]
+    real_setup = analyses.setup
+
+    def setup(args, needs_memory=True):                               # the new facts' unseen question = their first trained one
+        model, enc, ckpt, facts, base, device = real_setup(args, needs_memory)
+        return model, enc, ckpt, [{**f, "heldout_question": f["questions"][0]} for f in facts], base, device
+    monkeypatch.setattr(analyses, "setup", setup)
+    experiments.main(["unseen", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2", "--steps-per-fact", "2",
+                      "--lr", "1.0", "--device", "cpu", "--out-dir", str(tmp_path)])
+    streams = json.loads((tmp_path / "unseen.json").read_text())["streams"]
+    same, other = streams["new facts"], streams["new relations"]
+    assert same["facts"] == other["facts"] == 2
+    assert same["jaccard_before"] == 1
+    assert same["unseen_question_reads_on_own_rows"] == same["trained_question_reads_on_own_rows"] > 0   # its rows are read
+    assert 0 <= other["jaccard_before"] <= 1 and 0 < other["trained_question_reads_on_own_rows"] <= 1
