@@ -533,6 +533,20 @@ def answer_reads_figure(plt, data):
     return fig
 
 
+@torch.no_grad()
+def answer_logprob(model, enc, items, device, batch_size=128):
+    """For each (prompt, answer) pair: the mean log-probability of its answer tokens, each
+    given the prompt and the answer tokens before it (teacher-forced, evaluate.qa_batch)."""
+    out = []
+    for i in range(0, len(items), batch_size):
+        x, y, _ = qa_batch(enc, items[i:i + batch_size])
+        logits, _ = model(x.to(device))                               # (B, L, vocab)
+        at = y >= 0                                                    # (B, L) the answer's positions
+        token = torch.log_softmax(logits.float().cpu(), dim=-1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        out += ((token * at).sum(dim=1) / at.sum(dim=1)).tolist()
+    return out
+
+
 def unseen(args):
     """Why a new relation is hardly carried to its unseen phrasing. For the first --facts new
     facts and as many facts of new relations: before finetuning, how many slots a fact's first
@@ -540,7 +554,8 @@ def unseen(args):
     predicted (Jaccard, mean over facts and value tables). Then each stream is taught alone from
     the pretrained model with the run's settings, and for each fact: the share of the reads at
     its answer positions that fall on the rows its own steps trained, for its first trained
-    question and for its unseen one (mean over facts)."""
+    question and for its unseen one, and how much the stream raised the log-probability of the
+    answer's tokens after each (mean over facts)."""
     model, enc, ckpt, facts, base_cfg, device = setup(args)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = ft.resolve(base_cfg, model)
@@ -556,6 +571,7 @@ def unseen(args):
                   for ra, rh in zip(first_answer_reads(model, enc, asked, device), first_answer_reads(model, enc, held, device))
                   for a, h in zip(ra, rh)]
         model.load_state_dict(base)
+        logp = {k: answer_logprob(model, enc, items, device) for k, items in (("trained", asked), ("unseen", held))}
         tables = memory_tables(model)
         last, own = [w.detach().clone() for w, _ in tables], []        # own: per fact, per table, (n_slots,) its rows
 
@@ -570,11 +586,17 @@ def unseen(args):
         r = {"facts": len(stream), "jaccard_before": sum(common) / len(common),
              "learned": qa_accuracy(model, enc, trained, device), "unseen": qa_accuracy(model, enc, held, device),
              "trained_question_reads_on_own_rows": on_own["trained"], "unseen_question_reads_on_own_rows": on_own["unseen"]}
+        for k, items in (("trained", asked), ("unseen", held)):       # nats per answer token
+            after = answer_logprob(model, enc, items, device)
+            r[f"{k}_question_logprob"] = sum(after) / len(after)
+            r[f"{k}_question_logprob_gain"] = sum(a - b for a, b in zip(after, logp[k])) / len(after)
         out[name] = r
         print(f"{name:<14} {r['facts']} facts: their trained and unseen questions read {r['jaccard_before']:.1%} of their "
               f"slots in common (Jaccard) where the answer is predicted; taught (sparse, lr {cfg.lr:g}): learned "
               f"{r['learned']:.3f}, unseen {r['unseen']:.3f}; reads there on the fact's own trained rows: trained question "
-              f"{r['trained_question_reads_on_own_rows']:.1%}, unseen {r['unseen_question_reads_on_own_rows']:.1%}")
+              f"{r['trained_question_reads_on_own_rows']:.1%}, unseen {r['unseen_question_reads_on_own_rows']:.1%}; "
+              f"the answer's log-probability per token raised by {r['trained_question_logprob_gain']:.2f} to "
+              f"{r['trained_question_logprob']:.2f} and by {r['unseen_question_logprob_gain']:.2f} to {r['unseen_question_logprob']:.2f}")
     model.load_state_dict(base)
     return {"streams": out}
 

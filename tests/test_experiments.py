@@ -342,3 +342,18 @@ def test_unseen_compares_a_fact_s_two_questions_on_the_rows_its_own_steps_traine
     assert same["jaccard_before"] == 1
     assert same["unseen_question_reads_on_own_rows"] == same["trained_question_reads_on_own_rows"] > 0   # its rows are read
     assert 0 <= other["jaccard_before"] <= 1 and 0 < other["trained_question_reads_on_own_rows"] <= 1
+    assert same["unseen_question_logprob_gain"] == same["trained_question_logprob_gain"]
+
+
+def test_answer_logprob_is_the_mean_log_probability_of_the_answer_tokens(trained):
+    cfg, _, enc, _ = trained
+    model = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))[0].eval()
+    items = [("Q: Where does Tom live? A:", " Dedufield."), ("Q: Who? A:", " a red ball.")]   # two lengths: padding
+    eot = enc.encode("<|endoftext|>", allowed_special="all")
+    expected = []
+    for prompt, answer in items:
+        p, a = eot + enc.encode(prompt), enc.encode(answer)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([p + a]))[0][0], dim=-1)   # (L, vocab)
+        expected.append(sum(logp[len(p) - 1 + i, t].item() for i, t in enumerate(a)) / len(a))
+    assert analyses.answer_logprob(model, enc, items, "cpu") == pytest.approx(expected, abs=1e-4)
