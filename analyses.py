@@ -312,6 +312,46 @@ def memory_off(model):
             h.remove()
 
 
+@contextmanager
+def memory_part(model, part, at, replace=None):
+    """Inside the block, at flat position `at` of the one sequence in the batch, each memory
+    layer's `part` (memory.py's forward: "read" is y, the weighted sum of the values read;
+    "gate" is W_1 x, before the silu; "output" is W_2 (y * silu(W_1 x))) is appended to the list
+    it yields, or with `replace` (such a list) is replaced by that layer's entry."""
+    got, hooks = [], []
+    for i, m in enumerate(model.memory_modules):
+        def hook(module, inputs, out, i=i):                            # out: (T, width) for a batch of one
+            if replace is None:
+                got.append(out[at].clone())
+                return None
+            out = out.clone()
+            out[at] = replace[i]
+            return out
+        hooks.append({"read": m.values, "gate": m.gate, "output": m.proj}[part].register_forward_hook(hook))
+    try:
+        yield got
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@torch.no_grad()
+def first_token_right(model, enc, pair, device, part=None, donor=None):
+    """Does the model predict the first answer token of the (prompt, answer) pair? With a part
+    (memory_part) and a donor pair: with that part of every memory layer, where the first answer
+    token is predicted, taken from the donor's own such position."""
+    x, y, starts = qa_batch(enc, [pair])
+    if part:
+        dx, _, dstarts = qa_batch(enc, [donor])
+        with memory_part(model, part, dstarts[0]) as swap:            # the donor's part, recorded
+            model(dx.to(device))
+        with memory_part(model, part, starts[0], swap):               # and put in
+            logits, _ = model(x.to(device))                            # (1, L, vocab)
+    else:
+        logits, _ = model(x.to(device))
+    return logits[0, starts[0]].argmax().item() == y[0, starts[0]].item()
+
+
 @torch.no_grad()
 def trained_reads(model, enc, items, changed, device, batch_size=128):
     """For each (prompt, answer) pair: the share of the memory reads at the positions that
@@ -586,6 +626,10 @@ def unseen(args):
         r = {"facts": len(stream), "jaccard_before": sum(common) / len(common),
              "learned": qa_accuracy(model, enc, trained, device), "unseen": qa_accuracy(model, enc, held, device),
              "trained_question_reads_on_own_rows": on_own["trained"], "unseen_question_reads_on_own_rows": on_own["unseen"]}
+        r["first_token"] = {"trained question": sum(first_token_right(model, enc, a, device) for a in asked) / len(asked)}
+        for part in (None, "read", "gate", "output"):                  # the unseen question, with a part of the trained one's
+            r["first_token"][f"unseen, {part or 'as it is'}" + (" from the trained question" if part else "")] = sum(
+                first_token_right(model, enc, h, device, part, a) for a, h in zip(asked, held)) / len(held)
         for k, items in (("trained", asked), ("unseen", held)):       # nats per answer token
             after = answer_logprob(model, enc, items, device)
             r[f"{k}_question_logprob"] = sum(after) / len(after)
@@ -597,6 +641,7 @@ def unseen(args):
               f"{r['trained_question_reads_on_own_rows']:.1%}, unseen {r['unseen_question_reads_on_own_rows']:.1%}; "
               f"the answer's log-probability per token raised by {r['trained_question_logprob_gain']:.2f} to "
               f"{r['trained_question_logprob']:.2f} and by {r['unseen_question_logprob_gain']:.2f} to {r['unseen_question_logprob']:.2f}")
+        print("  first answer token right: " + ", ".join(f"{k} {v:.2f}" for k, v in r["first_token"].items()))
     model.load_state_dict(base)
     return {"streams": out}
 

@@ -343,6 +343,7 @@ def test_unseen_compares_a_fact_s_two_questions_on_the_rows_its_own_steps_traine
     assert same["unseen_question_reads_on_own_rows"] == same["trained_question_reads_on_own_rows"] > 0   # its rows are read
     assert 0 <= other["jaccard_before"] <= 1 and 0 < other["trained_question_reads_on_own_rows"] <= 1
     assert same["unseen_question_logprob_gain"] == same["trained_question_logprob_gain"]
+    assert len(set(same["first_token"].values())) == 1 and len(other["first_token"]) == 5   # the same question, swapped or not
 
 
 def test_answer_logprob_is_the_mean_log_probability_of_the_answer_tokens(trained):
@@ -357,3 +358,28 @@ def test_answer_logprob_is_the_mean_log_probability_of_the_answer_tokens(trained
             logp = torch.log_softmax(model(torch.tensor([p + a]))[0][0], dim=-1)   # (L, vocab)
         expected.append(sum(logp[len(p) - 1 + i, t].item() for i, t in enumerate(a)) / len(a))
     assert analyses.answer_logprob(model, enc, items, "cpu") == pytest.approx(expected, abs=1e-4)
+
+
+def test_memory_part_records_and_replaces_one_position_of_each_memory_layer(trained):
+    cfg, _, enc, _ = trained
+    model = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))[0].eval()
+    from evaluate import qa_batch
+    x, _, starts = qa_batch(enc, [("Q: Where does Tom live? A:", " Dedufield.")])
+    parts = {}
+    with torch.no_grad():
+        for part in ("read", "gate", "output"):
+            with analyses.memory_part(model, part, starts[0]) as got:
+                logits = model(x)[0]
+            parts[part] = got
+        m = model.memory_modules[0]
+        assert len(parts["read"]) == len(model.memory_modules)
+        assert torch.allclose(m.proj(parts["read"][0] * torch.nn.functional.silu(parts["gate"][0])), parts["output"][0], atol=1e-5)
+        with analyses.memory_part(model, "output", starts[0], parts["output"]):
+            assert torch.equal(model(x)[0], logits)                     # its own output put back: nothing changes
+        with analyses.memory_part(model, "output", starts[0], [torch.zeros_like(o) for o in parts["output"]]):
+            changed = model(x)[0]
+        assert torch.equal(changed[0, :starts[0]], logits[0, :starts[0]])   # before the position: untouched
+        assert not torch.equal(changed[0, starts[0]], logits[0, starts[0]])
+    pair = ("Q: Where does Tom live? A:", " Dedufield.")
+    assert all(analyses.first_token_right(model, enc, pair, "cpu", part, pair) == analyses.first_token_right(model, enc, pair, "cpu")
+               for part in ("read", "gate", "output"))
