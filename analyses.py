@@ -8,7 +8,7 @@ streams at finetune.py's defaults, or (answer-reads) inside the pretrained memor
     python experiments.py long          # sparse: a stream of 500 facts, then 500 more
     python experiments.py one-fact      # each fact taught alone, by each method: forgetting at matched learning
     python experiments.py answer-reads  # which slots the answers are read from, and how many two questions share
-    python experiments.py unseen        # do a fact's unseen phrasing and its trained question read the same rows?
+    python experiments.py unseen        # why a new relation's unseen phrasing is missed: which part of the read falls short
 
 Each takes experiments.py's parsed command line, prints its lines and returns every number
 (the JSON experiments.py writes); the *_figure after it draws its PNG. setup() is how every
@@ -587,6 +587,10 @@ def answer_logprob(model, enc, items, device, batch_size=128):
     return out
 
 
+UNSEEN_SWAPS = {None: "unseen question", "read": "unseen + trained read y", "gate": "unseen + trained gate",
+                "output": "unseen + trained output"}    # +: that part of the trained question's memory block (its output: all of it)
+
+
 def unseen(args):
     """Why a new relation is hardly carried to its unseen phrasing. For the first --facts new
     facts and as many facts of new relations: before finetuning, how many slots a fact's first
@@ -595,7 +599,9 @@ def unseen(args):
     the pretrained model with the run's settings, and for each fact: the share of the reads at
     its answer positions that fall on the rows its own steps trained, for its first trained
     question and for its unseen one, and how much the stream raised the log-probability of the
-    answer's tokens after each (mean over facts)."""
+    answer's tokens after each (mean over facts). Last, the share of first answer tokens right
+    after the unseen question as it is, and with one part of the memory block at that position
+    taken from the trained question's own (memory_part): its read y, its gate, its whole output."""
     model, enc, ckpt, facts, base_cfg, device = setup(args)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = ft.resolve(base_cfg, model)
@@ -627,9 +633,8 @@ def unseen(args):
              "learned": qa_accuracy(model, enc, trained, device), "unseen": qa_accuracy(model, enc, held, device),
              "trained_question_reads_on_own_rows": on_own["trained"], "unseen_question_reads_on_own_rows": on_own["unseen"]}
         r["first_token"] = {"trained question": sum(first_token_right(model, enc, a, device) for a in asked) / len(asked)}
-        for part in (None, "read", "gate", "output"):                  # the unseen question, with a part of the trained one's
-            r["first_token"][f"unseen, {part or 'as it is'}" + (" from the trained question" if part else "")] = sum(
-                first_token_right(model, enc, h, device, part, a) for a, h in zip(asked, held)) / len(held)
+        for part, label in UNSEEN_SWAPS.items():                       # the unseen question, with a part of the trained one's
+            r["first_token"][label] = sum(first_token_right(model, enc, h, device, part, a) for a, h in zip(asked, held)) / len(held)
         for k, items in (("trained", asked), ("unseen", held)):       # nats per answer token
             after = answer_logprob(model, enc, items, device)
             r[f"{k}_question_logprob"] = sum(after) / len(after)
@@ -647,15 +652,23 @@ def unseen(args):
 
 
 def unseen_figure(plt, data):
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    """Left: the reads where the answer is predicted; right: the first answer tokens right."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     keys = {"jaccard_before": "slots in common,\ntrained and unseen question",
             "trained_question_reads_on_own_rows": "trained question:\nreads on the fact's rows",
             "unseen_question_reads_on_own_rows": "unseen question:\nreads on the fact's rows"}
     for i, (name, r) in enumerate(data["streams"].items()):
-        ax.bar([j + 0.4 * i for j in range(len(keys))], [r[k] * 100 for k in keys], width=0.4, label=name)
-    ax.set_xticks([j + 0.2 for j in range(len(keys))], list(keys.values()), fontsize=7)
-    ax.set_ylabel("% (where the answer is predicted)")
-    ax.legend(fontsize=8)
+        axes[0].bar([j + 0.4 * i for j in range(len(keys))], [r[k] * 100 for k in keys], width=0.4, label=name)
+        tokens = r["first_token"]
+        axes[1].bar([j + 0.4 * i for j in range(len(tokens))], [v * 100 for v in tokens.values()], width=0.4, label=name)
+    axes[0].set_xticks([j + 0.2 for j in range(len(keys))], list(keys.values()), fontsize=7)
+    axes[0].set_ylabel("% (where the answer is predicted)")
+    labels = [k.replace(" + ", "\n+ ") for k in next(iter(data["streams"].values()))["first_token"]]
+    axes[1].set_xticks([j + 0.2 for j in range(len(labels))], labels, fontsize=7)
+    axes[1].set_ylabel("first answer token right (%)")
+    for ax in axes:
+        ax.set_ylim(0, 115)                                            # room for the legend
+        ax.legend(fontsize=8)
     return fig
 
 
