@@ -613,11 +613,12 @@ def unseen(args):
         stream = [f for f in stream if f.get("heldout_question")]
         asked = [qa_pair(f["questions"][0], f["answer"]) for f in stream]
         held = [qa_pair(f["heldout_question"], f["answer"]) for f in stream]
+        questions = {"trained": asked, "unseen": held}                 # each fact's first trained question, its unseen one
         common = [jaccard(torch.stack([a, h]))[0, 1].item()           # one per table and fact
                   for ra, rh in zip(first_answer_reads(model, enc, asked, device), first_answer_reads(model, enc, held, device))
                   for a, h in zip(ra, rh)]
         model.load_state_dict(base)
-        logp = {k: answer_logprob(model, enc, items, device) for k, items in (("trained", asked), ("unseen", held))}
+        logp = {k: answer_logprob(model, enc, items, device) for k, items in questions.items()}
         tables = memory_tables(model)
         last, own = [w.detach().clone() for w, _ in tables], []        # own: per fact, per table, (n_slots,) its rows
 
@@ -628,14 +629,14 @@ def unseen(args):
         ft.run_stream(cfg, model, enc, stream, stats, quiet=True, on_fact=mark)
         trained = [qa_pair(q, f["answer"]) for f in stream for q in f["questions"]]
         on_own = {k: sum(trained_reads(model, enc, [item], rows, device)[0] for item, rows in zip(items, own)) / len(own)
-                  for k, items in (("trained", asked), ("unseen", held))}
+                  for k, items in questions.items()}
         r = {"facts": len(stream), "jaccard_before": sum(common) / len(common),
              "learned": qa_accuracy(model, enc, trained, device), "unseen": qa_accuracy(model, enc, held, device),
              "trained_question_reads_on_own_rows": on_own["trained"], "unseen_question_reads_on_own_rows": on_own["unseen"]}
         r["first_token"] = {"trained question": sum(first_token_right(model, enc, a, device) for a in asked) / len(asked)}
         for part, label in UNSEEN_SWAPS.items():                       # the unseen question, with a part of the trained one's
             r["first_token"][label] = sum(first_token_right(model, enc, h, device, part, a) for a, h in zip(asked, held)) / len(held)
-        for k, items in (("trained", asked), ("unseen", held)):       # nats per answer token
+        for k, items in questions.items():                             # nats per answer token
             after = answer_logprob(model, enc, items, device)
             r[f"{k}_question_logprob"] = sum(after) / len(after)
             r[f"{k}_question_logprob_gain"] = sum(a - b for a, b in zip(after, logp[k])) / len(after)

@@ -24,7 +24,7 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py one-fact      # each fact taught alone by full, LoRA and sparse: forgetting at matched learning
     python experiments.py passes        # the stream taught 10 times over: full and LoRA learn it too, at a cost
     python experiments.py answer-reads  # which slots the answers are read from, and how many two questions share
-    python experiments.py unseen        # do a fact's unseen phrasing and its trained question read the same rows?
+    python experiments.py unseen        # why a new relation's unseen phrasing is missed: which part of the read falls short
     python experiments.py real-text     # pretrain on real TinyStories text, then full vs LoRA vs sparse
     python experiments.py layouts       # pretrain other memory layouts (heads x top-k, placement), then sparse
     python experiments.py worlds        # pretrain on other knowledge worlds (closed answers, more people), then sparse
