@@ -9,6 +9,7 @@ streams at finetune.py's defaults, or (answer-reads) inside the pretrained memor
     python experiments.py one-fact      # each fact taught alone, by each method: forgetting at matched learning
     python experiments.py answer-reads  # which slots the answers are read from, and how many two questions share
     python experiments.py unseen        # why a new relation's unseen phrasing is missed: which part of the read falls short
+    python experiments.py kept          # which taught facts the stream itself undoes, and by a fact of which subject
 
 Each takes experiments.py's parsed command line, prints its lines and returns every number
 (the JSON experiments.py writes); the *_figure after it draws its PNG. setup() is how every
@@ -35,7 +36,7 @@ def setup(args, needs_memory=True):
     cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, facts=args.facts, steps_per_fact=args.steps_per_fact,
                             lr=args.lr, top_t=args.top_t, max_t=args.max_t, max_df=args.max_df, fresh_rows=args.fresh_rows,
                             stop_early=args.stop_early, answer_df=args.answer_df, answer_mask=args.answer_mask,
-                            answer_damp=args.answer_damp, device=args.device)
+                            answer_damp=args.answer_damp, taught_damp=args.taught_damp, device=args.device)
     model, enc, ckpt = ft.load_base(cfg, device)
     if needs_memory:
         refuse_dense(args, model)
@@ -164,8 +165,8 @@ def long_stream(args, points=5):
     device = pick_device(args.device)
     cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, steps_per_fact=args.steps_per_fact, lr=args.lr, top_t=args.top_t,
                             max_t=args.max_t, max_df=args.max_df, fresh_rows=args.fresh_rows, answer_df=args.answer_df,
-                            answer_mask=args.answer_mask, answer_damp=args.answer_damp, stop_early=args.stop_early,
-                            device=args.device)
+                            answer_mask=args.answer_mask, answer_damp=args.answer_damp, taught_damp=args.taught_damp,
+                            stop_early=args.stop_early, device=args.device)
     model, enc, ckpt = ft.load_base(cfg, device)
     refuse_dense(args, model)
     cfg = ft.resolve(cfg, model)
@@ -673,8 +674,63 @@ def unseen_figure(plt, data):
     return fig
 
 
+
+def kept(args):
+    """Which taught facts the stream itself undoes. For each of the demo's streams (the first
+    --facts new facts, and as many of each generalisation set), taught alone from the pretrained
+    model with the run's settings: the share of the trained questions answered right after their
+    fact's steps and at the end of the stream, how many of them were lost in between, and for
+    each one lost, whether the fact after which it first went wrong has the same subject (and
+    how often a later fact of its stream does: the share chance would give)."""
+    model, enc, ckpt, _, base_cfg, device = setup(args)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = ft.resolve(base_cfg, model)
+    stats = ft.ranking_stats(cfg, model, enc, ckpt, device)
+    kb = checkpoint_corpus(ckpt)[1]
+    out = {}
+    for name, key in (("new facts", "new"), ("new answers", "new_answers"), ("new relations", "new_relations")):
+        entries = kb[key][:args.facts]
+        stream = corpus_facts(entries)
+        per_fact = len(stream[0]["questions"])                          # trained questions of each fact
+        right = []                                                     # right[n - 1]: facts[:n]'s questions after fact n
+        model.load_state_dict(base)
+        ft.run_stream(cfg, model, enc, stream, stats, quiet=True,
+                      on_fact=lambda n: right.append(qa_correct(model, enc, qa_items(stream[:n]), device)))
+        once = [right[q // per_fact][q] for q in range(len(right[-1]))]   # right after its own fact's steps
+        lost, same, chance = 0, 0, 0.0
+        for q, (was, now) in enumerate(zip(once, right[-1])):
+            if was and not now:
+                fact = q // per_fact
+                breaker = next(n for n in range(fact + 1, len(stream)) if not right[n][q])
+                subject = entries[fact]["subject"]
+                lost += 1
+                same += entries[breaker]["subject"] == subject
+                chance += sum(e["subject"] == subject for e in entries[fact + 1:]) / (len(stream) - fact - 1)
+        r = {"facts": len(stream), "right_after": sum(once) / len(once), "at_end": sum(right[-1]) / len(once),
+             "lost": lost, "lost_to_same_subject": same, "same_subject_by_chance": chance}
+        out[name] = r
+        print(f"{name:<14} {r['facts']} facts (sparse, lr {cfg.lr:g}): answered right after their steps "
+              f"{r['right_after']:.3f}, at the end {r['at_end']:.3f}; {lost} of {sum(once)} lost, {same} of them first "
+              f"by a fact of the same subject (chance: {chance:.1f})")
+    model.load_state_dict(base)
+    return {"streams": out}
+
+
+def kept_figure(plt, data):
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    names = list(data["streams"])
+    for i, (key, label) in enumerate((("right_after", "right after its steps"), ("at_end", "at the end of the stream"))):
+        ax.bar([j + 0.4 * i for j in range(len(names))], [data["streams"][n][key] * 100 for n in names], width=0.4,
+               label=label)
+    ax.set_xticks([j + 0.2 for j in range(len(names))], names)
+    ax.set_ylabel("trained questions answered (%)")
+    ax.set_ylim(0, 115)                                                # room for the legend
+    ax.legend(fontsize=8)
+    return fig
+
 # Each analysis: (the function that runs it, the one that draws its figure).
 ANALYSES = {"curves": (curves, curves_figure), "slots": (slots, slots_figure),
             "forgetting": (forgetting, forgetting_figure), "long": (long_stream, long_figure),
             "one-fact": (one_fact, one_fact_figure),
-            "answer-reads": (answer_reads, answer_reads_figure), "unseen": (unseen, unseen_figure)}
+            "answer-reads": (answer_reads, answer_reads_figure), "unseen": (unseen, unseen_figure),
+            "kept": (kept, kept_figure)}

@@ -25,6 +25,7 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py passes        # the stream taught 10 times over: full and LoRA learn it too, at a cost
     python experiments.py answer-reads  # which slots the answers are read from, and how many two questions share
     python experiments.py unseen        # why a new relation's unseen phrasing is missed: which part of the read falls short
+    python experiments.py kept          # which taught facts the stream itself undoes, and by a fact of which subject
     python experiments.py real-text     # pretrain on real TinyStories text, then full vs LoRA vs sparse
     python experiments.py layouts       # pretrain other memory layouts (heads x top-k, placement), then sparse
     python experiments.py worlds        # pretrain on other knowledge worlds (closed answers, more people), then sparse
@@ -37,8 +38,8 @@ streams the same facts, and is scored like finetune.py: learned = exact-match ac
 the taught facts' questions; forgotten = the relative drop in background-fact accuracy;
 val loss before and after. Unless a run says otherwise it is the paper's method: sparse SGD at
 finetune.py's default learning rate and t = 64, a fixed t and the paper's IDF. finetune.py's
-default goes beyond it with --max-t 4096 --answer-df 0.01 --max-df 0.99; give them here to use
-them too.
+default goes beyond it with --max-t 4096 --answer-df 0.01 --max-df 0.99 --taught-damp 1; give
+them here to use them too.
 The sweeps are here; curves, slots, forgetting, long, one-fact, answer-reads and unseen, which
 look inside streams and the memory, are in analyses.py.
 """
@@ -408,6 +409,8 @@ def main(argv=None):
                    "does not set it (0 = off)")
     p.add_argument("--max-df", type=float, default=1.0, help="sparse: finetune.py --max-df where a run does not set "
                    "it (1 = off)")
+    p.add_argument("--taught-damp", type=float, default=0.0, help="sparse: finetune.py --taught-damp where a run "
+                   "does not set it (0 = off)")
     p.add_argument("--lr", type=float, default=0.0, help="learning rate where a run does not set one; 0 = finetune.py's "
                    "default (curves always uses each method's default)")
     p.add_argument("--facts-file", default="", help="the sweeps and answer-reads: your own facts (finetune.py's "

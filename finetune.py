@@ -25,13 +25,16 @@ that fact's paraphrases (its statements and its question/answer lines), repeated
           (lora.py); merged into the weights before evaluation
   sparse  only memory value rows: per batch, the top-t slots by TF-IDF of their access
           counts against background document frequencies (choose_rows in sparse.py).
-          Three defaults go beyond the paper (docs/RESULTS.md; --max-t 0 --answer-df 1
-          --max-df 1 is the paper's method): --max-t 4096 gives a fact whose answer the model
+          Four defaults go beyond the paper (docs/RESULTS.md; --max-t 0 --answer-df 1
+          --max-df 1 --taught-damp 0 is the paper's method): --max-t 4096 gives a fact whose answer the model
           still does not predict, wherever its batch spells it, its steps again with 4x the
           rows (t = 64, 256, 1,024, 4,096); --answer-df 0.01 ranks last the slots read where
           more than 1% of the background facts' answers are predicted, which forgets less;
           --max-df 0.99 never trains a slot read in more than 99% of the background units,
           which keeps the large rounds off the slots all text reads (val loss);
+          --taught-damp 1 divides each chosen row's step by 1 + m, m the facts taught before
+          in the stream whose answer is read from the row, so that later facts overwrite
+          fewer of the earlier ones;
           --answer-mask never trains the slots --answer-df ranks last, in any round, which
           forgets less over a long stream and carries less to the unseen phrasing;
           --answer-damp K divides each chosen row's step by 1 + n / K, n the background
@@ -95,7 +98,7 @@ DEFAULT_LR = {("sparse", "sgd"): 50.0, ("sparse", "adamw"): 0.03,
 CLASSROOM_FINETUNE = dict(checkpoint=os.path.join(CLASSROOM_TRAIN["out_dir"], "ckpt.pt"), mode="sparse", optimizer="",
                           lr=0.0, facts=30, facts_file="", steps_per_fact=10, passes=1, top_t=64, max_t=0, ranking="tfidf",
                           rank_by="batch", max_df=1.0, count="all", fresh_rows=False, stop_early=False, answer_df=1.0, answer_mask=False,
-                          answer_damp=0.0, background_batches=200,
+                          answer_damp=0.0, taught_damp=0.0, background_batches=200,
                           background_batch_size=1, lora_rank=16, lora_alpha=32.0, weight_decay=0.0, seed=1337,
                           device="auto", json="", out="", quiet=False, set_facts=15)
 CLASSROOM_LR = {("sparse", "sgd"): 100.0, ("full", "adamw"): 1e-4, ("lora", "adamw"): 1e-4}
@@ -127,6 +130,7 @@ class FinetuneConfig:
     answer_df: float = 0.01                # sparse, tfidf: IDF 0 for slots read where more than this share of the background answers are predicted (1 = off, the paper; beyond it)
     answer_mask: bool = False              # sparse, tfidf: never train those slots, not only rank them last (beyond the paper)
     answer_damp: float = 0.0               # sparse: each chosen row's step divided by 1 + n / this, n the background questions that read it where their answer is predicted (0 = off, the paper; beyond it)
+    taught_damp: float = 1.0               # sparse: each chosen row's step divided by 1 + m / this, m the facts taught before in the stream whose answer is read from the row (0 = off, the paper; beyond it)
     background_batches: int = 1000         # sparse: background units for document frequencies (paper: 1000)
     background_batch_size: int = 1         # sparse: windows of block_size tokens per background unit (docs/DESIGN.md)
     lora_rank: int = 16                    # lora: rank r of each adapter
@@ -180,8 +184,9 @@ def resolve(cfg, model, lrs=DEFAULT_LR):
             raise ValueError("--answer-mask never trains the slots --answer-df counts: give --answer-df below 1 (finetune.py's default is 0.01)")
         if cfg.ranking != "tfidf":
             cfg.answer_df, cfg.answer_mask = 1.0, False    # it sets an IDF: the tf and kl rankings have none
-        if cfg.answer_damp < 0:
-            raise ValueError(f"--answer-damp must be 0 (off) or positive, not {cfg.answer_damp}")
+        if cfg.answer_damp < 0 or cfg.taught_damp < 0:
+            raise ValueError(f"--answer-damp and --taught-damp must be 0 (off) or positive, not {cfg.answer_damp} "
+                             f"and {cfg.taught_damp}")
         if cfg.background_batches < 1 or cfg.background_batch_size < 1:
             raise ValueError("--background-batches and --background-batch-size must be at least 1")
     if cfg.mode == "lora":
@@ -255,6 +260,7 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
     bar = tqdm(total=len(taught) * cfg.steps_per_fact, desc=f"{cfg.mode} stream", disable=quiet)
     steps, starved = 0, 0                  # steps run; steps of a value table in which --max-df, --answer-mask or --fresh-rows left no slot to train
     taken = [torch.zeros(w.shape[0], dtype=torch.bool) for w, _ in tables] if cfg.fresh_rows else None
+    taught_readers = [torch.zeros(w.shape[0]) for w, _ in tables] if cfg.taught_damp else None   # --taught-damp: m per row
     grow = cfg.mode == "sparse" and cfg.max_t > 0     # --max-t: rounds with 4x the rows until the answer is predicted
     t_per_fact = []                        # sparse: the t of each fact's last round
     try:
@@ -276,7 +282,8 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
                             opt.zero_grad(set_to_none=True)
                             updated = params
                         else:                                              # sparse: 3. choose rows, 4. update them
-                            updated, none = update_rows(cfg, model, tables, row_opts, backgrounds, count, t, taken, trained)
+                            updated, none = update_rows(cfg, model, tables, row_opts, backgrounds, count, t, taken, trained,
+                                                        taught_readers)
                             starved += none
                         if not all(torch.isfinite(u).all() for u in updated):  # 5. only what this step changed: cheap
                             raise stream_diverged("the weights became inf or nan", n, step, cfg)
@@ -294,6 +301,11 @@ def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=Non
                 t_per_fact.append(t if tables else None)
                 for tk, tr in zip(taken or [], trained or []):
                     tk |= tr
+                if taught_readers:                                         # --taught-damp: the rows this fact's answer is read from
+                    with torch.no_grad():
+                        model(x)
+                    for m, reads in zip(taught_readers, table_reads(model, tables)):
+                        m[reads[at].unique().cpu()] += 1                  # reads[at]: (answer positions, heads, k)
                 if on_fact is not None:
                     on_fact(n)
     finally:
@@ -323,13 +335,15 @@ def fact_batch(cfg, enc, fact, block_size, device):
     return x, y, count, at
 
 
-def update_rows(cfg, model, tables, row_opts, backgrounds, count, t, taken=None, trained=None):
+def update_rows(cfg, model, tables, row_opts, backgrounds, count, t, taken=None, trained=None, taught_readers=None):
     """Sparse mode's update, after the backward: in each value table, choose t rows among the
     slots this step read (sparse.choose_rows; none of `taken` with --fresh-rows, and those
     chosen are marked in `trained`; none of the background answers' rows with --answer-mask)
-    and move those rows only, each by its step divided by 1 + n / --answer-damp with it on (n:
-    the background questions that read the row where their answer is predicted). Returns (the
-    chosen rows' new values, the number of tables left with no row to train)."""
+    and move those rows only, each by its step divided by 1 + n / --answer-damp + m /
+    --taught-damp, each term only with its option on (n: the background questions that read the
+    row where their answer is predicted; m, taught_readers: the facts taught before in the
+    stream whose answer is read from the row). Returns (the chosen rows' new values, the number
+    of tables left with no row to train)."""
     updated, starved = [], 0
     for i, ((w, _), reads, bg, ro) in enumerate(zip(tables, table_reads(model, tables), backgrounds, row_opts)):
         blocked = taken[i] if taken else None
@@ -338,7 +352,12 @@ def update_rows(cfg, model, tables, row_opts, backgrounds, count, t, taken=None,
         rows = choose_rows(reads, count, w.shape[0], t, cfg.ranking, cfg.rank_by, cfg.max_df, bg, blocked)
         if taken:
             trained[i][rows] = True
-        scale = 1 / (1 + bg["answer_readers"][rows].float() / cfg.answer_damp) if cfg.answer_damp else None   # (t,)
+        damp = torch.ones(len(rows))                                                  # (t,)
+        if cfg.answer_damp:
+            damp += bg["answer_readers"][rows].float() / cfg.answer_damp
+        if taught_readers:
+            damp += taught_readers[i][rows] / cfg.taught_damp
+        scale = 1 / damp if cfg.answer_damp or taught_readers else None
         rows = rows.to(w.device)
         ro.step(rows, scale)
         w.grad = None
@@ -520,6 +539,8 @@ def main(argv=None):
         facts = stream_facts(ckpt, cfg.facts, cfg.facts_file)
         check_lengths(enc, facts, model.config.block_size)
         warn_unseen_tokens(enc, facts, checkpoint_train_tokens(ckpt))
+        damping = ([f"(background answers read from it) / {cfg.answer_damp:g}"] if cfg.answer_damp else []) + \
+                  ([f"(facts taught before whose answer is read from it) / {cfg.taught_damp:g}"] if cfg.taught_damp else [])
         if not cfg.quiet:
             print(f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {len(facts)} facts, "
                   + ("at most " if cfg.stop_early else "") + f"{cfg.steps_per_fact} step(s) each"
@@ -530,8 +551,7 @@ def main(argv=None):
                   + (f", none read in more than {cfg.max_df:.0%} of the background units" if cfg.mode == "sparse" and cfg.max_df < 1 else "")
                   + (f", the slots read where more than {cfg.answer_df:.0%} of the background answers are predicted "
                      + ("never trained" if cfg.answer_mask else "ranked last") if cfg.mode == "sparse" and cfg.answer_df < 1 else "")
-                  + (f", each row's step divided by 1 + (background answers read from it) / {cfg.answer_damp:g}"
-                     if cfg.mode == "sparse" and cfg.answer_damp else ""))
+                  + (f", each row's step divided by 1 + {' + '.join(damping)}" if cfg.mode == "sparse" and damping else ""))
         base = copy.deepcopy(model)                                 # the model before: every stream starts from it
         name = os.path.basename(cfg.facts_file) if cfg.facts_file else "new facts"
         stats = ranking_stats(cfg, model, enc, ckpt, device)        # once: every stream starts from the same model

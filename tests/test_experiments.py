@@ -383,3 +383,22 @@ def test_memory_part_records_and_replaces_one_position_of_each_memory_layer(trai
     pair = ("Q: Where does Tom live? A:", " Dedufield.")
     assert all(analyses.first_token_right(model, enc, pair, "cpu", part, pair) == analyses.first_token_right(model, enc, pair, "cpu")
                for part in ("read", "gate", "output"))
+
+
+def test_kept_counts_the_questions_a_later_fact_undoes_and_whose_subject_it_has(trained, tmp_path, monkeypatch):
+    cfg = trained[0]
+    script = {2: [True, False],                                        # after fact 1: its second question missed
+              4: [False, False, True, True],                           # after fact 2: fact 1's first question lost
+              6: [False, False, True, True, True, False]}              # after fact 3: its second question missed
+    monkeypatch.setattr(analyses, "qa_correct", lambda model, enc, items, device: script[len(items)])
+    monkeypatch.setattr(analyses.ft, "run_stream", lambda cfg, model, enc, stream, stats, quiet, on_fact:
+                        [on_fact(n) for n in range(1, len(stream) + 1)])
+    experiments.main(["kept", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "3", "--device", "cpu",
+                      "--out-dir", str(tmp_path)])
+    streams = json.loads((tmp_path / "kept.json").read_text())["streams"]
+    kb = json.loads(open(os.path.join(cfg.data_dir, "facts.json")).read())
+    for name, key in (("new facts", "new"), ("new answers", "new_answers"), ("new relations", "new_relations")):
+        r, subjects = streams[name], [e["subject"] for e in kb[key][:3]]
+        assert (r["facts"], r["right_after"], r["at_end"], r["lost"]) == (3, 4 / 6, 3 / 6, 1)
+        assert r["lost_to_same_subject"] == (subjects[1] == subjects[0])          # fact 2 broke fact 1's question
+        assert r["same_subject_by_chance"] == pytest.approx(subjects[1:].count(subjects[0]) / 2)

@@ -304,8 +304,51 @@ def test_answer_damp_divides_each_rows_step_by_one_plus_its_answer_readers_over_
     assert torch.allclose(w[:, 0], -2.0 * torch.tensor([1, 1 / 2, 1 / 4, 1 / 1.25, 0, 0]))   # rows 4, 5 not read: not moved
     with pytest.raises(ValueError, match="--answer-damp needs"):
         run_stream(FinetuneConfig(mode="sparse", answer_damp=4.0), None, None, [], [{k: v for k, v in bg.items() if k != "answer_readers"}])
-    with pytest.raises(ValueError, match="--answer-damp must be"):
+    with pytest.raises(ValueError, match="--answer-damp and --taught-damp must be"):
         resolve(FinetuneConfig(mode="sparse", lr=1.0, answer_damp=-1.0), type("M", (), {"memory_modules": [1]})())
+    with pytest.raises(ValueError, match="--answer-damp and --taught-damp must be"):
+        resolve(FinetuneConfig(mode="sparse", lr=1.0, taught_damp=-1.0), type("M", (), {"memory_modules": [1]})())
+    w.data.zero_()                                             # --taught-damp adds m / K: the facts taught before
+    w.grad = torch.ones(6, 2)
+    taught = torch.tensor([3.0, 0, 2, 0, 9, 9])
+    finetune.update_rows(replace(cfg, taught_damp=2.0), None, [(w, [0])], [finetune.RowOptimizer(w, "sgd", 2.0)], [bg],
+                         torch.ones(1, 10, dtype=torch.bool), 4, taught_readers=[taught])
+    expected = 1 / (1 + readers[:4] / 4 + taught[:4] / 2)      # 1 + n / 4 + m / 2
+    assert torch.allclose(w[:4, 0], -2.0 * expected) and not w[4:].any()
+
+
+def test_taught_damp_counts_the_rows_each_taught_fact_s_answer_is_read_from(trained, monkeypatch):
+    cfg, _, enc, _ = trained
+    model, enc, _ = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    a = {"paraphrases": ["Tom has a red ball."], "questions": ["What does Tom have?"], "answer": "a red ball."}
+    b = {"paraphrases": ["Sue has a cat."], "questions": ["What does Sue have?"], "answer": "a cat."}
+    fc = resolve(FinetuneConfig(mode="sparse", optimizer="sgd", lr=1.0, top_t=4, max_t=0, ranking="tf", max_df=1.0,
+                                steps_per_fact=2), model)
+    update_rows, seen = finetune.update_rows, []
+    monkeypatch.setattr("finetune.update_rows", lambda *a: seen.append([m.clone() for m in a[9]] if a[9] else None)
+                        or update_rows(*a))
+
+    def answer_rows(fact):                                     # every slot read where the answer is predicted
+        x, _, _, at = finetune.fact_batch(fc, enc, fact, model.config.block_size, "cpu")
+        with model.recording_slots():
+            model(x)
+            reads = finetune.table_reads(model, finetune.memory_tables(model))[0]
+        counts = torch.zeros(model.memory_modules[0].n_slots)
+        counts[reads[at].unique()] = 1
+        return counts
+
+    run_stream(fc, model, enc, [a, b, a, b], quiet=True)     # two steps a fact: seen[2 * (fact - 1)] is its first
+    assert len(seen) == 8 and not seen[0][0].any() and torch.equal(seen[0][0], seen[1][0])   # nothing taught yet
+    assert torch.equal(seen[2][0], answer_rows(a)) and torch.equal(seen[3][0], seen[2][0])    # after a: a's rows, once
+    assert torch.equal(seen[4][0], answer_rows(a) + answer_rows(b))
+    assert torch.equal(seen[6][0], answer_rows(a) * 2 + answer_rows(b))                      # a taught again counts again
+    damped = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(base)
+    seen.clear()
+    run_stream(replace(fc, taught_damp=0.0), model, enc, [a, b, a, b], quiet=True)
+    assert seen == [None] * 8                                  # off: no counts, the paper's step
+    assert any(not torch.equal(damped[k], v) for k, v in model.state_dict().items())
 
 
 def test_max_t_grows_the_rows_4x_only_while_the_fact_is_answered_wrong(trained, monkeypatch):
