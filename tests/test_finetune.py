@@ -26,6 +26,10 @@ def tiny_model(**kw):
     return GPT(GPTConfig(**{**TINY_MODEL, "vocab_size": 60, **kw})).eval()
 
 
+# Two one-line facts for the stream tests that need two facts.
+TOM = {"paraphrases": ["Tom has a red ball."], "questions": ["What does Tom have?"], "answer": "a red ball."}
+SUE = {"paraphrases": ["Sue has a cat."], "questions": ["What does Sue have?"], "answer": "a cat."}
+
 def test_slot_counts_ignore_padding_and_the_separator(trained):
     cfg, _, enc, _ = trained
     model, enc, _ = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
@@ -321,8 +325,7 @@ def test_taught_damp_counts_the_rows_each_taught_fact_s_answer_is_read_from(trai
     cfg, _, enc, _ = trained
     model, enc, _ = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    a = {"paraphrases": ["Tom has a red ball."], "questions": ["What does Tom have?"], "answer": "a red ball."}
-    b = {"paraphrases": ["Sue has a cat."], "questions": ["What does Sue have?"], "answer": "a cat."}
+    a, b = TOM, SUE
     fc = resolve(FinetuneConfig(mode="sparse", optimizer="sgd", lr=1.0, top_t=4, max_t=0, ranking="tf", max_df=1.0,
                                 steps_per_fact=2), model)
     update_rows, seen = finetune.update_rows, []
@@ -413,8 +416,7 @@ def test_passes_teach_the_whole_stream_again_in_the_same_order(trained, monkeypa
     cfg, _, enc, _ = trained
     model, enc, _ = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    a = {"paraphrases": ["Tom has a red ball."], "questions": ["What does Tom have?"], "answer": "a red ball."}
-    b = {"paraphrases": ["Sue has a cat."], "questions": ["What does Sue have?"], "answer": "a cat."}
+    a, b = TOM, SUE
     full = resolve(FinetuneConfig(mode="full", lr=1e-3, steps_per_fact=2, passes=3), model)
     fact_batch, seen, ends = finetune.fact_batch, [], []
     monkeypatch.setattr("finetune.fact_batch", lambda cfg, enc, fact, *a: seen.append(fact["answer"]) or fact_batch(cfg, enc, fact, *a))
