@@ -674,14 +674,13 @@ def unseen_figure(plt, data):
     return fig
 
 
-
 def kept(args):
     """Which taught facts the stream itself undoes. For each of the demo's streams (the first
     --facts new facts, and as many of each generalisation set), taught alone from the pretrained
     model with the run's settings: the share of the trained questions answered right after their
     fact's steps and at the end of the stream, how many of them were lost in between, and for
-    each one lost, whether the fact after which it first went wrong has the same subject (and
-    how often a later fact of its stream does: the share chance would give)."""
+    each one lost, whether the fact after which it first went wrong has the same subject (and,
+    summed over them, the chance that a later fact of its stream picked at random has it)."""
     model, enc, ckpt, _, base_cfg, device = setup(args)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = ft.resolve(base_cfg, model)
@@ -727,6 +726,7 @@ def kept_figure(plt, data):
     ax.set_ylim(0, 115)                                                # room for the legend
     ax.legend(fontsize=8)
     return fig
+
 
 # Each analysis: (the function that runs it, the one that draws its figure).
 ANALYSES = {"curves": (curves, curves_figure), "slots": (slots, slots_figure),

@@ -40,8 +40,8 @@ val loss before and after. Unless a run says otherwise it is the paper's method:
 finetune.py's default learning rate and t = 64, a fixed t and the paper's IDF. finetune.py's
 default goes beyond it with --max-t 4096 --answer-df 0.01 --max-df 0.99 --taught-damp 1; give
 them here to use them too.
-The sweeps are here; curves, slots, forgetting, long, one-fact, answer-reads and unseen, which
-look inside streams and the memory, are in analyses.py.
+The sweeps are here; curves, slots, forgetting, long, one-fact, answer-reads, unseen and kept,
+which look inside streams and the memory, are in analyses.py.
 """
 
 import argparse
