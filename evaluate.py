@@ -109,8 +109,10 @@ def first_wrong_tokens(model, enc, items, device, batch_size=128):
     wrong = []
     for i in range(0, len(items), batch_size):
         x, y, starts = qa_batch(enc, items[i:i + batch_size])
-        logits, _ = model(x.to(device))
-        miss = (logits.argmax(-1).cpu() != y) & (y >= 0)              # (B, L) answer tokens predicted wrong
+        at = y >= 0                                                    # (B, L) the answer tokens
+        logits, _ = model(x.to(device), at=at.to(device))              # (answer tokens, vocab)
+        miss = torch.zeros_like(at)
+        miss[at] = logits.argmax(-1).cpu() != y[at]                    # (B, L) answer tokens predicted wrong
         for r, start in enumerate(starts):
             at = miss[r].nonzero()
             wrong.append(int(at[0]) - start if len(at) else None)
@@ -161,9 +163,10 @@ def skill_accuracy(model, enc, items, device, batch_size=64):
         for r, (_, t, start) in enumerate(chunk):
             x[r, :len(t)] = torch.tensor(t)
             y[r, start - 1:len(t) - 1] = torch.tensor(t[start:])       # predict the ending's tokens
-        logp = torch.log_softmax(model(x.to(device))[0].float(), dim=-1).cpu()   # (B, L, vocab)
-        mask = y >= 0
-        tok = logp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+        mask = y >= 0                                                  # (B, L) the ending's tokens
+        logp = torch.log_softmax(model(x.to(device), at=mask.to(device))[0].float(), dim=-1).cpu()   # (ending tokens, vocab)
+        tok = torch.zeros(y.shape)                                     # (B, L) each ending token's log-probability
+        tok[mask] = logp.gather(-1, y[mask].unsqueeze(-1)).squeeze(-1)
         scores[i:i + len(chunk)] = tok.sum(1) / mask.sum(1)
     k = len(items[0][1])
     best = scores.view(len(items), k).argmax(1)

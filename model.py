@@ -192,7 +192,11 @@ class GPT(nn.Module):
         memory = sum(p.numel() for p in self.value_params())
         return dense, memory
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, at=None):
+        """Logits (B, T, vocab) and, given targets (B, T; -1 = none), the mean next-token loss.
+        at (B, T) bool, for scoring: the logits of those positions only, (n, vocab) in row order,
+        which skips the vocabulary-wide product everywhere else (as nanoGPT does at inference
+        for all but the last position)."""
         B, T = idx.shape
         assert T <= self.config.block_size, f"sequence of {T} tokens exceeds block_size {self.config.block_size}"
         pos = torch.arange(T, device=idx.device)
@@ -200,7 +204,9 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.ln_f(x)
-        logits = F.linear(x, self.wte.weight)                          # tied: (B, T, vocab)
+        if at is not None:
+            x = x[at]                                                  # (n, C)
+        logits = F.linear(x, self.wte.weight)                          # tied: (B, T, vocab), or (n, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

@@ -14,11 +14,13 @@ class Chars:
 NEXT = dict(zip(map(ord, "A: Tom"), map(ord, ": Tom.")))     # after "A" comes ":", after ":" " ", ...
 
 
-def knows_tom(x):
+def knows_tom(x, at=None):
     """A stand-in model whose greedy next token depends on the current token only (NEXT, else 0):
-    after any prompt ending in "A:" it answers " Tom." and nothing else."""
+    after any prompt ending in "A:" it answers " Tom." and nothing else. Like GPT.forward, at
+    keeps only the marked positions' logits."""
     nxt = torch.tensor([[NEXT.get(int(t), 0) for t in row] for row in x])     # (B, L)
-    return torch.nn.functional.one_hot(nxt, 128).float(), None                # logits (B, L, 128)
+    logits = torch.nn.functional.one_hot(nxt, 128).float()                    # (B, L, 128)
+    return (logits if at is None else logits[at]), None
 
 
 def test_exact_match_needs_every_answer_token_and_only_those():
@@ -58,10 +60,10 @@ class Block:
 
 def likes(letter):
     """A stand-in model for which every next token is `letter` with probability 1/2, any other 1/510."""
-    def model(x):
+    def model(x, at=None):
         logits = torch.zeros(x.shape[0], x.shape[1], 256)
         logits[..., ord(letter)] = math.log(255 / 1)
-        return logits, None
+        return (logits if at is None else logits[at]), None
     model.config = Block()
     return model
 

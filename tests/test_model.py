@@ -62,3 +62,16 @@ def test_generate_greedy_is_deterministic():
     a = m.generate(x, 10, temperature=0)
     b = m.generate(x, 10, temperature=0)
     assert a.shape == (1, 13) and torch.equal(a, b)
+
+
+def test_logits_at_marked_positions_are_those_of_the_whole_forward():
+    torch.manual_seed(0)
+    m = GPT(tiny()).eval()
+    x = torch.randint(0, 64, (3, 10))
+    at = torch.zeros(3, 10, dtype=torch.bool)
+    at[0, 2], at[1, 5:9], at[2, 9] = True, True, True
+    with torch.no_grad():
+        full, part = m(x)[0], m(x, at=at)[0]
+    assert part.shape == (6, 64)
+    assert torch.allclose(part, full[at], atol=1e-6)                   # the same rows, in row order
+    assert torch.allclose(part[1:5], full[1, 5:9], atol=1e-6)

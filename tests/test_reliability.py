@@ -120,8 +120,8 @@ def test_a_write_killed_midway_leaves_the_last_good_checkpoint(tmp_path, monkeyp
 def test_a_nan_loss_stops_with_its_step_and_keeps_the_last_checkpoint(tiny_corpus, tmp_path, monkeypatch):
     forward, calls = model_module.GPT.forward, []
 
-    def poisoned(self, idx, targets=None):
-        logits, loss = forward(self, idx, targets)
+    def poisoned(self, idx, targets=None, at=None):
+        logits, loss = forward(self, idx, targets, at)
         if self.training:
             calls.append(1)
             if len(calls) == 15:                                   # training step 15
