@@ -109,10 +109,10 @@ def first_wrong_tokens(model, enc, items, device, batch_size=128):
     wrong = []
     for i in range(0, len(items), batch_size):
         x, y, starts = qa_batch(enc, items[i:i + batch_size])
-        at = y >= 0                                                    # (B, L) the answer tokens
-        logits, _ = model(x.to(device), at=at.to(device))              # (answer tokens, vocab)
-        miss = torch.zeros_like(at)
-        miss[at] = logits.argmax(-1).cpu() != y[at]                    # (B, L) answer tokens predicted wrong
+        scored = y >= 0                                                # (B, L) the answer tokens
+        logits, _ = model(x.to(device), at=scored.to(device))          # (answer tokens, vocab)
+        miss = torch.zeros_like(scored)
+        miss[scored] = logits.argmax(-1).cpu() != y[scored]            # (B, L) answer tokens predicted wrong
         for r, start in enumerate(starts):
             at = miss[r].nonzero()
             wrong.append(int(at[0]) - start if len(at) else None)

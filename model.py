@@ -205,6 +205,7 @@ class GPT(nn.Module):
             x = block(x)
         x = self.ln_f(x)
         if at is not None:
+            assert targets is None, "at= gives the logits of some positions only: no loss"
             x = x[at]                                                  # (n, C)
         logits = F.linear(x, self.wte.weight)                          # tied: (B, T, vocab), or (n, vocab)
         loss = None
