@@ -505,9 +505,9 @@ def load_base(cfg, device):
 
 def write_outputs(cfg, ckpt, model, facts, results):
     """Write --out (the model) and --json (the first stream's results, the generalisation sets
-    nested under their names), each on its own: one failing write never loses the other.
-    Returns what could not be written, or None."""
-    result = {**results[0], **{r["stream"].replace(" ", "_"): r for r in results[1:]}}
+    nested under their names, and under "settings" every option of the run, to rerun it), each on
+    its own: one failing write never loses the other. Returns what could not be written, or None."""
+    result = {**results[0], **{r["stream"].replace(" ", "_"): r for r in results[1:]}, "settings": vars(cfg)}
     writes = [("--out", cfg.out, lambda: save_checkpoint(cfg.out, {**ckpt, "model": model.state_dict(), "optimizers": [],
                                                                     "finetune": {**vars(cfg), "facts_taught": facts}})),
               ("--json", cfg.json, lambda: write_json(cfg.json, result))]

@@ -114,10 +114,15 @@ class Block(nn.Module):
             self.ffn = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x):
+    def forward(self, x, at=None):
+        """(B, T, C) -> (B, T, C). With at (B, T) bool: (n, C), the marked positions only. The FFN
+        acts on each position alone, so where nothing after the block reads the other positions
+        (the last block, scoring) they need no FFN, nor a memory lookup."""
         x = x + self.drop(self.attn(self.ln_1(x)))
+        if at is not None:
+            x = x[at].unsqueeze(0)                                     # (1, n, C)
         x = x + self.drop(self.ffn(self.ln_2(x)))
-        return x
+        return x if at is None else x[0]
 
 
 class GPT(nn.Module):
@@ -195,18 +200,16 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, at=None):
         """Logits (B, T, vocab) and, given targets (B, T; -1 = none), the mean next-token loss.
         at (B, T) bool, for scoring: the logits of those positions only, (n, vocab) in row order,
-        which skips the vocabulary-wide product everywhere else (as nanoGPT does at inference
-        for all but the last position)."""
+        which skips the last block's FFN (or memory lookup) and the vocabulary-wide product
+        everywhere else (nanoGPT skips the product at inference for all but the last position)."""
         B, T = idx.shape
         assert T <= self.config.block_size, f"sequence of {T} tokens exceeds block_size {self.config.block_size}"
         pos = torch.arange(T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))                    # (B, T, C)
-        for block in self.blocks:
+        assert at is None or targets is None, "at= gives the logits of some positions only: no loss"
+        for block in self.blocks[:-1]:
             x = block(x)
-        x = self.ln_f(x)
-        if at is not None:
-            assert targets is None, "at= gives the logits of some positions only: no loss"
-            x = x[at]                                                  # (n, C)
+        x = self.ln_f(self.blocks[-1](x, at))                          # (B, T, C), or (n, C) with at
         logits = F.linear(x, self.wte.weight)                          # tied: (B, T, vocab), or (n, vocab)
         loss = None
         if targets is not None:

@@ -179,7 +179,10 @@ def test_end_to_end_stream_learns_a_fact(trained, tmp_path):
     main(["--checkpoint", ckpt, "--facts-file", path, "--mode", "full", "--lr", "2e-3",
           "--steps-per-fact", "300", "--json", str(out), "--device", "cpu"])
     r = json.loads(out.read_text())
-    assert set(r) == JSON_KEYS
+    assert set(r) == JSON_KEYS | {"settings"}
+    assert FinetuneConfig(**r["settings"]) == replace(FinetuneConfig(), checkpoint=ckpt, facts_file=path, mode="full",
+                                                      optimizer="adamw", lr=2e-3, steps_per_fact=300, json=str(out),
+                                                      device="cpu")                 # every option, to rerun it
     assert r["learned_acc"] == 1.0 and r["facts"] == 1 and r["unseen_acc"] is None
     main(["--checkpoint", ckpt, "--facts-file", path, "--mode", "full", "--lr", "1e-9",   # no learning: can fail
           "--json", str(out), "--device", "cpu"])

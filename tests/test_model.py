@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from model import GPT, GPTConfig, config_dict, save_checkpoint
@@ -64,14 +65,22 @@ def test_generate_greedy_is_deterministic():
     assert a.shape == (1, 13) and torch.equal(a, b)
 
 
-def test_logits_at_marked_positions_are_those_of_the_whole_forward():
+@pytest.mark.parametrize("memory_layers", [(1,), (0,), ()])         # memory in the last block, the first, none
+def test_logits_at_marked_positions_are_those_of_the_whole_forward(memory_layers):
     torch.manual_seed(0)
-    m = GPT(tiny()).eval()
+    m = GPT(tiny(memory_layers=memory_layers)).eval()
     x = torch.randint(0, 64, (3, 10))
     at = torch.zeros(3, 10, dtype=torch.bool)
     at[0, 2], at[1, 5:9], at[2, 9] = True, True, True
     with torch.no_grad():
-        full, part = m(x)[0], m(x, at=at)[0]
+        full = m(x)[0]
+        with m.recording_slots():
+            part = m(x, at=at)[0]
+            reads = m.slot_reads()
     assert part.shape == (6, 64)
     assert torch.allclose(part, full[at], atol=1e-6)                   # the same rows, in row order
     assert torch.allclose(part[1:5], full[1, 5:9], atol=1e-6)
+    if memory_layers == (1,):                                          # the last block looked up the 6 marked positions only
+        assert reads[0].shape[:2] == (1, 6)
+    elif memory_layers == (0,):                                        # an earlier block looks up every position
+        assert reads[0].shape[:2] == (3, 10)
