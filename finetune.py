@@ -484,7 +484,7 @@ def show_examples(base, model, enc, facts, background, before, after, device, n=
 def load_base(cfg, device):
     """The pretrained model: cfg.checkpoint, or, if it is missing and is the default's or a
     preset's checkpoint, that model trained now."""
-    recipes = {os.path.abspath(DEFAULT_CHECKPOINT): ("the default model (python train.py, ~8 min on 2 CPU cores)",
+    recipes = {os.path.abspath(DEFAULT_CHECKPOINT): ("the default model (python train.py, ~7 min on 2 CPU cores)",
                                                      TrainConfig(), GPTConfig()),
                os.path.abspath(CLASSROOM_FINETUNE["checkpoint"]): ("the classroom model (python train.py --preset "
                                                                    "classroom, ~1 min on 2 CPU cores)",

@@ -1,7 +1,7 @@
 """
 Pretrain the memory-layer GPT (or the dense one) on the prepared corpus.
 
-    python train.py                 # default corpus and model, about 8 minutes on 2 CPU cores
+    python train.py                 # default corpus and model, about 7 minutes on 2 CPU cores
     python train.py --dense         # same architecture with an FFN in every block
     python train.py --preset classroom   # the classroom's small corpus and model (docs/COURSE.md), out/classroom/
     python train.py --help          # every option
