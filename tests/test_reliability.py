@@ -76,6 +76,7 @@ def test_same_seed_same_numbers(tiny_corpus, tmp_path, trained):
         r = json.loads((tmp_path / name).read_text())
         for stream in (r, r["new_answers"], r["new_relations"]):     # every number but the time taken
             stream.pop("seconds")
+        assert r["settings"].pop("json") == str(tmp_path / name)     # the settings differ in the output's name only
         results.append(r)
     assert results[0] == results[1]
 
