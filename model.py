@@ -175,7 +175,8 @@ class GPT(nn.Module):
 
     def slot_reads(self):
         """The slots every token read in the latest forward inside recording_slots(): one
-        (B, T, heads, k) tensor per memory layer, in memory_modules order."""
+        (B, T, heads, k) tensor per memory layer, in memory_modules order (after a forward with
+        at=, a memory layer in the last block read the marked positions only: (1, n, heads, k))."""
         reads = [m.last_indices for m in self.memory_modules]
         if any(r is None for r in reads):
             raise RuntimeError("slot_reads() needs a forward inside model.recording_slots()")
