@@ -173,6 +173,11 @@ def check_writable(path, what):
     create and delete a temporary file there. ValueError names the option (what) and the path."""
     if os.path.isdir(path):
         raise ValueError(f"{what} {path} is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):                   # the nearest part of the path that exists
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{what} {path} cannot be written: {folder} is a file, not a folder; choose another path")
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         fd, tmp = temporary_file(path)
@@ -192,6 +197,9 @@ def write_atomic(path, write):
     remove_stale_temporaries(path)
     fd, tmp = temporary_file(path)
     try:
+        umask = os.umask(0)                             # mkstemp makes the file private (0600): give
+        os.umask(umask)                                 # it the mode open() would (0644 under umask 022)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -331,7 +331,7 @@ def test_one_failing_write_loses_neither_the_model_nor_the_results(trained, tmp_
 
 
 def test_the_model_and_results_are_written_before_the_examples_are_printed(trained, tmp_path, monkeypatch):
-    def interrupted(*args):                                      # Ctrl-C, or a console that cannot print a fact
+    def interrupted(*args, **kwargs):                            # Ctrl-C, or a console that cannot print a fact
         raise KeyboardInterrupt
     monkeypatch.setattr(finetune, "show_examples", interrupted)
     out, result = tmp_path / "ft.pt", tmp_path / "r.json"
@@ -429,6 +429,27 @@ def test_the_next_save_removes_what_a_killed_save_left(tmp_path):
         (tmp_path / name).write_text("keep")
     save_checkpoint(path, {"x": torch.arange(2)})
     assert sorted(os.listdir(tmp_path)) == sorted(["ckpt.pt"] + others)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX's")
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_get_the_mode_open_would_give_them(tmp_path, umask):
+    from common import write_json
+    old = os.umask(umask)
+    try:
+        write_json(str(tmp_path / "r.json"), {"a": 1})
+        save_checkpoint(str(tmp_path / "ckpt.pt"), {"x": torch.arange(2)})
+    finally:
+        os.umask(old)
+    for name in ("r.json", "ckpt.pt"):                           # not mkstemp's private 0600 under umask 022
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_an_output_path_through_a_file_is_refused_with_what_is_wrong(trained, tmp_path):
+    (tmp_path / "facts.jsonl").write_text("")
+    bad = str(tmp_path / "facts.jsonl" / "sub" / "r.json")
+    with pytest.raises(SystemExit, match="facts.jsonl is a file, not a folder"):
+        finetune.main(["--checkpoint", os.path.join(trained[0].out_dir, "ckpt.pt"), "--json", bad, "--device", "cpu"])
 
 
 def test_default_paths_are_the_projects_whatever_the_working_directory(tmp_path, monkeypatch):
