@@ -14,8 +14,8 @@ facts of each generalisation set, new answers and new relations, each taught fro
 pretrained model (learned: the taught questions answered exactly; unseen: each fact's held-out
 question; background facts: what the model knew before, and how much of it it lost, the drop;
 skill: the story-ending probe; val loss), then a few taught questions with the model's greedy
-answer before -> after, and a few background questions the stream broke. --quiet prints the
-table only.
+answer before -> after (with --facts-file: each of your facts, up to 20, and its held-out
+question), and a few background questions the stream broke. --quiet prints the table only.
 
 The stream: one fact at a time, in a fixed order, never revisited. Each step's batch is
 that fact's paraphrases (its statements and its question/answer lines), repeated for
@@ -463,16 +463,19 @@ def format_table(results):
     return "\n".join(lines)
 
 
-def show_examples(base, model, enc, facts, background, before, after, device, n=3):
+def show_examples(base, model, enc, facts, background, before, after, device, n=3, taught=3, unseen=False):
     """What learned and forgotten mean, in answers: the greedy answers of the model before the
-    stream (base) and after it (model) to n taught questions, and to n background questions
-    the stream broke (answered right before, wrong after)."""
-    def show(prompt, answer):
-        print(f"  {prompt}{answer}   before: \"{greedy_answer(base, enc, prompt, device)}\" -> "
+    stream (base) and after it (model) to the first `taught` facts' questions (with unseen, each
+    one's held-out question too), and to n background questions the stream broke (answered right
+    before, wrong after)."""
+    def show(prompt, answer, note=""):
+        print(f"  {prompt}{answer}{note}   before: \"{greedy_answer(base, enc, prompt, device)}\" -> "
               f"after: \"{greedy_answer(model, enc, prompt, device)}\"")
     print(f"\ntaught questions, with the right answer, and the model's answer before -> after:")
-    for f in facts[:n]:
+    for f in facts[:taught]:
         show(*qa_pair(f["questions"][0], f["answer"]))
+        if unseen and f["heldout_question"]:
+            show(*qa_pair(f["heldout_question"], f["answer"]), "  (held out)")
     broken = [item for item, b, a in zip(qa_items(background), before["background_correct"],
                                          after["background_correct"]) if b and not a]
     print(f"\nbackground questions the stream broke: {len(broken)} of the {sum(before['background_correct'])} "
@@ -568,7 +571,8 @@ def main(argv=None):
     print(format_table(results))
     if not cfg.quiet:
         print(f"stream took {result['seconds']:.1f}s")
-        show_examples(base, model, enc, facts, checkpoint_corpus(ckpt)[1]["background"], before, after, device)
+        show_examples(base, model, enc, facts, checkpoint_corpus(ckpt)[1]["background"], before, after, device,
+                      taught=20 if cfg.facts_file else 3, unseen=bool(cfg.facts_file))   # your facts: up to 20, each phrasing
     if failed:
         sys.exit(f"error: {failed}")
 

@@ -653,11 +653,19 @@ def test_examples_show_taught_answers_and_the_background_the_stream_broke(traine
     rest = [True] * (len(items) - 7)
     before = {"background_correct": [True, True, False, True, True, True, False] + rest}
     after = {"background_correct": [True, False, True, False, True, False, False] + rest}   # 1, 3, 5 broke
-    facts = [{"paraphrases": ["Tom ran."], "questions": ["Who ran?"], "heldout_question": None, "answer": "Tom."}]
-    show_examples(model, model, enc, facts, background, before, after, "cpu")
+    facts = [{"paraphrases": ["Tom ran."], "questions": ["Who ran?"], "heldout_question": None, "answer": "Tom."},
+             {"paraphrases": ["Sue sang."], "questions": ["Who sang?"], "heldout_question": "Who did sing?", "answer": "Sue."}]
+    show_examples(model, model, enc, facts, background, before, after, "cpu", taught=1)
     lines = capsys.readouterr().out.splitlines()
     said = greedy_answer(model, enc, "Q: Who ran? A:", "cpu")
     assert f'  Q: Who ran? A: Tom.   before: "{said}" -> after: "{said}"' in lines
+    assert not any("Who sang?" in l or "held out" in l for l in lines)       # taught=1: the first fact only
+    show_examples(model, model, enc, facts, background, before, after, "cpu", unseen=True)
+    lines = capsys.readouterr().out.splitlines()
+    said = greedy_answer(model, enc, "Q: Who did sing? A:", "cpu")
+    assert [l.split("   before:")[0] for l in lines[2:5]] == ["  Q: Who ran? A: Tom.", "  Q: Who sang? A: Sue.",
+                                                               "  Q: Who did sing? A: Sue.  (held out)"]
+    assert lines[4].endswith(f'before: "{said}" -> after: "{said}"')
     head = f"background questions the stream broke: 3 of the {len(items) - 2} answered right before; the first 3:"
     shown = lines[lines.index(head) + 1:]
     assert [l.split("   before:")[0] for l in shown] == [f"  {p}{a}" for p, a in (items[1], items[3], items[5])]
