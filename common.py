@@ -195,12 +195,12 @@ def write_atomic(path, write):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     remove_stale_temporaries(path)
+    umask = os.umask(0)                                 # mkstemp makes the file private (0600): give
+    os.umask(umask)                                     # it the mode open() would (0644 under umask 022)
     fd, tmp = temporary_file(path)
     try:
-        umask = os.umask(0)                             # mkstemp makes the file private (0600): give
-        os.umask(umask)                                 # it the mode open() would (0644 under umask 022)
-        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o666 & ~umask)
             write(f)
             f.flush()
             os.fsync(f.fileno())
