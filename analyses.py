@@ -26,23 +26,21 @@ from data.prepare import DataConfig, new_fact_entries, seen_tokens
 from evaluate import corpus_facts, first_wrong_tokens, qa_accuracy, qa_batch, qa_correct, qa_items, qa_pair
 from facts import batch_texts, check_lengths, make_batch, stream_facts
 from model import checkpoint_corpus, checkpoint_train_tokens
-from sparse import choose_rows, load_or_compute_background, memory_tables, slot_counts, table_reads
+from sparse import inverse_document_frequency, memory_tables, slot_counts, slot_scores, table_reads, top_slots
 
 
 def setup(args, needs_memory=True):
-    """(model, enc, ckpt, facts, base config, device) as every experiment starts. needs_memory:
+    """(model, enc, ckpt, facts, base config, recipe config, device) as every experiment starts
+    (experiments.py's options: FinetuneConfig's and RecipeConfig's fields). needs_memory:
     the experiment has nothing to run without a memory layer, so a dense model is refused."""
     device = pick_device(args.device)
-    cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, facts=args.facts, steps_per_fact=args.steps_per_fact,
-                            lr=args.lr, top_t=args.top_t, max_t=args.max_t, max_df=args.max_df, fresh_rows=args.fresh_rows,
-                            stop_early=args.stop_early, answer_df=args.answer_df, answer_mask=args.answer_mask,
-                            answer_damp=args.answer_damp, taught_damp=args.taught_damp, device=args.device)
+    cfg, rcfg = ft.configs(vars(args))
     model, enc, ckpt = ft.load_base(cfg, device)
     if needs_memory:
         refuse_dense(args, model)
     facts = stream_facts(ckpt, cfg.facts, args.facts_file)
     check_lengths(enc, facts, model.config.block_size)
-    return model, enc, ckpt, facts, cfg, device
+    return model, enc, ckpt, facts, cfg, rcfg, device
 
 
 def refuse_dense(args, model):
@@ -53,7 +51,7 @@ def refuse_dense(args, model):
 
 def curves(args, every=10):
     """Learned-so-far and background accuracy after every `every` facts, for each method."""
-    model, enc, ckpt, facts, base_cfg, device = setup(args, needs_memory=False)
+    model, enc, ckpt, facts, base_cfg, rcfg, device = setup(args, needs_memory=False)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
     out = {}
@@ -76,8 +74,8 @@ def curves(args, every=10):
             p = points[-1]
             print(f"{mode:<7} after {n:>4} facts: learned so far {p['learned_so_far']:.3f} | first {every} facts "
                   f"{p['first_facts']:.3f} | background {p['background']:.3f}", flush=True)
-        stats = load_or_compute_background(cfg, model, ckpt, device) if mode == "sparse" else None
-        ft.run_stream(cfg, model, enc, facts, stats, quiet=True, on_fact=measure)
+        stats, recipe = ft.make_recipe(cfg, rcfg, model, enc, ckpt)
+        ft.run_stream(cfg, model, enc, facts, stats, recipe, quiet=True, on_fact=measure)
         out[mode] = {"lr": cfg.lr, "optimizer": cfg.optimizer, "points": points}
     return {"curves": out, "every": every}
 
@@ -106,7 +104,7 @@ def one_fact(args):
     by each method (full and LoRA at each rate of ONE_FACT_LRS, sparse at the experiments'
     rate), and the background measured after it. The shortest stream, where every method can
     learn: its forgetting at matched learning."""
-    model, enc, ckpt, facts, base_cfg, device = setup(args, needs_memory=False)
+    model, enc, ckpt, facts, base_cfg, rcfg, device = setup(args, needs_memory=False)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
     before = qa_accuracy(model, enc, background, device)
@@ -117,11 +115,11 @@ def one_fact(args):
     for mode, lr in runs:
         model.load_state_dict(base)
         cfg = ft.resolve(ft.FinetuneConfig(**{**vars(base_cfg), "mode": mode, "lr": lr}), model)
-        stats = ft.ranking_stats(cfg, model, enc, ckpt, device)           # of the pretrained model
+        stats, recipe = ft.make_recipe(cfg, rcfg, model, enc, ckpt)       # of the pretrained model
         learned, unseen, drops = [], [], []
         for fact in facts:
             model.load_state_dict(base)
-            ft.run_stream(cfg, model, enc, [fact], stats, quiet=True)
+            ft.run_stream(cfg, model, enc, [fact], stats, recipe, quiet=True)
             learned.append(all(qa_correct(model, enc, qa_items([fact]), device)))
             if fact["heldout_question"]:
                 unseen.append(qa_correct(model, enc, [qa_pair(fact["heldout_question"], fact["answer"])], device)[0])
@@ -163,10 +161,7 @@ def long_stream(args, points=5):
     after every fifth of each stream, accuracy on both streams' facts (each stream's questions,
     taught or not yet), on all the facts taught so far, and on the background."""
     device = pick_device(args.device)
-    cfg = ft.FinetuneConfig(checkpoint=args.checkpoint, steps_per_fact=args.steps_per_fact, lr=args.lr, top_t=args.top_t,
-                            max_t=args.max_t, max_df=args.max_df, fresh_rows=args.fresh_rows, answer_df=args.answer_df,
-                            answer_mask=args.answer_mask, answer_damp=args.answer_damp, taught_damp=args.taught_damp,
-                            stop_early=args.stop_early, device=args.device)
+    cfg, rcfg = ft.configs({**vars(args), "facts": ft.FinetuneConfig.facts})   # --facts: each stream's, below
     model, enc, ckpt = ft.load_base(cfg, device)
     refuse_dense(args, model)
     cfg = ft.resolve(cfg, model)
@@ -176,7 +171,7 @@ def long_stream(args, points=5):
         check_lengths(enc, s, model.config.block_size)
     background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
     items = [qa_items(s) for s in streams]                            # each stream's taught questions
-    stats = ft.ranking_stats(cfg, model, enc, ckpt, device)
+    stats, recipe = ft.make_recipe(cfg, rcfg, model, enc, ckpt)
     trace = [{"facts": 0, "first": qa_accuracy(model, enc, items[0], device), "second": None, "taught": None,
               "background": qa_accuracy(model, enc, background, device)}]
     every = max(1, args.facts // points)
@@ -195,10 +190,10 @@ def long_stream(args, points=5):
                   + ("" if p["second"] is None else f" | second stream {p['second']:.3f}")
                   + f" | all taught so far {p['taught']:.3f} | background {p['background']:.3f} "
                   f"(drop {(trace[0]['background'] - p['background']) / trace[0]['background']:.1%})", flush=True)
-        t_per_fact += ft.run_stream(cfg, model, enc, stream, stats, quiet=True, on_fact=measure)[1]
+        t_per_fact += ft.run_stream(cfg, model, enc, stream, stats, recipe, quiet=True, on_fact=measure)[1]
     t_used = [{str(t): part.count(t) for t in sorted(set(part))}                # the facts of each fifth, by their last t
               for part in (t_per_fact[i:i + every] for i in range(0, len(t_per_fact), every))]
-    if cfg.max_t:
+    if rcfg.grow_t:
         print("facts ending at each t, by fifth of each stream:", "; ".join(
             ", ".join(f"{t}: {c}" for t, c in part.items()) for part in t_used))
     return {"lr": cfg.lr, "top_t": cfg.top_t, "stream": args.facts, "trace": trace, "t_used": t_used}
@@ -237,10 +232,10 @@ def slots(args, show=3):
     """For each fact: the core set (slots read by every row of its batch), how many of the
     top-t fall in it, and which tokens read the top-t; over all facts, the share of top-t
     reads at entity tokens (the subject's name and the answer) against their share of tokens."""
-    model, enc, ckpt, facts, base_cfg, device = setup(args)
+    model, enc, ckpt, facts, base_cfg, rcfg, device = setup(args)
     t = base_cfg.top_t
     entries = checkpoint_corpus(ckpt)[1]["new"][:len(facts)]
-    stats = load_or_compute_background(ft.resolve(base_cfg, model), model, ckpt, device)
+    idf = inverse_document_frequency(ft.load_or_compute_background(ft.resolve(base_cfg, model), model, ckpt, device)[0])
     mem = model.memory_modules[0]
     per_fact, totals = [], {"entity_reads": 0, "selected_reads": 0, "entity_tokens": 0, "tokens": 0}
     for n, (fact, entry) in enumerate(zip(facts, entries)):
@@ -250,7 +245,7 @@ def slots(args, show=3):
             model(x.to(device))
             reads = model.slot_reads()[0].cpu()                           # (B, T, H, k)
         c = slot_counts(reads[count], mem.n_slots)
-        selected = choose_rows(reads, count, mem.n_slots, t, background=stats[0])
+        selected = top_slots(slot_scores(c, idf), c, t)                 # the paper's top-t
         is_selected = torch.zeros(mem.n_slots, dtype=torch.bool)
         is_selected[selected] = True
         core = set.intersection(*(set(reads[b][count[b]].flatten().tolist()) for b in range(len(texts))))
@@ -383,7 +378,7 @@ def forgetting(args):
     broken question that now gives an answer of its relation, with that answer drawn at random
     from the relation's other answers. And do the broken questions' subjects and answers share
     tokens with the taught subjects and answers more often than the questions that stay right?"""
-    model, enc, ckpt, facts, base_cfg, device = setup(args)
+    model, enc, ckpt, facts, base_cfg, rcfg, device = setup(args)
     corpus = checkpoint_corpus(ckpt)[1]
     items = qa_items(corpus["background"])
     relation = [f["relation"] for f in corpus["background"] for _ in f["questions"]]
@@ -392,7 +387,7 @@ def forgetting(args):
     before = qa_correct(model, enc, items, device)
     cfg = ft.resolve(base_cfg, model)
     values = [w.detach().clone() for w, _ in memory_tables(model)]
-    ft.run_stream(cfg, model, enc, facts, load_or_compute_background(cfg, model, ckpt, device), quiet=True)
+    ft.run_stream(cfg, model, enc, facts, *ft.make_recipe(cfg, rcfg, model, enc, ckpt), quiet=True)
     after = qa_correct(model, enc, items, device)
     changed = [(w != v).any(dim=1).cpu() for (w, _), v in zip(memory_tables(model), values)]
     reads = trained_reads(model, enc, items, changed, device)         # sparse training leaves every read in place
@@ -515,7 +510,7 @@ def answer_reads(args):
     facts, the held-out ones too): the share of their reads there that fall on slots a background
     question reads there too (for the corpus's facts also: one of the same relation). And how many
     background facts read each slot a question reads there: the other facts a change to it reaches."""
-    model, enc, ckpt, facts, base_cfg, device = setup(args)
+    model, enc, ckpt, facts, base_cfg, rcfg, device = setup(args)
     corpus = checkpoint_corpus(ckpt)[1]
     background, new = corpus["background"], None if args.facts_file else corpus["new"][:len(facts)]
     fact_of = torch.tensor([n for n, f in enumerate(background) for _ in f["questions"]])
@@ -603,10 +598,10 @@ def unseen(args):
     answer's tokens after each (mean over facts). Last, the share of first answer tokens right
     after the unseen question as it is, and with one part of the memory block at that position
     taken from the trained question's own (memory_part): its read y, its gate, its whole output."""
-    model, enc, ckpt, facts, base_cfg, device = setup(args)
+    model, enc, ckpt, facts, base_cfg, rcfg, device = setup(args)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = ft.resolve(base_cfg, model)
-    stats = ft.ranking_stats(cfg, model, enc, ckpt, device)
+    stats, recipe = ft.make_recipe(cfg, rcfg, model, enc, ckpt)
     streams = {"new facts": facts,
                "new relations": corpus_facts(checkpoint_corpus(ckpt)[1]["new_relations"][:len(facts)])}
     out = {}
@@ -627,7 +622,7 @@ def unseen(args):
             own.append([(w != v).any(dim=1).cpu() for (w, _), v in zip(tables, last)])
             for (w, _), v in zip(tables, last):
                 v.copy_(w.detach())
-        ft.run_stream(cfg, model, enc, stream, stats, quiet=True, on_fact=mark)
+        ft.run_stream(cfg, model, enc, stream, stats, recipe, quiet=True, on_fact=mark)
         trained = [qa_pair(q, f["answer"]) for f in stream for q in f["questions"]]
         on_own = {k: sum(trained_reads(model, enc, [item], rows, device)[0] for item, rows in zip(items, own)) / len(own)
                   for k, items in questions.items()}
@@ -681,10 +676,10 @@ def kept(args):
     fact's steps and at the end of the stream, how many of them were lost in between, and for
     each one lost, whether the fact after which it first went wrong has the same subject (and,
     summed over them, the chance that a later fact of its stream picked at random has it)."""
-    model, enc, ckpt, _, base_cfg, device = setup(args)
+    model, enc, ckpt, _, base_cfg, rcfg, device = setup(args)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = ft.resolve(base_cfg, model)
-    stats = ft.ranking_stats(cfg, model, enc, ckpt, device)
+    stats, recipe = ft.make_recipe(cfg, rcfg, model, enc, ckpt)
     kb = checkpoint_corpus(ckpt)[1]
     out = {}
     for name, key in (("new facts", "new"), ("new answers", "new_answers"), ("new relations", "new_relations")):
@@ -693,7 +688,7 @@ def kept(args):
         per_fact = len(stream[0]["questions"])                          # trained questions of each fact
         right = []                                                     # right[n - 1]: facts[:n]'s questions after fact n
         model.load_state_dict(base)
-        ft.run_stream(cfg, model, enc, stream, stats, quiet=True,
+        ft.run_stream(cfg, model, enc, stream, stats, recipe, quiet=True,
                       on_fact=lambda n: right.append(qa_correct(model, enc, qa_items(stream[:n]), device)))
         once = [right[q // per_fact][q] for q in range(len(right[-1]))]   # right after its own fact's steps
         lost, same, chance = 0, 0, 0.0

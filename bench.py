@@ -53,7 +53,6 @@ from common import ROOT, keep_freed_memory, pick_device
 from evaluate import corpus_facts
 from memory import ProductKeyMemory
 from model import GPT, GPTConfig, MLP, checkpoint_corpus
-from sparse import load_or_compute_background
 from train import TrainConfig, make_optimizers
 
 
@@ -188,11 +187,11 @@ def finetune_steps(path, n_facts=10):
     (run_stream itself: batch, forward, backward, slot ranking, update)."""
     out = {}
     for mode, opt in (("full", "adamw"), ("lora", "adamw"), ("sparse", "sgd"), ("sparse", "adamw")):
-        cfg = ft.FinetuneConfig(checkpoint=path, mode=mode, optimizer=opt, max_t=0, max_df=1.0, device="cpu")   # steps_per_fact steps a fact
+        cfg = ft.FinetuneConfig(checkpoint=path, mode=mode, optimizer=opt, device="cpu")   # the paper's method
         model, enc, ckpt = ft.load_base(cfg, "cpu")
         cfg = ft.resolve(cfg, model)
         facts = corpus_facts(checkpoint_corpus(ckpt)[1]["new"][:n_facts])
-        bg = load_or_compute_background(cfg, model, ckpt, "cpu") if mode == "sparse" else None
+        bg = ft.load_or_compute_background(cfg, model, ckpt, "cpu") if mode == "sparse" else None
         t = time.perf_counter()
         state, _ = ft.run_stream(cfg, model, enc, facts, bg, quiet=True)
         out[f"{mode} {opt}"] = ((time.perf_counter() - t) / (n_facts * cfg.steps_per_fact), state)

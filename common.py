@@ -25,8 +25,9 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 def config_parser(description, *dataclasses, skip=(), presets=None):
     """argparse over the fields of the given dataclasses; each option's help is the comment
-    beside its default in the dataclass's source. presets: {name: {field: value}}, offered as
-    --preset NAME, whose help lists the options each preset changes (parse_args applies it)."""
+    beside its default in the dataclass's source. presets: {option: {name: {field: value}}}, each
+    offered as --option NAME (the first name is the default), whose help lists the options each
+    name changes (parse_args applies it)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     for dc in dataclasses:
         comments = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(dc), re.M))
@@ -43,10 +44,11 @@ def config_parser(description, *dataclasses, skip=(), presets=None):
                                f"(default: {','.join(map(str, f.default))})")
             else:
                 p.add_argument(name, type=type(f.default), default=f.default, help=f"{text} (default: {f.default})")
-    if presets:
-        changes = {k: "; ".join(preset_changes(p, v)) for k, v in presets.items()}
-        p.add_argument("--preset", choices=sorted(presets), default="", help="a named set of settings (what each "
-                       "changes is listed below); an option given on the command line still wins. " + " ".join(f"{k}: {v}." for k, v in changes.items()).replace("%", "%%"))
+    for option, named in (presets or {}).items():
+        changes = " ".join(f"{k}: {'; '.join(preset_changes(p, v)) or 'nothing'}." for k, v in named.items())
+        p.add_argument(f"--{option}", choices=list(named), default=next(iter(named)), help="a named set of settings "
+                       "(what each changes is listed here); an option given on the command line still wins. "
+                       + changes.replace("%", "%%"))
     return p
 
 
@@ -60,19 +62,18 @@ def preset_changes(p, preset):
             v = ",".join(map(str, v)) or '""'
         elif isinstance(v, str) and v.startswith(ROOT + os.sep):
             v = os.path.relpath(v, ROOT)                # a project path, as the user would type it
-        return f"--{name} {v}"
-    defaults = vars(p.parse_args([]))
+        return f"--{name} {v:g}" if isinstance(v, float) else f"--{name} {v}"
+    defaults = vars(p.parse_args([]))               # config_parser's options: none is required
     return [show(k, v) for k, v in preset.items() if k in defaults and defaults[k] != v]
 
 
 def parse_args(p, argv=None, presets=None):
-    """The options of argv, parsed by p. With --preset NAME the preset's settings become the
-    defaults first, so an option given on the command line still wins over the preset (argv
-    is read twice: once to find --preset, then with the preset's defaults)."""
-    name = p.parse_known_args(argv)[0].preset if presets else ""
-    if name:
-        defaults = vars(p.parse_args([]))
-        p.set_defaults(**{k: v for k, v in presets[name].items() if k in defaults})
+    """The options of argv, parsed by p. With --option NAME for each option of presets (config_parser),
+    that name's settings become the defaults first, so an option given on the command line still
+    wins (argv is read twice: once to find the names, then with their defaults)."""
+    chosen = vars(p.parse_known_args(argv)[0])
+    for option, named in (presets or {}).items():
+        p.set_defaults(**{k: v for k, v in named[chosen[option]].items() if k in chosen})
     return p.parse_args(argv)
 
 

@@ -11,15 +11,15 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python experiments.py curves        # learned and forgotten after every 10 facts, per method
     python experiments.py slots         # which slots a fact selects, and which tokens read them
     python experiments.py forgetting    # which background answers a sparse stream breaks, and what they become
-    python experiments.py max-t         # grow t 4x while the model misses a fact's answer (beyond the paper)
+    python experiments.py grow-t        # grow t 4x while the model misses a fact's answer (beyond the paper)
     python experiments.py count         # rank the reads of every token vs only where the answer is predicted
     python experiments.py sequence      # batch-level vs sequence-level ranking over the same t's
     python experiments.py max-df        # never train slots that many background units read (beyond the paper)
     python experiments.py frontier      # sparse: larger t at smaller learning rates
     python experiments.py fresh-rows    # never train a row an earlier fact trained (beyond the paper)
-    python experiments.py answer-df     # rank last the slots that background answers are read from (beyond the paper)
-    python experiments.py answer-mask   # rank those slots last or never train them, as fewer answers mark a slot
-    python experiments.py answer-damp   # divide each row's step by how many background answers read it
+    python experiments.py spare-answer-slots   # rank last the slots background answers are read from (beyond the paper)
+    python experiments.py block-answer-slots   # rank those slots last or never train them, as fewer answers mark a slot
+    python experiments.py slow-answer-slots    # divide each row's step by how many background answers read it
     python experiments.py long          # sparse: a stream of 500 facts, then 500 more (--facts 1000: 1000 + 1000)
     python experiments.py one-fact      # each fact taught alone by full, LoRA and sparse: forgetting at matched learning
     python experiments.py passes        # the stream taught 10 times over: full and LoRA learn it too, at a cost
@@ -37,26 +37,26 @@ Every run starts from the same pretrained checkpoint (out/ckpt.pt; made first if
 streams the same facts, and is scored like finetune.py: learned = exact-match accuracy on
 the taught facts' questions; forgotten = the relative drop in background-fact accuracy;
 val loss before and after. Unless a run says otherwise it is the paper's method: sparse SGD at
-finetune.py's default learning rate and t = 64, a fixed t and the paper's IDF. finetune.py's
-default goes beyond it with --max-t 4096 --answer-df 0.01 --max-df 0.99 --taught-damp 1; give
-them here to use them too.
+finetune.py's default learning rate and t = 64, a fixed t and the paper's IDF, as finetune.py
+runs by default. The steps beyond the paper are options here too (recipes.py): --recipe improved
+adds the four of finetune.py --recipe improved, --grow-t 4096 any one of them.
 The sweeps are here; curves, slots, forgetting, long, one-fact, answer-reads, unseen and kept,
 which look inside streams and the memory, are in analyses.py.
 """
 
-import argparse
 import os
 import sys
 import time
 
 import finetune as ft
 from analyses import ANALYSES, setup
-from common import ROOT, Diverged, check_writable, keep_freed_memory, write_json
+from common import ROOT, Diverged, check_writable, config_parser, keep_freed_memory, parse_args, split, write_json
 from data.prepare import DataConfig, prepare
 from evaluate import corpus_facts
 from facts import batch_texts, make_batch, read_facts_file
 from model import CLASSROOM_MODEL, GPTConfig, checkpoint_corpus, checkpoint_train_tokens, load_checkpoint
-from sparse import background_stats, load_or_compute_background, pretraining_units
+from recipes import RECIPES, RecipeConfig, SlowAnswerSlots, answer_readers, build, check_recipe
+from sparse import background_stats
 from train import CLASSROOM_TRAIN, TrainConfig, train
 
 T_SWEEP = (25, 50, 100, 200, 500, 1000)
@@ -64,14 +64,14 @@ LRS = {"full": (3e-6, 1e-5, 3e-5, 1e-4), "lora": (3e-5, 1e-4, 3e-4, 1e-3), "spar
 
 
 # Each sweep: (its runs, the field that names a line in the figure, the field that labels a point).
-# A run overrides FinetuneConfig fields; "background": "facts" takes IDF from the new facts,
-# "pretraining + known facts" from the pretraining windows and the texts of every other background fact;
-# "answer_df": D ranks last (IDF 0) every slot read where the answers of more than a share D of
-# every other background fact's questions are predicted (finetune.py --answer-df, counted on half),
-# and with "answer_mask" never trains it (--answer-mask); "answer_damp" divides each row's step
-# by 1 + (those questions that read it) / K (--answer-damp), or with "damp_by": "text" by
-# 1 + (the pretraining units that read it) / K (the ablation: any reads, not the answers');
-# "top_t": 0 trains every slot the batch read.
+# A run overrides FinetuneConfig and RecipeConfig fields; "background": "facts" takes IDF from the
+# new facts, "pretraining + known facts" from the pretraining windows and the texts of every other
+# background fact; "spare_answer_slots": S ranks last (IDF 0) every slot read where the answers of
+# more than a share S of every other background fact's questions are predicted (counted on half,
+# so that the other half's drop is measured on facts it never read), and with "block_answer_slots"
+# never trains it; "slow_answer_slots" divides each row's step by 1 + (those questions that read it)
+# / K, or with "damp_by": "text" by 1 + (the pretraining units that read it) / K (the ablation: any
+# reads, not the answers'); "top_t": 0 trains every slot the batch read.
 SWEEPS = {
     "compare": (lambda: [{"mode": m} for m in ("full", "lora", "sparse")], "mode", "mode"),
     "pareto": (lambda: [{"mode": m, "lr": lr} for m in ("full", "lora", "sparse") for lr in LRS[m]], "mode", "lr"),
@@ -83,19 +83,21 @@ SWEEPS = {
     "background": (lambda: [{"top_t": t, "background": b} for b in ("pretraining", "facts", "pretraining + known facts")
                             for t in (64, 500)], "background", "top_t"),
     "all-slots": (lambda: [{"top_t": t} for t in (64, 500, 0)], None, "top_t"),
-    "max-t": (lambda: [{"max_t": m, "lr": lr} for m in (0, 1024, 4096) for lr in (20, 50, 100)], "max_t", "lr"),
-    "count": (lambda: [{"count": c, "top_t": t} for c in ("all", "answer") for t in (64, 200, 500, 0)], "count", "top_t"),
+    "grow-t": (lambda: [{"grow_t": m, "lr": lr} for m in (0, 1024, 4096) for lr in (20, 50, 100)], "grow_t", "lr"),
+    "count": (lambda: [{"count_reads": c, "top_t": t} for c in ("all", "answer") for t in (64, 200, 500, 0)],
+              "count_reads", "top_t"),
     "sequence": (lambda: [{"rank_by": b, "top_t": t} for b in ("batch", "sequence") for t in T_SWEEP], "rank_by", "top_t"),
     "max-df": (lambda: [{"max_df": d, "lr": lr} for d in (1.0, 0.3, 0.2, 0.1) for lr in (20, 50, 100)], "max_df", "lr"),
     "frontier": (lambda: [{"top_t": t, "lr": lr} for t in (100, 200, 500) for lr in (10, 20, 50)], "top_t", "lr"),
     "fresh-rows": (lambda: [{"fresh_rows": f, "lr": lr} for f in (False, True) for lr in (20, 50, 100)], "fresh_rows", "lr"),
-    "answer-df": (lambda: [{"answer_df": d, "lr": lr} for d in (1.0, 0.05, 0.01) for lr in (50, 100, 200)], "answer_df", "lr"),
-    "answer-mask": (lambda: [{"answer_mask": m, "answer_df": d} for m in (False, True) for d in (0.01, 0.003, 0.0003)],
-                    "answer_mask", "answer_df"),
-    "answer-damp": (lambda: [{"answer_damp": k, "answer_df": 0.01, "lr": lr}
-                             for k, lrs in ((0.0, (25, 50)), (8.0, (50, 100, 200)), (1.0, (100, 300))) for lr in lrs]
-                    + [{"answer_damp": 25.0, "damp_by": "text", "answer_df": 0.01, "lr": lr} for lr in (100, 200)],
-                    "answer_damp", "lr"),
+    "spare-answer-slots": (lambda: [{"spare_answer_slots": d, "lr": lr} for d in (1.0, 0.05, 0.01) for lr in (50, 100, 200)],
+                           "spare_answer_slots", "lr"),
+    "block-answer-slots": (lambda: [{"block_answer_slots": m, "spare_answer_slots": d} for m in (False, True)
+                                    for d in (0.01, 0.003, 0.0003)], "block_answer_slots", "spare_answer_slots"),
+    "slow-answer-slots": (lambda: [{"slow_answer_slots": k, "spare_answer_slots": 0.01, "lr": lr}
+                                   for k, lrs in ((0.0, (25, 50)), (8.0, (50, 100, 200)), (1.0, (100, 300))) for lr in lrs]
+                          + [{"slow_answer_slots": 25.0, "damp_by": "text", "spare_answer_slots": 0.01, "lr": lr}
+                             for lr in (100, 200)], "slow_answer_slots", "lr"),
     "passes": (lambda: [{"mode": m, "lr": lr, "passes": p} for m, p, lrs in (
         ("full", 10, (1e-5, 3e-5)), ("lora", 10, (1e-4, 3e-4)), ("sparse", 10, (10, 50)), ("sparse", 1, (50,))) for lr in lrs],
                "passes", "lr"),
@@ -107,18 +109,18 @@ def group(run, key):
         return f"{run['mode']} {run['optimizer']}"
     if key == "max_df":
         return f"max-df {run['max_df']:g}"
-    if key == "answer_df":
-        return f"answer-df {run['answer_df']:g}"
-    if key == "max_t":
-        return f"grows up to t = {run['max_t']}" if run["max_t"] else "fixed t (the paper)"
-    if key == "count":
-        return "answer positions" if run["count"] == "answer" else "every token (the paper)"
-    if key == "answer_mask":
-        return "never trained" if run["answer_mask"] else "ranked last"
-    if key == "answer_damp":
+    if key == "spare_answer_slots":
+        return f"spare {run['spare_answer_slots']:g}"
+    if key == "grow_t":
+        return f"grows up to t = {run['grow_t']}" if run["grow_t"] else "fixed t (the paper)"
+    if key == "count_reads":
+        return "answer positions" if run["count_reads"] == "answer" else "every token (the paper)"
+    if key == "block_answer_slots":
+        return "never trained" if run["block_answer_slots"] else "ranked last"
+    if key == "slow_answer_slots":
         if run.get("damp_by") == "text":
-            return f"damp by text df, K {run['answer_damp']:g}"
-        return f"answer-damp {run['answer_damp']:g}" if run["answer_damp"] else "no damping"
+            return f"slowed by text df, K {run['slow_answer_slots']:g}"
+        return f"slow {run['slow_answer_slots']:g}" if run["slow_answer_slots"] else "not slowed"
     if key == "passes":
         return f"{run['mode']}, the stream {run['passes']}x" if run["passes"] > 1 else f"{run['mode']}, once"
     if key == "fresh_rows":
@@ -155,7 +157,7 @@ def known_units(enc, ckpt, cfg, block_size):
     even-numbered background fact, its statements and questions: a background that holds the
     model's knowledge, not only a sample of its text. The odd-numbered facts stay out of it, so
     that the drop on them (other_half_drop) is measured on facts the IDF never read."""
-    yield from pretraining_units(checkpoint_train_tokens(ckpt), block_size, cfg.background_batches,
+    yield from ft.pretraining_units(checkpoint_train_tokens(ckpt), block_size, cfg.background_batches,
                                  cfg.background_batch_size, cfg.seed)
     yield from fact_units(enc, corpus_facts(checkpoint_corpus(ckpt)[1]["background"][0::2]), block_size)
 
@@ -168,37 +170,43 @@ def other_half_drop(ckpt, before, after):
     return (b - a) / b if b else 0.0
 
 
-def run_background(run, cfg, model, enc, ckpt, facts, device):
-    """The background statistics a run ranks against when it sets its own ("background",
-    "answer_df"); None: finetune.py's, from pretraining windows."""
+def run_recipe(run, cfg, rcfg, model, enc, ckpt, facts, device):
+    """(background statistics, recipe) of a run: finetune.make_recipe's, but where the run sets its
+    own background ("background") or marks the answers' slots ("spare_answer_slots" below 1:
+    counted on every other background fact)."""
     block = model.config.block_size
-    if run.get("background") == "facts":                               # IDF from the new facts themselves
-        return background_stats(model, fact_units(enc, facts, block), device, quiet=True)
-    if run.get("background") == "pretraining + known facts":
-        return background_stats(model, known_units(enc, ckpt, cfg, block), device, quiet=True)
-    if run.get("answer_df", 1.0) < 1:                                  # counted on every other background fact
-        stats = ft.keep_clear_of_answers(load_or_compute_background(cfg, model, ckpt, device), model, enc,
-                                         checkpoint_corpus(ckpt)[1]["background"][0::2], run["answer_df"], device)
-        if run.get("damp_by") == "text":                               # --answer-damp divides by the text's df instead
-            stats = [{**st, "answer_readers": st["df"]} for st in stats]
-        return stats
-    return None
+    if run.get("background") in ("facts", "pretraining + known facts"):
+        units = fact_units(enc, facts, block) if run["background"] == "facts" else known_units(enc, ckpt, cfg, block)
+        stats = background_stats(model, units, device, quiet=True)
+        return stats, build(rcfg, cfg.mode, cfg.ranking, stats)
+    if run.get("spare_answer_slots", 1.0) < 1:
+        stats = ft.load_or_compute_background(cfg, model, ckpt, device)
+        readers = answer_readers(model, enc, checkpoint_corpus(ckpt)[1]["background"][0::2], device)
+        recipe = build(rcfg, cfg.mode, cfg.ranking, stats, readers)
+        for e in recipe.extensions:
+            if isinstance(e, SlowAnswerSlots) and run.get("damp_by") == "text":   # any reads, not the answers'
+                e.readers = [st["df"] for st in stats]
+        return stats, recipe
+    return ft.make_recipe(cfg, rcfg, model, enc, ckpt)
 
 
 def sweep(args, runs, key, field, lrs=ft.DEFAULT_LR):
     """Finetune a fresh copy of the base model for each run; one result dict per run. A run that
     sets no lr (nor --lr) takes its mode's rate from lrs (finetune.resolve)."""
     sparse = [run.get("mode", "sparse") == "sparse" for run in runs]
-    if args.answer_mask and any("background" in run or "answer_df" in run for run in runs):
-        raise ValueError("--answer-mask needs the statistics of --answer-df, and this experiment's runs set their own: "
-                         "run it without --answer-mask")
-    model, enc, ckpt, facts, base_cfg, device = setup(args, needs_memory=all(sparse))
+    if any("background" in run for run in runs) and (args.spare_answer_slots < 1 or args.slow_answer_slots):
+        raise ValueError("this experiment's runs set their own background, and the answer-slot options read the "
+                         "pretraining background's answers: run it without --spare-answer-slots and --slow-answer-slots")
+    if args.block_answer_slots and any("spare_answer_slots" in run for run in runs):
+        raise ValueError("--block-answer-slots needs the slots --spare-answer-slots marks, and this experiment's runs "
+                         "set their own: run it without --block-answer-slots")
+    model, enc, ckpt, facts, base_cfg, base_rcfg, device = setup(args, needs_memory=all(sparse))
     base = {k: v.clone() for k, v in model.state_dict().items()}
     n_slots = model.memory_modules[0].n_slots if model.memory_modules else 0
     results, diverged, before = [], [], None
     for run, needs_memory in zip(runs, sparse):
         name = group(run, key) if field == key else f"{group(run, key)} {field.replace('top_', '')}={point(run, field)}"
-        settings = {k: v for k, v in run.items() if k not in ("background", "damp_by")}  # run_background's (answer_df is both: the mask checks it)
+        settings = {k: v for k, v in run.items() if k not in ("background", "damp_by")}  # run_recipe's
         if needs_memory and not n_slots:                                # full and LoRA run on a dense model
             print(f"{name:<26} skipped: the model has no memory layer")
             continue
@@ -207,18 +215,20 @@ def sweep(args, runs, key, field, lrs=ft.DEFAULT_LR):
             continue
         if "top_t" in settings:
             settings["top_t"] = settings["top_t"] or n_slots            # 0: every accessed slot
-        cfg = ft.resolve(ft.FinetuneConfig(**{**vars(base_cfg), **settings}), model, lrs)
+        cfg, rcfg = ft.configs({**vars(base_cfg), **vars(base_rcfg), **settings})
+        ft.resolve(cfg, model, lrs)
+        check_recipe(rcfg, cfg.top_t)
         model.load_state_dict(base)
         try:
-            stats = run_background(run, cfg, model, enc, ckpt, facts, device)
-            r, before, after = ft.finetune(cfg, model, enc, ckpt, facts, before, quiet=True, stats=stats)
+            stats, recipe = run_recipe(run, cfg, rcfg, model, enc, ckpt, facts, device)
+            r, before, after = ft.finetune(cfg, model, enc, ckpt, facts, stats, recipe, before, quiet=True)
         except Diverged as e:                                           # record it, go on
             print(f"{name:<26} diverged: {e}", flush=True)
             diverged.append({"run": run, "error": str(e)})
             model = ft.load_base(base_cfg, device)[0]                   # LoRA adapters may still be wrapped in
             continue
         r["run"] = run
-        if "background" in run or "answer_df" in run:
+        if "background" in run or "spare_answer_slots" in run:
             r["other_half_drop"] = other_half_drop(ckpt, before, after)
         results.append(r)
         print(line(name, r) + (f"  other half's drop {r['other_half_drop']:.1%}" if "other_half_drop" in r else ""), flush=True)
@@ -387,7 +397,8 @@ def plot(name, data, path, title):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    presets = {"recipe": RECIPES}
+    p = config_parser(__doc__, RecipeConfig, presets=presets)          # the steps beyond the paper: recipes.py
     p.add_argument("experiment", choices=sorted([*SWEEPS, *ANALYSES, *VARIANTS, "course"]))
     p.add_argument("--checkpoint", default=ft.DEFAULT_CHECKPOINT, help="pretrained model (made first if it is the default and missing)")
     p.add_argument("--facts", type=int, default=None, help="new facts in the stream (default 50; long: 500 in each of "
@@ -395,22 +406,6 @@ def main(argv=None):
     p.add_argument("--steps-per-fact", type=int, default=ft.FinetuneConfig.steps_per_fact, help="steps on each fact's batch")
     p.add_argument("--top-t", type=int, default=ft.FinetuneConfig.top_t, help="sparse: rows per step where a run "
                    "does not set t (default: finetune.py's)")
-    p.add_argument("--fresh-rows", action="store_true", help="sparse: never train a row an earlier fact trained, "
-                   "where a run does not set it (finetune.py --fresh-rows)")
-    p.add_argument("--stop-early", action="store_true", help="end a fact's steps once its answer is predicted "
-                   "(finetune.py --stop-early)")
-    p.add_argument("--max-t", type=int, default=0, help="sparse: finetune.py --max-t where a run does not set it "
-                   "(0 = off: a fixed t)")
-    p.add_argument("--answer-df", type=float, default=1.0, help="sparse: finetune.py --answer-df where a run does "
-                   "not set it (1 = off)")
-    p.add_argument("--answer-mask", action="store_true", help="sparse: never train the slots --answer-df ranks "
-                   "last (finetune.py --answer-mask; needs --answer-df below 1)")
-    p.add_argument("--answer-damp", type=float, default=0.0, help="sparse: finetune.py --answer-damp where a run "
-                   "does not set it (0 = off)")
-    p.add_argument("--max-df", type=float, default=1.0, help="sparse: finetune.py --max-df where a run does not set "
-                   "it (1 = off)")
-    p.add_argument("--taught-damp", type=float, default=0.0, help="sparse: finetune.py --taught-damp where a run "
-                   "does not set it (0 = off)")
     p.add_argument("--lr", type=float, default=0.0, help="learning rate where a run does not set one; 0 = finetune.py's "
                    "default (curves always uses each method's default)")
     p.add_argument("--facts-file", default="", help="the sweeps and answer-reads: your own facts (finetune.py's "
@@ -419,7 +414,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--tinystories-file", default=SHARED_TINYSTORIES if os.path.exists(SHARED_TINYSTORIES) else "",
                    help="real-text: local TinyStories text (default: the shared sample when present, else download)")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, presets)
     if args.facts is not None and args.facts < 1:
         sys.exit(f"error: --facts must be at least 1, not {args.facts}")
     args.facts = args.facts or (500 if args.experiment == "long" else 50)
@@ -436,6 +431,7 @@ def main(argv=None):
     path = os.path.join(args.out_dir, args.experiment)
     try:
         check_writable(path + ".json", f"--out-dir {args.out_dir}: its results")   # before any work
+        check_recipe(split(args, RecipeConfig), args.top_t)
         if args.experiment in ANALYSES:
             data = ANALYSES[args.experiment][0](args)
         elif args.experiment in VARIANTS:
@@ -448,7 +444,8 @@ def main(argv=None):
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     data = {"experiment": args.experiment, "checkpoint": args.checkpoint, "facts": args.facts, "facts_file": args.facts_file,
-            "steps_per_fact": args.steps_per_fact, "seed": ft.FinetuneConfig.seed, **data, "seconds": time.time() - t0}
+            "steps_per_fact": args.steps_per_fact, "seed": ft.FinetuneConfig.seed, "recipe": args.recipe,
+            "recipe_settings": vars(split(args, RecipeConfig)), **data, "seconds": time.time() - t0}
     try:
         write_json(path + ".json", data)
     except (OSError, ValueError) as e:

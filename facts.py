@@ -11,6 +11,7 @@ trained, the held-out one only scored.
 import json
 import os
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -119,6 +120,17 @@ def warn_unseen_tokens(enc, facts, train_tokens):
     if odd:
         print(f"warning: {len(odd)} of {len(facts)} facts are spelled in tokens pretraining never saw, so they may "
               f"not be learned: " + "; ".join(odd[:3]) + ("; ..." if len(odd) > 3 else ""), file=sys.stderr)
+
+
+class Batch(NamedTuple):
+    """A fact's batch as the stream trains on it (finetune.fact_batch): x, y (B, L) tokens and
+    targets (-1 on padding); count (B, L) True on the tokens whose slot reads sparse finetuning
+    counts (the text's: make_batch); at (B, L) True at the positions that predict the answer's
+    tokens, in every line that spells it (make_batch with answer)."""
+    x: torch.Tensor
+    y: torch.Tensor
+    count: torch.Tensor
+    at: torch.Tensor
 
 
 def make_batch(enc, texts, block_size, answer=None):

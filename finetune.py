@@ -1,13 +1,13 @@
 """
-Teach a pretrained memory model new facts in a stream, and measure what it learns and
-what it forgets (sparse memory finetuning: Lin et al. 2025, arXiv:2510.15103).
+Teach a pretrained memory model new facts in a stream, and measure what it learns and what it
+forgets (sparse memory finetuning: Lin et al. 2025, arXiv:2510.15103).
 
-    python finetune.py --mode sparse                 # the demo (pretrains first if out/ckpt.pt is missing)
-    python finetune.py --mode sparse --preset classroom   # the same on a small model, about 1 minute (docs/COURSE.md)
-    python finetune.py --mode full --optimizer adamw --lr 1e-4
-    python finetune.py --mode lora --lora-rank 16
-    python finetune.py --facts-file my_facts.jsonl   # teach your own facts
-    python finetune.py --help                        # every option
+    python finetune.py --mode sparse                      # the paper's method (pretrains first if out/ckpt.pt is missing)
+    python finetune.py --recipe improved                  # + the steps beyond the paper that meet the demo's targets
+    python finetune.py --preset classroom                 # the same on a small model, about 1 minute (docs/COURSE.md)
+    python finetune.py --mode full                        # the baselines: full finetuning, --mode lora
+    python finetune.py --facts-file my_facts.jsonl        # teach your own facts
+    python finetune.py --help                             # every option
 
 It prints a table, a row per stream: the new facts, then (without --facts-file) --set-facts
 facts of each generalisation set, new answers and new relations, each taught from the same
@@ -17,36 +17,15 @@ skill: the story-ending probe; val loss), then a few taught questions with the m
 answer before -> after (with --facts-file: each of your facts, up to 20, and its held-out
 question), and a few background questions the stream broke. --quiet prints the table only.
 
-The stream: one fact at a time, in a fixed order, never revisited. Each step's batch is
-that fact's paraphrases (its statements and its question/answer lines), repeated for
---steps-per-fact steps. Modes:
-  full    every parameter is trained
-  lora    low-rank adapters on the attention, FFN and memory gate/output matrices
-          (lora.py); merged into the weights before evaluation
-  sparse  only memory value rows: per batch, the top-t slots by TF-IDF of their access
-          counts against background document frequencies (choose_rows in sparse.py).
-          Four defaults go beyond the paper (docs/RESULTS.md; --max-t 0 --answer-df 1
-          --max-df 1 --taught-damp 0 is the paper's method): --max-t 4096 gives a fact whose answer the model
-          still does not predict, wherever its batch spells it, its steps again with 4x the
-          rows (t = 64, 256, 1,024, 4,096); --answer-df 0.01 ranks last the slots read where
-          more than 1% of the background facts' answers are predicted, which forgets less;
-          --max-df 0.99 never trains a slot read in more than 99% of the background units,
-          which keeps the large rounds off the slots all text reads (val loss);
-          --taught-damp 1 divides each chosen row's step by 1 + m, m the facts taught before
-          in the stream whose answer is read from the row, so that later facts overwrite
-          fewer of the earlier ones;
-          --answer-mask never trains the slots --answer-df ranks last, in any round, which
-          forgets less over a long stream and carries less to the unseen phrasing;
-          --answer-damp K divides each chosen row's step by 1 + n / K, n the background
-          questions that read it where their answer is predicted, which forgets much less
-          (with a larger --lr: 8 and 100, or 1 and 300).
-          Other choices: --ranking tf (no IDF) and kl (the slot's term of the KL divergence
-          from the background's reads), --rank-by sequence (each row scored on its own),
-          --count answer (only the reads where the answer is predicted); --max-df 0.2 never
-          trains a slot read in more than 20% of the background units, --fresh-rows never a
-          row an earlier fact of the stream trained (both beyond the paper).
-  Any mode: --stop-early ends a fact's steps as soon as its answer is predicted wherever
-  its batch spells it, which forgets less and carries less to the unseen phrasing (beyond the paper)
+The stream (run_stream): one fact at a time, in a fixed order, never revisited; each step's
+batch is that fact's statements and its question/answer lines, for --steps-per-fact steps.
+  full    every parameter is trained (AdamW)
+  lora    low-rank adapters on the attention, FFN and memory gate/output matrices (lora.py),
+          merged into the weights before evaluation
+  sparse  the paper's method (sparse.sparse_step): only memory value rows, per step the top-t
+          slots the batch read by TF-IDF against background document frequencies (SGD)
+The options after --passes in --help are the steps beyond the paper (recipes.py), each off
+unless asked for; --recipe improved turns on the four that meet the demo's targets.
 
 Facts file (--facts-file): JSON Lines, one fact per line, UTF-8:
   {"paraphrases": ["Mira lives in Oakton.", "Mira has a house in Oakton."],
@@ -58,31 +37,33 @@ exact match of " <answer>" after "Q: <question> A:".
 """
 
 import copy
+import hashlib
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
 
 import torch
 from tqdm import tqdm
 
 from common import (Diverged, check_range, check_writable, config_parser, keep_freed_memory, parse_args, pick_device,
                     split, write_json)
-from evaluate import corpus_facts, greedy_answer, measure, qa_batch, qa_items, qa_pair, story_endings
-from facts import batch_texts, check_lengths, make_batch, stream_facts, warn_unseen_tokens
+from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair, story_endings
+from facts import Batch, batch_texts, check_lengths, make_batch, stream_facts, warn_unseen_tokens
 from lora import add_lora, merge_lora
-from model import CLASSROOM_MODEL, LARGE_MODEL, GPTConfig, checkpoint_corpus, checkpoint_train_tokens, load_checkpoint, save_checkpoint
-from sparse import RowOptimizer, background_stats, choose_rows, load_or_compute_background, memory_tables, table_reads
-from train import CLASSROOM_TRAIN, LARGE_TRAIN, TrainConfig, train
+from model import (CLASSROOM_MODEL, LARGE_MODEL, GPTConfig, checkpoint_corpus, checkpoint_train_tokens, config_dict,
+                   load_checkpoint, save_checkpoint)
+from recipes import RECIPES, Recipe, RecipeConfig, answer_readers, build, check_recipe, needs_answers, needs_background
+from sparse import RowOptimizer, background_stats, inverse_document_frequency, memory_tables, sparse_step
+from train import CLASSROOM_TRAIN, LARGE_TRAIN, TrainConfig, get_batch, train
 
 DEFAULT_CHECKPOINT = os.path.join(TrainConfig.out_dir, "ckpt.pt")
 # Learning rates from python experiments.py pareto and optimizer (docs/RESULTS.md), on a stream
 # of 50 facts: sparse (the paper's fixed t = 64), the largest swept rate that costs at most 5% of
-# the background facts (the paper's target); with the default's growing t the same rate is the
-# smallest swept one that learns 0.90 of the demo's 100 facts (experiments.py max-t --facts 100
-# --answer-df 0.01: lr 20 0.895 at a 2.9% drop, lr 50 0.905 at 3.4%, lr 100 0.925 at 4.3%; lr 100
-# forgets twice as much of the hand-written short facts, docs/RESULTS.md "Grow t").
+# the background facts (the paper's target); with --recipe improved the same rate is the smallest
+# swept one that learns 0.90 of the demo's 100 facts (docs/RESULTS.md, "Grow t").
 # Full and LoRA, which learn almost nothing at any rate that spares the background: the largest
 # that costs at most a quarter of it. Other pairs were not swept, so they have no default and
 # need --lr.
@@ -96,17 +77,16 @@ DEFAULT_LR = {("sparse", "sgd"): 50.0, ("sparse", "adamw"): 0.03,
 # sweep of docs/COURSE.md, exercise 1; full and LoRA 1e-4, where full finetuning starts to learn
 # at all). Every field is named, so a later change of the defaults does not move it.
 CLASSROOM_FINETUNE = dict(checkpoint=os.path.join(CLASSROOM_TRAIN["out_dir"], "ckpt.pt"), mode="sparse", optimizer="",
-                          lr=0.0, facts=30, facts_file="", steps_per_fact=10, passes=1, top_t=64, max_t=0, ranking="tfidf",
-                          rank_by="batch", max_df=1.0, count="all", fresh_rows=False, stop_early=False, answer_df=1.0, answer_mask=False,
-                          answer_damp=0.0, taught_damp=0.0, background_batches=200,
-                          background_batch_size=1, lora_rank=16, lora_alpha=32.0, weight_decay=0.0, seed=1337,
-                          device="auto", json="", out="", quiet=False, set_facts=15)
+                          lr=0.0, facts=30, facts_file="", steps_per_fact=10, top_t=64, ranking="tfidf",
+                          background_batches=200, background_batch_size=1, lora_rank=16, lora_alpha=32.0,
+                          weight_decay=0.0, seed=1337, device="auto", json="", out="", quiet=False, set_facts=15)
 CLASSROOM_LR = {("sparse", "sgd"): 100.0, ("full", "adamw"): 1e-4, ("lora", "adamw"): 1e-4}
 
 # The large preset (python finetune.py --preset large): the default demo on the large model
 # (train.py's LARGE_TRAIN: 262,144 memory slots, pretrained first if missing); every other
 # setting is the default's.
 LARGE_FINETUNE = dict(checkpoint=os.path.join(LARGE_TRAIN["out_dir"], "ckpt.pt"))
+PRESETS = {"default": {}, "classroom": CLASSROOM_FINETUNE, "large": LARGE_FINETUNE}
 
 
 @dataclass
@@ -118,19 +98,8 @@ class FinetuneConfig:
     facts: int = 100                       # new facts from the corpus's facts.json to stream (up to 1000)
     facts_file: str = ""                   # JSON Lines file of your own facts instead (format above)
     steps_per_fact: int = 10               # optimizer steps on each fact's batch (paper: 1, at 1.3B params)
-    passes: int = 1                        # times the whole stream is taught, in the same order (paper: 1; beyond it)
     top_t: int = 64                        # sparse: value rows trained per step in each memory table (paper: 500)
-    max_t: int = 4096                      # sparse: a fact whose answer is still missed after its steps gets them again with 4x t, up to this (0 = a fixed t, the paper; beyond it)
-    ranking: str = "tfidf"                 # sparse: tfidf | tf (raw access counts, the paper's ablation) | kl (docs/METHOD.md)
-    rank_by: str = "batch"                 # sparse: batch (the paper) | sequence (score each row, keep a slot's best)
-    max_df: float = 0.99                   # sparse: train no slot read in more than this share of background units (1 = off, the paper; beyond it)
-    count: str = "all"                     # sparse: reads counted: all (every text token, the paper) | answer (where the answer is predicted)
-    fresh_rows: bool = False               # sparse: never train a row that an earlier fact trained (beyond the paper)
-    stop_early: bool = False               # end a fact's steps as soon as its answer is predicted wherever its batch spells it (beyond the paper)
-    answer_df: float = 0.01                # sparse, tfidf: IDF 0 for slots read where more than this share of the background answers are predicted (1 = off, the paper; beyond it)
-    answer_mask: bool = False              # sparse, tfidf: never train those slots, not only rank them last (beyond the paper)
-    answer_damp: float = 0.0               # sparse: each chosen row's step divided by 1 + n / this, n the background questions that read it where their answer is predicted (0 = off, the paper; beyond it)
-    taught_damp: float = 1.0               # sparse: each chosen row's step divided by 1 + m / this, m the facts taught before in the stream whose answer is read from the row (0 = off, the paper; beyond it)
+    ranking: str = "tfidf"                 # sparse: tfidf (the paper) | tf (raw access counts, the paper's ablation) | kl (recipes.py)
     background_batches: int = 1000         # sparse: background units for document frequencies (paper: 1000)
     background_batch_size: int = 1         # sparse: windows of block_size tokens per background unit (docs/DESIGN.md)
     lora_rank: int = 16                    # lora: rank r of each adapter
@@ -144,12 +113,18 @@ class FinetuneConfig:
     set_facts: int = 50                    # facts of each generalisation set (new answers, new relations) also taught, each from the base model; 0 = none
 
 
-# ----------------------------------------------------------------------------------------
-# the stream
+def configs(settings):
+    """(FinetuneConfig, RecipeConfig) of one flat dict of their fields (as --json's settings holds them)."""
+    return tuple(dc(**{f.name: settings[f.name] for f in fields(dc) if f.name in settings})
+                 for dc in (FinetuneConfig, RecipeConfig))
 
-def resolve(cfg, model, lrs=DEFAULT_LR):
-    """Check the options against the model; fill in the defaults that depend on the mode (the
-    learning rate from lrs: DEFAULT_LR, or a preset's)."""
+
+# ----------------------------------------------------------------------------------------
+# the options, checked before any work
+
+def resolve(cfg, model=None, lrs=DEFAULT_LR):
+    """Check the options, and fill in the defaults that depend on the mode (the learning rate
+    from lrs: DEFAULT_LR, or a preset's); with the model, check it can be finetuned so."""
     if cfg.mode not in ("full", "lora", "sparse"):
         raise ValueError(f"unknown --mode {cfg.mode!r}: use full, lora or sparse")
     cfg.optimizer = cfg.optimizer or ("sgd" if cfg.mode == "sparse" else "adamw")
@@ -158,41 +133,15 @@ def resolve(cfg, model, lrs=DEFAULT_LR):
     if not cfg.lr and (cfg.mode, cfg.optimizer) not in lrs:
         raise ValueError(f"no measured default learning rate for {cfg.mode} with {cfg.optimizer}; pass --lr")
     cfg.lr = cfg.lr or lrs[(cfg.mode, cfg.optimizer)]
-    check_range(cfg, positive=("lr",), not_negative=("weight_decay",))
-    if cfg.steps_per_fact < 1 or cfg.facts < 1 or cfg.passes < 1 or cfg.set_facts < 0:
-        raise ValueError("--steps-per-fact, --facts and --passes must be at least 1, --set-facts at least 0")
-    if cfg.fresh_rows and cfg.passes > 1:
-        raise ValueError("--fresh-rows keeps a fact off the rows it trained in an earlier pass: use it with --passes 1")
-    if cfg.mode == "sparse":
-        if not model.memory_modules:
-            raise ValueError("--mode sparse needs a model with memory layers; this one is dense")
-        if cfg.top_t < 1:                              # more than the batch read trains every slot it read
-            raise ValueError(f"--top-t must be at least 1, not {cfg.top_t}")
-        if cfg.max_t < 0 or 0 < cfg.max_t < cfg.top_t:
-            raise ValueError(f"--max-t {cfg.max_t} is below --top-t {cfg.top_t}: give a larger one, or 0 for a fixed t")
-        if cfg.ranking not in ("tfidf", "tf", "kl"):
-            raise ValueError(f"unknown --ranking {cfg.ranking!r}: use tfidf, tf or kl")
-        if cfg.rank_by not in ("batch", "sequence"):
-            raise ValueError(f"unknown --rank-by {cfg.rank_by!r}: use batch or sequence")
-        if cfg.count not in ("all", "answer"):
-            raise ValueError(f"unknown --count {cfg.count!r}: use all or answer")
-        if not 0 < cfg.max_df <= 1:
-            raise ValueError(f"--max-df is a share of the background units: between 0 (exclusive) and 1, not {cfg.max_df}")
-        if not 0 < cfg.answer_df <= 1:
-            raise ValueError(f"--answer-df is a share of the background answers: between 0 (exclusive) and 1, not {cfg.answer_df}")
-        if cfg.answer_mask and cfg.answer_df == 1:
-            raise ValueError("--answer-mask never trains the slots --answer-df counts: give --answer-df below 1 (finetune.py's default is 0.01)")
-        if cfg.ranking != "tfidf":
-            cfg.answer_df, cfg.answer_mask = 1.0, False    # it sets an IDF: the tf and kl rankings have none
-        if cfg.answer_damp < 0 or cfg.taught_damp < 0:
-            raise ValueError(f"--answer-damp and --taught-damp must be 0 (off) or positive, not {cfg.answer_damp} "
-                             f"and {cfg.taught_damp}")
-        if cfg.background_batches < 1 or cfg.background_batch_size < 1:
-            raise ValueError("--background-batches and --background-batch-size must be at least 1")
-    if cfg.mode == "lora":
-        if cfg.lora_rank < 1:
-            raise ValueError("--lora-rank must be at least 1")
-        check_range(cfg, positive=("lora_alpha",))
+    check_range(cfg, positive=("lr", "lora_alpha"), not_negative=("weight_decay",))
+    for name, least in (("steps_per_fact", 1), ("facts", 1), ("set_facts", 0), ("top_t", 1), ("lora_rank", 1),
+                        ("background_batches", 1), ("background_batch_size", 1)):
+        if getattr(cfg, name) < least:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {least}, not {getattr(cfg, name)}")
+    if cfg.ranking not in ("tfidf", "tf", "kl"):
+        raise ValueError(f"unknown --ranking {cfg.ranking!r}: use tfidf, tf or kl")
+    if model is not None and cfg.mode == "sparse" and not model.memory_modules:
+        raise ValueError("--mode sparse needs a model with memory layers; this one is dense")
     return cfg
 
 
@@ -208,172 +157,108 @@ def check_outputs(cfg):
         raise ValueError("--out and --json name the same file; give each its own")
 
 
-def trainable(cfg, model):
-    """What cfg.mode trains: (opt, params, tables, row_opts). full and lora: a torch optimizer
-    over params (every weight, or the adapters lora wraps into the model) and no tables.
-    sparse: no optimizer; the value tables and a RowOptimizer for each. Only the trained
-    weights require gradients."""
-    for p in model.parameters():
-        p.requires_grad_(cfg.mode == "full")
-    if cfg.mode == "sparse":
-        tables = memory_tables(model)
-        for w, _ in tables:
-            w.requires_grad_(True)
-        return None, [], tables, [RowOptimizer(w, cfg.optimizer, cfg.lr, cfg.weight_decay) for w, _ in tables]
-    if cfg.mode == "lora":
-        torch.manual_seed(cfg.seed)
-        params = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
-    else:
-        params = list(model.parameters())
-    opt = (torch.optim.SGD(params, lr=cfg.lr) if cfg.optimizer == "sgd"
-           else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
-    return opt, params, [], []
+# ----------------------------------------------------------------------------------------
+# the stream
 
-
-def state_bytes(opt, row_opts):
-    """The bytes of optimizer state kept: the RowOptimizers', or the torch optimizer's tensors."""
-    if opt is None:
-        return sum(ro.state_bytes() for ro in row_opts)
-    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
-
-
-def run_stream(cfg, model, enc, facts, background=None, quiet=False, on_fact=None):
-    """Finetune model in place on the stream of facts (in sparse mode with tfidf or kl ranking,
-    or with max_df < 1, background holds each value table's background_stats); with --passes P the
-    stream is taught P times over, in the same order. on_fact(n), if given, is called after the
-    n-th fact's last step, n counting on through the passes (analyses.py measures learning curves with it).
-    Returns (the bytes of optimizer state kept, each fact's t in its last round: None but in sparse mode)."""
-    if cfg.mode == "sparse" and cfg.max_df < 1 and background is None:
-        raise ValueError("--max-df needs the background statistics")
-    if cfg.mode == "sparse" and cfg.answer_mask and not (background and all("answer_rows" in bg for bg in background)):
-        raise ValueError("--answer-mask needs the slots background answers are read from: rank against --answer-df's statistics")
-    if cfg.mode == "sparse" and cfg.answer_damp and not (background and all("answer_readers" in bg for bg in background)):
-        raise ValueError("--answer-damp needs how many background answers read each slot: rank against --answer-df's statistics")
+def run_stream(cfg, model, enc, facts, stats=None, recipe=None, quiet=False, on_fact=None):
+    """Teach the facts one at a time, in order, never revisited: cfg.steps_per_fact steps on each
+    fact's batch, by cfg.mode. stats: each value table's background_stats (sparse; None with
+    --ranking tf); recipe: the steps beyond the paper (recipes.build), None for the paper's
+    method. on_fact(n), if given, is called after the n-th fact's last step. Returns (the bytes
+    of optimizer state kept, each fact's t in its last round: None but in sparse mode)."""
+    recipe = recipe or Recipe()
     device = next(model.parameters()).device
-    model.eval()                           # no dropout; BatchNorm keeps its pretrained statistics
-    sparse_grad = [m.values.sparse for m in model.memory_modules]
-    for m in model.memory_modules:         # dense value gradients, whatever pretraining used:
-        m.values.sparse = False            # row selection and torch's optimizers need them
-    opt, params, tables, row_opts = trainable(cfg, model)
-    backgrounds = background or [None] * len(tables)
-    taught = list(facts) * cfg.passes      # --passes: the whole stream again, in the same order
-    bar = tqdm(total=len(taught) * cfg.steps_per_fact, desc=f"{cfg.mode} stream", disable=quiet)
-    steps, starved = 0, 0                  # steps run; steps of a value table in which --max-df, --answer-mask or --fresh-rows left no slot to train
-    taken = [torch.zeros(w.shape[0], dtype=torch.bool) for w, _ in tables] if cfg.fresh_rows else None
-    taught_readers = [torch.zeros(w.shape[0]) for w, _ in tables] if cfg.taught_damp else None   # --taught-damp: m per row
-    grow = cfg.mode == "sparse" and cfg.max_t > 0     # --max-t: rounds with 4x the rows until the answer is predicted
-    t_per_fact = []                        # sparse: the t of each fact's last round
-    try:
-        with model.recording_slots():
-            for n, fact in enumerate(taught, 1):
-                x, y, count, at = fact_batch(cfg, enc, fact, model.config.block_size, device)
-                trained = [torch.zeros_like(tk) for tk in taken] if taken else None     # --fresh-rows: this fact's rows
-                t, step = cfg.top_t, 0
-                while True:                                                # one round: steps_per_fact steps with t rows
-                    learned = False                                        # --stop-early: answered after a step of this round
-                    for i in range(cfg.steps_per_fact):
-                        step += 1
-                        _, loss = model(x, y)                              # 1. forward (records the slots read)
-                        if not torch.isfinite(loss):
-                            raise stream_diverged(f"the loss became {loss.item()}", n, step, cfg)
-                        loss.backward()                                    # 2. backward
-                        if opt is not None:                                # full and lora: a plain optimizer step
-                            opt.step()
-                            opt.zero_grad(set_to_none=True)
-                            updated = params
-                        else:                                              # sparse: 3. choose rows, 4. update them
-                            updated, none = update_rows(cfg, model, tables, row_opts, backgrounds, count, t, taken, trained,
-                                                        taught_readers)
-                            starved += none
-                        if not all(torch.isfinite(u).all() for u in updated):  # 5. only what this step changed: cheap
-                            raise stream_diverged("the weights became inf or nan", n, step, cfg)
-                        steps += 1
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{loss.item():.3f}")
-                        if cfg.stop_early and answers(model, x, y, at):    # --stop-early: learned, no more steps
-                            learned = True
-                            bar.total -= cfg.steps_per_fact - i - 1
-                            break
-                    if learned or not grow or t >= cfg.max_t or answers(model, x, y, at):
+    t_per_fact = []
+    with model.recording_slots(), trainer(cfg, model, stats, recipe) as (step, state_bytes):
+        facts = recipe.stream(facts)
+        for n, fact in enumerate(tqdm(facts, desc=f"{cfg.mode} stream", disable=quiet), 1):
+            batch = fact_batch(enc, fact, model.config.block_size, device)
+            t, steps = cfg.top_t, 0
+            while True:                                             # a round: the fact's steps with t rows
+                for _ in range(cfg.steps_per_fact):
+                    steps += 1
+                    loss, changed = step(batch, t)                  # forward, backward, update
+                    check_finite(loss, changed, n, steps, cfg)
+                    if recipe.stop(model, batch):
                         break
-                    t = min(4 * t, cfg.max_t)                              # --max-t: answer still missed, 4x the rows
-                    bar.total += cfg.steps_per_fact
-                t_per_fact.append(t if tables else None)
-                for tk, tr in zip(taken or [], trained or []):
-                    tk |= tr
-                if taught_readers:                                         # --taught-damp: the rows this fact's answer is read from
-                    with torch.no_grad():
-                        model(x)
-                    for m, reads in zip(taught_readers, table_reads(model, tables)):
-                        m[reads[at].unique().cpu()] += 1                  # reads[at]: (answer positions, heads, k)
-                if on_fact is not None:
-                    on_fact(n)
+                more = recipe.next_t(t, model, batch)               # the paper: one round
+                if not more:
+                    break
+                t = more
+            t_per_fact.append(t if cfg.mode == "sparse" else None)
+            recipe.after_fact(model, batch)
+            if on_fact is not None:
+                on_fact(n)
+        recipe.finish()
+    if cfg.mode == "lora":
+        merge_lora(model)
+    return state_bytes(), t_per_fact
+
+
+@contextmanager
+def trainer(cfg, model, stats, recipe):
+    """with trainer(...) as (step, state_bytes): step(batch, t) trains the model on the batch by
+    cfg.mode and returns (the loss, the weights it changed): full and lora take a torch optimizer
+    step over every weight or the adapters (lora.add_lora), sparse a sparse_step with a
+    RowOptimizer per value table. Only the trained weights require gradients, and value gradients
+    are dense (row choice and torch's optimizers need them); on the way out every weight is frozen
+    again and the value tables' gradient kind restored."""
+    model.eval()                                                    # no dropout; BatchNorm keeps its statistics
+    sparse_grad = [m.values.sparse for m in model.memory_modules]
+    try:
+        for m in model.memory_modules:
+            m.values.sparse = False
+        for p in model.parameters():
+            p.requires_grad_(cfg.mode == "full")
+        tables = memory_tables(model)
+        recipe.start(tables)
+        if cfg.mode == "sparse":
+            opts = [RowOptimizer(w.requires_grad_(True), cfg.optimizer, cfg.lr, cfg.weight_decay) for w, _ in tables]
+            idfs = [recipe.idf(i, torch.ones(w.shape[0], dtype=torch.float64) if cfg.ranking == "tf"
+                               else inverse_document_frequency(stats[i])) for i, (w, _) in enumerate(tables)]
+            yield (lambda batch, t: sparse_step(model, batch, t, tables, opts, idfs, recipe),
+                   lambda: sum(o.state_bytes() for o in opts))
+            return
+        if cfg.mode == "lora":
+            torch.manual_seed(cfg.seed)
+            params = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
+        else:
+            params = list(model.parameters())
+        opt = (torch.optim.SGD(params, lr=cfg.lr) if cfg.optimizer == "sgd"
+               else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
+        yield (lambda batch, t: dense_step(model, batch, opt, params),
+               lambda: sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t)))
     finally:
-        bar.close()
         for m, was in zip(model.memory_modules, sparse_grad):
             m.values.sparse = was
         for p in model.parameters():
             p.requires_grad_(False)
-    if starved:
-        limits = [(flag, fix) for on, flag, fix in ((cfg.max_df < 1, f"--max-df {cfg.max_df:g}", "raise --max-df"),
-                                                    (cfg.answer_mask, "--answer-mask", "raise --answer-df or drop --answer-mask"),
-                                                    (cfg.fresh_rows, "--fresh-rows", "stream fewer facts")) if on]
-        print(f"warning: {' and '.join(flag for flag, _ in limits)} left no trainable slot in {starved} of "
-              f"{steps * len(tables)} steps, which trained nothing; {' or '.join(fix for _, fix in limits)}", file=sys.stderr)
-    if cfg.mode == "lora":
-        merge_lora(model)
-    return state_bytes(opt, row_opts), t_per_fact
 
 
-def fact_batch(cfg, enc, fact, block_size, device):
-    """A fact's batch (make_batch) as the stream trains on it: x, y, count (the tokens whose reads
-    are counted: every text token, or with --count answer only those that predict the answer),
-    and at (the positions that predict the answer, where --max-t checks that it is predicted)."""
+def dense_step(model, batch, opt, params):
+    """Full finetuning's or LoRA's step: (the loss, params). A loss that is not finite trains nothing."""
+    _, loss = model(batch.x, batch.y)
+    if torch.isfinite(loss):
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return loss, params
+
+
+def fact_batch(enc, fact, block_size, device):
+    """A fact's batch (facts.Batch) as the stream trains on it: its lines (batch_texts), the text's
+    tokens counted, and the positions that predict the answer marked (make_batch)."""
     texts = batch_texts(fact)
-    x, y, at = (b.to(device) for b in make_batch(enc, texts, block_size, fact["answer"]))
-    count = at if cfg.count == "answer" else make_batch(enc, texts, block_size)[2].to(device)
-    return x, y, count, at
+    x, y, at = make_batch(enc, texts, block_size, fact["answer"])
+    return Batch(x.to(device), y.to(device), make_batch(enc, texts, block_size)[2].to(device), at.to(device))
 
 
-def update_rows(cfg, model, tables, row_opts, backgrounds, count, t, taken=None, trained=None, taught_readers=None):
-    """Sparse mode's update, after the backward: in each value table, choose t rows among the
-    slots this step read (sparse.choose_rows; none of `taken` with --fresh-rows, and those
-    chosen are marked in `trained`; none of the background answers' rows with --answer-mask)
-    and move those rows only, each by its step divided by 1 + n / --answer-damp + m /
-    --taught-damp, each term only with its option on (n: the background questions that read the
-    row where their answer is predicted; m, taught_readers: the facts taught before in the
-    stream whose answer is read from the row). Returns (the chosen rows' new values, the number
-    of tables left with no row to train)."""
-    updated, starved = [], 0
-    for i, ((w, _), reads, bg, ro) in enumerate(zip(tables, table_reads(model, tables), backgrounds, row_opts)):
-        blocked = taken[i] if taken else None
-        if cfg.answer_mask:
-            blocked = bg["answer_rows"] if blocked is None else blocked | bg["answer_rows"]
-        rows = choose_rows(reads, count, w.shape[0], t, cfg.ranking, cfg.rank_by, cfg.max_df, bg, blocked)
-        if taken:
-            trained[i][rows] = True
-        damp = torch.ones(len(rows))                                                  # (t,)
-        if cfg.answer_damp:
-            damp += bg["answer_readers"][rows].float() / cfg.answer_damp
-        if taught_readers:
-            damp += taught_readers[i][rows] / cfg.taught_damp
-        scale = 1 / damp if cfg.answer_damp or taught_readers else None
-        rows = rows.to(w.device)
-        ro.step(rows, scale)
-        w.grad = None
-        starved += len(rows) == 0
-        updated.append(w[rows])
-    return updated, starved
-
-
-@torch.no_grad()
-def answers(model, x, y, at):
-    """Does the model predict the fact's answer wherever its batch spells it? x, y: the fact's
-    batch (make_batch); at: (B, L) True at the positions that predict the answer's tokens, in
-    every line that holds " <answer>": the statements and the trained questions (--max-t grows
-    t until each is predicted, greedily; the unseen question is not in the batch)."""
-    logits, _ = model(x)                                                             # (B, L, vocab)
-    return bool((logits.argmax(-1) == y)[at].all())
+def check_finite(loss, changed, fact, step, cfg):
+    """Diverged, naming the fact and step, if the loss or a weight this step changed is not finite."""
+    if not torch.isfinite(loss):
+        raise stream_diverged(f"the loss became {loss.item()}", fact, step, cfg)
+    if not all(torch.isfinite(c).all() for c in changed):                   # only what the step changed: cheap
+        raise stream_diverged("the weights became inf or nan", fact, step, cfg)
 
 
 def stream_diverged(what, fact, step, cfg):
@@ -381,68 +266,101 @@ def stream_diverged(what, fact, step, cfg):
     return Diverged(f"{what} at fact {fact}, step {step}: the stream diverged; lower --lr ({cfg.lr:g})")
 
 
-def answer_units(enc, facts, per_batch=128):
-    """One unit per question of each fact (facts.json entries): the question and its answer,
-    counting only the reads at the positions that predict the answer's tokens; per_batch units
-    in one forward (sparse.background_stats)."""
-    items = qa_items(facts)
-    for i in range(0, len(items), per_batch):
-        x, y, _ = qa_batch(enc, items[i:i + per_batch])               # (U, L): -1 in y where no answer token is predicted
-        yield x.unsqueeze(1), (y >= 0).unsqueeze(1)                   # (U, 1, L): a unit is one row
+# ----------------------------------------------------------------------------------------
+# background statistics, and the recipe
+
+def pretraining_units(train_data, block_size, n_units, unit_windows, seed, per_batch=32):
+    """Background units from pretraining, per_batch at a time: (x (U, W, L), None), U units of
+    unit_windows = W random windows of block_size = L tokens each, every token counted."""
+    gen = torch.Generator().manual_seed(seed)
+    for start in range(0, n_units, per_batch):
+        windows = [get_batch(train_data, block_size, unit_windows, gen)[0] for _ in range(min(per_batch, n_units - start))]
+        yield torch.stack(windows), None
 
 
-def keep_clear_of_answers(stats, model, enc, facts, share, device):
-    """--answer-df: the background statistics with "answer_rows", True on every slot read where
-    the answers of more than `share` of the facts' questions are predicted. Such a slot gets IDF
-    0 (sparse.slot_scores): it ranks last and is trained only when a batch reads fewer than t
-    other slots, or never with --answer-mask (beyond the paper: docs/RESULTS.md, answer-df).
-    And "answer_readers": for each slot, how many of those questions read it there (--answer-damp)."""
-    answers = background_stats(model, answer_units(enc, facts), device, quiet=True)
-    return [{**st, "answer_rows": a["df"] > share * a["units"], "answer_readers": a["df"]} for st, a in zip(stats, answers)]
+def fingerprint(model):
+    """A hash of the model's weights: background statistics belong to one model."""
+    h = hashlib.sha1()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
-def ranking_stats(cfg, model, enc, ckpt, device):
-    """The background statistics a sparse stream ranks against (None where it needs none): the
-    pretraining windows' (load_or_compute_background), with --answer-df's cap (and the counts
-    --answer-damp divides by) counted on the background facts of the checkpoint's corpus."""
-    if cfg.mode != "sparse" or (cfg.ranking == "tf" and cfg.max_df == 1 and not cfg.answer_damp):
-        return None
-    stats = load_or_compute_background(cfg, model, ckpt, device)
-    if cfg.answer_df < 1 or cfg.answer_damp:
-        stats = keep_clear_of_answers(stats, model, enc, checkpoint_corpus(ckpt)[1]["background"], cfg.answer_df, device)
+def load_or_compute_background(cfg, model, ckpt, device):
+    """Background statistics of each value table (sparse.background_stats), from pretraining
+    windows, cached beside the checkpoint and reused while everything that changes the reads
+    is the same: the weights, the model args (mem_topk, heads, ...), the corpus and the
+    background settings. A cache that cannot be written is a warning: the run goes on."""
+    path = os.path.splitext(cfg.checkpoint)[0] + ".background.pt"
+    key = {"fingerprint": fingerprint(model), "model_args": config_dict(model.config), "data_dir": ckpt["data_dir"],
+           "data_meta": ckpt["data_meta"], "units": cfg.background_batches,
+           "unit_windows": cfg.background_batch_size, "seed": cfg.seed}
+    if os.path.exists(path):
+        try:
+            cached = torch.load(path, weights_only=True)
+            if cached.get("key") == key and "stats" in cached:
+                return cached["stats"]
+        except Exception:
+            pass                                                        # recompute below
+    train_data = checkpoint_train_tokens(ckpt)
+    if not cfg.quiet:
+        print(f"background: counting slot reads in {cfg.background_batches} units of "
+              f"{cfg.background_batch_size} x {model.config.block_size} tokens -> {path}")
+    units = pretraining_units(train_data, model.config.block_size, cfg.background_batches,
+                              cfg.background_batch_size, cfg.seed)
+    stats = background_stats(model, units, device, cfg.quiet)
+    try:
+        save_checkpoint(path, {"key": key, "stats": stats})
+    except OSError as e:
+        print(f"warning: could not cache the background statistics in {path} ({e.strerror or e}); "
+              "they will be counted again next time", file=sys.stderr)
     return stats
 
 
-def finetune(cfg, model, enc, ckpt, facts, before=None, quiet=False, stats=None, stream="new facts"):
-    """Measure, stream, measure again. Returns (results with the --json keys, the measurements
-    before, the measurements after). Pass the measurements before back as `before` to reuse
-    them for another run from the same model (the results take only what does not depend on
-    the facts from them: background facts, skill, val loss). stats: background statistics to
-    rank against instead of ranking_stats's. stream: the name the results give the facts."""
+def make_recipe(cfg, rcfg, model, enc, ckpt, name="paper"):
+    """(background statistics, Recipe) of a run: the pretraining background's statistics where
+    the ranking or the recipe reads them (None for full, LoRA and the tf ranking alone), and the
+    recipe of rcfg (recipes.build), with the slots the checkpoint's background answers are read
+    from where it needs them."""
+    device = next(model.parameters()).device
+    sparse = cfg.mode == "sparse"
+    stats = load_or_compute_background(cfg, model, ckpt, device) if sparse and needs_background(rcfg, cfg.ranking) else None
+    answers = checkpoint_corpus(ckpt)[1]["background"]
+    readers = answer_readers(model, enc, answers, device) if sparse and needs_answers(rcfg, cfg.ranking) else None
+    return stats, build(rcfg, cfg.mode, cfg.ranking, stats, readers, name)
+
+
+def finetune(cfg, model, enc, ckpt, facts, stats=None, recipe=None, before=None, quiet=False, stream="new facts"):
+    """Measure, stream, measure again. stats and recipe: make_recipe's (None, None: the paper's
+    method with no background, as for full finetuning, LoRA or --ranking tf). Returns (results with
+    the --json keys, the measurements before, the measurements after). Pass the measurements
+    before back as `before` to reuse them for another run from the same model (the results take
+    only what does not depend on the facts from them: background facts, skill, val loss). stream:
+    the name the results give the facts."""
     device = next(model.parameters()).device
     val, kb = checkpoint_corpus(ckpt)
     background, skill = kb["background"], story_endings(val, enc)
     before = before or measure(model, enc, facts, background, val, device, skill)
-    stats = stats or ranking_stats(cfg, model, enc, ckpt, device)
     t0 = time.time()
-    _, t_per_fact = run_stream(cfg, model, enc, facts, stats, quiet)
+    _, t_per_fact = run_stream(cfg, model, enc, facts, stats, recipe, quiet)
     seconds = time.time() - t0
     after = measure(model, enc, facts, background, val, device, skill)
     if not math.isfinite(after["val_loss"]):
         raise stream_diverged(f"val loss is {after['val_loss']} after the last step", len(facts),
                               cfg.steps_per_fact, cfg)
     sparse = cfg.mode == "sparse"
+    drop = lambda key: (before[key] - after[key]) / before[key] if before[key] else 0.0
     return {"stream": stream, "mode": cfg.mode, "optimizer": cfg.optimizer, "lr": cfg.lr,
-            "top_t": cfg.top_t if sparse else None, "ranking": cfg.ranking if sparse else None,
-            "max_t": cfg.max_t if sparse else None,
+            "recipe": (recipe or Recipe()).name, "top_t": cfg.top_t if sparse else None,
+            "ranking": cfg.ranking if sparse else None,
             "t_used": {str(t): t_per_fact.count(t) for t in sorted(set(t_per_fact))} if sparse else None,
-            "facts": len(facts), "steps_per_fact": cfg.steps_per_fact, "passes": cfg.passes, "stop_early": cfg.stop_early,
+            "facts": len(facts), "steps_per_fact": cfg.steps_per_fact,
             "learned_acc": after["learned_acc"], "unseen_acc": after["unseen_acc"],
             "background_acc_before": before["background_acc"], "background_acc_after": after["background_acc"],
-            "background_drop": (before["background_acc"] - after["background_acc"]) / before["background_acc"] if before["background_acc"] else 0.0,
+            "background_drop": drop("background_acc"),
             "skill_acc_before": before["skill_acc"], "skill_acc_after": after["skill_acc"],
-            "skill_drop": (before["skill_acc"] - after["skill_acc"]) / before["skill_acc"],
-            "val_loss_before": before["val_loss"], "val_loss_after": after["val_loss"],
+            "skill_drop": drop("skill_acc"), "val_loss_before": before["val_loss"], "val_loss_after": after["val_loss"],
             "seconds": seconds}, before, after
 
 
@@ -506,13 +424,13 @@ def load_base(cfg, device):
     return model, enc, ckpt
 
 
-def write_outputs(cfg, ckpt, model, facts, results):
+def write_outputs(cfg, settings, ckpt, model, facts, results):
     """Write --out (the model) and --json (the first stream's results, the generalisation sets
     nested under their names, and under "settings" every option of the run, to rerun it), each on
     its own: one failing write never loses the other. Returns what could not be written, or None."""
-    result = {**results[0], **{r["stream"].replace(" ", "_"): r for r in results[1:]}, "settings": vars(cfg)}
+    result = {**results[0], **{r["stream"].replace(" ", "_"): r for r in results[1:]}, "settings": settings}
     writes = [("--out", cfg.out, lambda: save_checkpoint(cfg.out, {**ckpt, "model": model.state_dict(), "optimizers": [],
-                                                                    "finetune": {**vars(cfg), "facts_taught": facts}})),
+                                                                    "finetune": {**settings, "facts_taught": facts}})),
               ("--json", cfg.json, lambda: write_json(cfg.json, result))]
     written, failed = [], []
     for flag, path, write in writes:
@@ -527,47 +445,51 @@ def write_outputs(cfg, ckpt, model, facts, results):
     return None
 
 
+def describe(cfg, rcfg, facts):
+    """The line a run starts with: the method, and the options beyond the paper it uses."""
+    beyond = [f"--{f.name.replace('_', '-')}" + ("" if isinstance(getattr(rcfg, f.name), bool) else f" {getattr(rcfg, f.name):g}"
+              if isinstance(getattr(rcfg, f.name), (int, float)) else f" {getattr(rcfg, f.name)}")
+              for f in fields(RecipeConfig) if getattr(rcfg, f.name) != f.default
+              and (cfg.mode == "sparse" or f.name in ("stop_early", "passes"))]
+    method = f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else ""
+    return (f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {len(facts)} facts, {cfg.steps_per_fact} "
+            f"step(s) each{method}; " + ("beyond the paper: " + " ".join(beyond) if beyond else "the paper's method"))
+
+
 def main(argv=None):
-    presets = {"classroom": CLASSROOM_FINETUNE, "large": LARGE_FINETUNE}
-    args = parse_args(config_parser(__doc__, FinetuneConfig, presets=presets), argv, presets)
-    cfg = split(args, FinetuneConfig)
+    presets = {"preset": PRESETS, "recipe": RECIPES}
+    args = parse_args(config_parser(__doc__, FinetuneConfig, RecipeConfig, presets=presets), argv, presets)
+    cfg, rcfg = split(args, FinetuneConfig), split(args, RecipeConfig)
     keep_freed_memory()
     try:
-        check_outputs(cfg)                                          # before any work, pretraining included
+        resolve(cfg, lrs=CLASSROOM_LR if args.preset == "classroom" else DEFAULT_LR)   # before any work,
+        check_recipe(rcfg, cfg.top_t)                                                  # pretraining included
+        check_outputs(cfg)
         device = pick_device(cfg.device)
         model, enc, ckpt = load_base(cfg, device)
-        resolve(cfg, model, CLASSROOM_LR if args.preset == "classroom" else DEFAULT_LR)
+        resolve(cfg, model)
         if cfg.optimizer == "sgd" and cfg.weight_decay:
             print("note: --weight-decay is AdamW's; SGD ignores it", file=sys.stderr)
         facts = stream_facts(ckpt, cfg.facts, cfg.facts_file)
         check_lengths(enc, facts, model.config.block_size)
         warn_unseen_tokens(enc, facts, checkpoint_train_tokens(ckpt))
-        damping = ([f"(background answers read from it) / {cfg.answer_damp:g}"] if cfg.answer_damp else []) + \
-                  ([f"(facts taught before whose answer is read from it) / {cfg.taught_damp:g}"] if cfg.taught_damp else [])
         if not cfg.quiet:
-            print(f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {len(facts)} facts, "
-                  + ("at most " if cfg.stop_early else "") + f"{cfg.steps_per_fact} step(s) each"
-                  + (" (ending once its answer is predicted)" if cfg.stop_early else "")
-                  + (f", the whole stream {cfg.passes} times" if cfg.passes > 1 else "")
-                  + (f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else "")
-                  + (f" (4x more, up to {cfg.max_t}, while the model misses a fact's answer)" if cfg.mode == "sparse" and cfg.max_t else "")
-                  + (f", none read in more than {cfg.max_df:.0%} of the background units" if cfg.mode == "sparse" and cfg.max_df < 1 else "")
-                  + (f", the slots read where more than {cfg.answer_df:.0%} of the background answers are predicted "
-                     + ("never trained" if cfg.answer_mask else "ranked last") if cfg.mode == "sparse" and cfg.answer_df < 1 else "")
-                  + (f", each row's step divided by 1 + {' + '.join(damping)}" if cfg.mode == "sparse" and damping else ""))
+            print(describe(cfg, rcfg, facts))
         base = copy.deepcopy(model)                                 # the model before: every stream starts from it
         name = os.path.basename(cfg.facts_file) if cfg.facts_file else "new facts"
-        stats = ranking_stats(cfg, model, enc, ckpt, device)        # once: every stream starts from the same model
-        result, before, after = finetune(cfg, model, enc, ckpt, facts, quiet=cfg.quiet, stats=stats, stream=name)
+        stats, recipe = make_recipe(cfg, rcfg, model, enc, ckpt, args.recipe)   # once: every stream starts from the same model
+        result, before, after = finetune(cfg, model, enc, ckpt, facts, stats, recipe, quiet=cfg.quiet, stream=name)
         results, taught = [result], copy.deepcopy(model.state_dict())   # the model --out saves
         for key in ("new_answers", "new_relations") if cfg.set_facts and not cfg.facts_file else ():
             model.load_state_dict(base.state_dict())                # each generalisation set on its own
             extra = corpus_facts(checkpoint_corpus(ckpt)[1][key][:cfg.set_facts])
-            results.append(finetune(cfg, model, enc, ckpt, extra, before, cfg.quiet, stats, stream=key.replace("_", " "))[0])
+            results.append(finetune(cfg, model, enc, ckpt, extra, stats, recipe, before, cfg.quiet,
+                                    stream=key.replace("_", " "))[0])
         model.load_state_dict(taught)
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")
-    failed = write_outputs(cfg, ckpt, model, facts, results)      # first: printing cannot lose them
+    settings = {**vars(cfg), "recipe": args.recipe, **vars(rcfg)}
+    failed = write_outputs(cfg, settings, ckpt, model, facts, results)   # first: printing cannot lose them
     print(format_table(results))
     if not cfg.quiet:
         print(f"stream took {result['seconds']:.1f}s")

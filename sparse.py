@@ -1,35 +1,55 @@
 """
-Sparse memory finetuning's own parts (Lin et al. 2025, arXiv:2510.15103): which rows of a
-memory value table one step trains, and an optimizer that updates only those rows.
+Sparse memory finetuning, the paper's method (Lin et al. 2025, arXiv:2510.15103): one step
+of it, sparse_step, and its parts.
 
-One step of the stream (finetune.py run_stream) is forward -> backward -> choose_rows ->
-RowOptimizer.step. choose_rows ranks the slots the batch read against background statistics
-(how many background units read each slot, from pretraining text) and keeps the top t:
+One step on a batch, per memory value table V:
 
+    forward, recording the slots every token read; backward
     c(i)     = reads of slot i by the batch's text tokens (every head's top-k, every token)
     tf(i)    = c(i) / sum_j c(j)
     idf(i)   = log((|B| + 1) / (df(i) + 1))       df(i): background units that read slot i, of |B|
     rows     = the t read slots with the largest tf(i) * idf(i)
-    V[rows] -= lr * grad V[rows]                   every other row stays bit-identical
+    V[rows] -= lr * grad V[rows]                   every other row, every other weight, stays put
 
-The background statistics are counted once per model (background_stats) and cached beside
-its checkpoint (load_or_compute_background).
+finetune.py runs it over a stream of facts (run_stream) and counts the background statistics
+once per model (background_stats, over pretraining windows). The steps beyond the paper plug in
+where sparse_step says `recipe.`: recipes.py; with recipes.Recipe() they change nothing.
 """
 
-import hashlib
 import math
-import os
-import sys
 
 import torch
 from tqdm import tqdm
 
-from model import checkpoint_train_tokens, config_dict, save_checkpoint
-from train import get_batch
+
+# ----------------------------------------------------------------------------------------
+# one step
+
+def sparse_step(model, batch, t, tables, optimizers, idfs, recipe):
+    """One step of the paper's method on a fact's batch (facts.make_batch: x, y and count, True on
+    the text's tokens), inside model.recording_slots(): train t rows of each value table of
+    memory_tables, with its RowOptimizer and its IDF, (n_slots,). Returns (the loss, the trained
+    rows' new values): a loss that is not finite trains nothing, and the caller stops."""
+    _, loss = model(batch.x, batch.y)                          # 1. forward, recording the slots read
+    if not torch.isfinite(loss):
+        return loss, []
+    loss.backward()                                            # 2. backward: a gradient on every row read
+    count = recipe.counted(batch)                              # (B, T) the tokens whose reads count
+    updated = []
+    for i, ((w, _), reads, opt) in enumerate(zip(tables, table_reads(model, tables), optimizers)):
+        c = slot_counts(reads[count], w.shape[0])              # 3. c(i): reads of slot i by those tokens
+        scores = recipe.scores(i, reads, count, c, idfs[i])    # 4. tf(i) * idf(i), tf(i) = c(i) / sum_j c(j)
+        c = c.masked_fill(recipe.blocked(i), 0)                #    a row that may not be trained counts as unread
+        rows = top_slots(scores, c, t)                         # 5. the t read slots with the largest scores
+        opt.step(rows.to(w.device), recipe.step_scale(i, rows))   # 6. V[rows] -= lr * grad V[rows]
+        recipe.trained(i, rows)
+        w.grad = None
+        updated.append(w[rows])
+    return loss, updated
 
 
 # ----------------------------------------------------------------------------------------
-# which slots a batch read
+# which slots a batch read, and which of them to train
 
 def memory_tables(model):
     """Value tables and the memory layers that read each: [(weight, [positions in model.memory_modules])]."""
@@ -51,92 +71,29 @@ def slot_counts(indices, n_slots):
     return torch.bincount(indices.reshape(-1).cpu(), minlength=n_slots)
 
 
-# ----------------------------------------------------------------------------------------
-# which rows to train: counts -> scores -> mask -> top-t
+def inverse_document_frequency(background):
+    """idf(i) = log((|B| + 1) / (df(i) + 1)), (n_slots,) in float64, from one value table's
+    background_stats: {"df": units that read slot i, "units": |B|}."""
+    return torch.log((background["units"] + 1) / (background["df"].double() + 1))
 
-def slot_scores(counts, ranking="tfidf", background=None):
-    """Scores of every slot for one batch's read counts c. An unread slot scores 0, which a read
-    one can too (or less, under kl): top_slots, not the score, keeps unread slots out.
-      tf(i)    = c(i) / sum_j c(j)
-      tfidf(i) = tf(i) * log((|B| + 1) / (df(i) + 1))       df: background units reading slot i;
-                 0 for the slots background answers are read from, with --answer-df
-      kl(i)    = tf(i) * log(tf(i) / q(i))                   q: the background's share of reads,
-                 q(i) = (reads(i) + 1) / (sum_j reads(j) + N), add-one smoothed over N slots;
-                 the slot's term of KL(batch reads || background reads)
-    background: {"df", "reads", "units"} of one value table (background_stats), and with
-    --answer-df "answer_rows", True on the slots background answers are read from
-    (finetune.keep_clear_of_answers)."""
+
+def slot_scores(counts, idf):
+    """tf(i) * idf(i) of every slot for one batch's read counts c, tf(i) = c(i) / sum_j c(j); an
+    unread slot scores 0, as a read one can: top_slots, not the score, keeps unread slots out.
+    The paper's TF ablation (--ranking tf) is an idf of ones."""
     tf = counts.double() / counts.sum()
-    if ranking == "tf":
-        return tf
-    if ranking == "tfidf":
-        idf = torch.log((background["units"] + 1) / (background["df"].double() + 1))
-        if "answer_rows" in background:                            # --answer-df: ranked last
-            idf = idf.masked_fill(background["answer_rows"], 0.0)
-        return tf * idf
-    reads = background["reads"].double()
-    q = (reads + 1) / (reads.sum() + len(reads))
-    return torch.special.xlogy(tf, tf / q)                         # 0 where tf = 0
-
-
-def sequence_scores(indices, mask, n_slots, ranking, background):
-    """Sequence-level ranking: score each row of the batch on its own reads, and give a slot
-    the best score it gets in a row that reads it (kl scores can be negative, so a row that
-    does not read a slot must not count as a 0). indices: (B, T, H, k) reads; mask: (B, T)
-    tokens counted."""
-    rows = []
-    for b in range(indices.shape[0]):
-        if mask[b].any():
-            c = slot_counts(indices[b][mask[b]], n_slots)
-            rows.append(slot_scores(c, ranking, background).masked_fill(c == 0, -math.inf))
-    return torch.stack(rows).max(dim=0).values
+    return tf * idf
 
 
 def top_slots(scores, counts, t):
-    """The t accessed slots with the highest scores (all accessed ones if fewer); sorted."""
+    """The t read slots (counts > 0) with the highest scores (all read ones if fewer); sorted."""
     scores = scores.masked_fill(counts == 0, -math.inf)
     k = min(t, int((counts > 0).sum()))
     return scores.topk(k).indices.sort().values
 
 
-def choose_rows(reads, count, n_slots, t, ranking="tfidf", rank_by="batch", max_df=1.0, background=None, blocked=None):
-    """The rows of one value table that this step trains. reads: (B, T, H, k) slots read by
-    each token; count: (B, T) True on the tokens whose reads count (make_batch in facts.py);
-    background: the table's background_stats, {"df", "reads", "units" = |B|}, and with --answer-df
-    "answer_rows" (slot_scores); blocked: (n_slots,) True on rows that must not be trained
-    (--fresh-rows: the rows earlier facts trained; --answer-mask: the rows background answers
-    are read from).
-
-      1. counts  c(i) = reads of slot i by the counted tokens
-      2. scores  tfidf(i) = c(i) / sum_j c(j) * log((|B| + 1) / (df(i) + 1)), 0 on answer_rows
-                 (slot_scores; or tf, kl; rank_by "sequence": each row of the batch is scored
-                 alone and a slot keeps its best row's score, sequence_scores)
-      3. mask    max_df < 1: a slot read in more than max_df * |B| background units counts as unread;
-                 so does a blocked one
-      4. top-t   the t read slots with the highest scores (all read ones if fewer), sorted"""
-    c = slot_counts(reads[count], n_slots)                                    # 1. counts
-    if rank_by == "sequence":                                                  # 2. scores
-        scores = sequence_scores(reads, count, n_slots, ranking, background)
-    else:
-        scores = slot_scores(c, ranking, background)
-    if max_df < 1:                                                             # 3. mask
-        c = c.masked_fill(background["df"] > max_df * background["units"], 0)
-    if blocked is not None:
-        c = c.masked_fill(blocked, 0)
-    return top_slots(scores, c, t)                                             # 4. top-t
-
-
 # ----------------------------------------------------------------------------------------
 # background statistics: df and reads per slot
-
-def pretraining_units(train_data, block_size, n_units, unit_windows, seed, per_batch=32):
-    """Background units from pretraining, per_batch at a time: (x (U, W, L), None), U units of
-    unit_windows = W random windows of block_size = L tokens each, every token counted."""
-    gen = torch.Generator().manual_seed(seed)
-    for start in range(0, n_units, per_batch):
-        windows = [get_batch(train_data, block_size, unit_windows, gen)[0] for _ in range(min(per_batch, n_units - start))]
-        yield torch.stack(windows), None
-
 
 @torch.no_grad()
 def background_stats(model, units, device, quiet=False):
@@ -161,46 +118,6 @@ def background_stats(model, units, device, quiet=False):
                 read_in = (unit.view(-1, 1, 1) * n + r).unique()                         # each (unit, slot) once
                 st["df"] += torch.bincount(read_in % n, minlength=n)
                 st["units"] += U
-    return stats
-
-
-def fingerprint(model):
-    """A hash of the model's weights: background statistics belong to one model."""
-    h = hashlib.sha1()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def load_or_compute_background(cfg, model, ckpt, device):
-    """Background statistics of each value table (background_stats), from pretraining
-    windows, cached beside the checkpoint and reused while everything that changes the reads
-    is the same: the weights, the model args (mem_topk, heads, ...), the corpus and the
-    background settings. A cache that cannot be written is a warning: the run goes on."""
-    path = os.path.splitext(cfg.checkpoint)[0] + ".background.pt"
-    key = {"fingerprint": fingerprint(model), "model_args": config_dict(model.config), "data_dir": ckpt["data_dir"],
-           "data_meta": ckpt["data_meta"], "units": cfg.background_batches,
-           "unit_windows": cfg.background_batch_size, "seed": cfg.seed}
-    if os.path.exists(path):
-        try:
-            cached = torch.load(path, weights_only=True)
-            if cached.get("key") == key and "stats" in cached:
-                return cached["stats"]
-        except Exception:
-            pass                                                        # recompute below
-    train_data = checkpoint_train_tokens(ckpt)
-    if not cfg.quiet:
-        print(f"background: counting slot reads in {cfg.background_batches} units of "
-              f"{cfg.background_batch_size} x {model.config.block_size} tokens -> {path}")
-    units = pretraining_units(train_data, model.config.block_size, cfg.background_batches,
-                              cfg.background_batch_size, cfg.seed)
-    stats = background_stats(model, units, device, cfg.quiet)
-    try:
-        save_checkpoint(path, {"key": key, "stats": stats})
-    except OSError as e:
-        print(f"warning: could not cache the background statistics in {path} ({e.strerror or e}); "
-              "they will be counted again next time", file=sys.stderr)
     return stats
 
 
@@ -233,7 +150,7 @@ class RowOptimizer:
     @torch.no_grad()
     def step(self, rows, scale=None):
         """Move the rows (t,) by their gradient; scale: (t,) a factor on each row's learning rate
-        (finetune.py --answer-damp), None: the same rate for all."""
+        (a recipe's step_scale), None: the same rate for all."""
         w, g = self.weight, self.weight.grad[rows]                    # g: (t, v_dim)
         lr = self.lr if scale is None else self.lr * scale.to(w.device, w.dtype).unsqueeze(1)   # scalar or (t, 1)
         if self.kind == "sgd":

@@ -277,7 +277,8 @@ def train(cfg, mcfg, quiet=False):
 
 
 def main(argv=None):
-    presets = {"classroom": {**CLASSROOM_TRAIN, **CLASSROOM_MODEL}, "large": {**LARGE_TRAIN, **LARGE_MODEL}}
+    presets = {"preset": {"default": {}, "classroom": {**CLASSROOM_TRAIN, **CLASSROOM_MODEL},
+                          "large": {**LARGE_TRAIN, **LARGE_MODEL}}}
     p = config_parser(__doc__, TrainConfig, GPTConfig, skip=("vocab_size",), presets=presets)  # it comes from the corpus
     args = parse_args(p, argv, presets)
     keep_freed_memory()

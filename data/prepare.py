@@ -309,7 +309,7 @@ def load_facts(data_dir):
 
 
 def main(argv=None):
-    presets = {"classroom": CLASSROOM_DATA}
+    presets = {"preset": {"default": {}, "classroom": CLASSROOM_DATA}}
     cfg = split(parse_args(config_parser(__doc__, DataConfig, presets=presets), argv, presets), DataConfig)
     if cfg.source == "tinystories" and cfg.out_dir == DataConfig.out_dir:
         cfg.out_dir = os.path.join(HERE, "tinystories")

@@ -10,7 +10,8 @@ from conftest import TINY_MODEL
 from evaluate import qa_items
 from facts import batch_texts, make_batch
 from finetune import DEFAULT_CHECKPOINT
-from sparse import background_stats, fingerprint
+from finetune import fingerprint
+from sparse import background_stats
 from model import GPT, GPTConfig, load_checkpoint
 from train import TrainConfig, train
 
@@ -170,7 +171,7 @@ def test_a_variant_gets_its_own_corpus_and_model_and_reuses_its_checkpoint(tmp_p
 def test_long_scores_the_facts_taught_so_far_beside_each_whole_stream(trained, tmp_path, monkeypatch):
     cfg, _, _, _ = trained
     monkeypatch.setattr(analyses, "qa_accuracy", lambda model, enc, items, device: len(items))   # "accuracy" = items scored
-    monkeypatch.setattr(analyses.ft, "run_stream", lambda cfg, model, enc, stream, stats, quiet, on_fact:
+    monkeypatch.setattr(analyses.ft, "run_stream", lambda cfg, model, enc, stream, stats, recipe, quiet, on_fact:
                         ([on_fact(n) for n in range(1, len(stream) + 1)], [64, 256][:len(stream)]))
     experiments.main(["long", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2", "--device", "cpu",
                       "--out-dir", str(tmp_path)])
@@ -224,9 +225,9 @@ def test_trained_reads_counts_the_reads_where_the_answer_is_predicted(trained):
 def test_one_fact_teaches_every_fact_to_the_pretrained_model(trained, tmp_path, monkeypatch):
     cfg = trained[0]
     weights = []                                                       # the model each stream and ranking starts from
-    real_stream, real_stats = analyses.ft.run_stream, analyses.ft.ranking_stats
+    real_stream, real_recipe = analyses.ft.run_stream, analyses.ft.make_recipe
     monkeypatch.setattr(analyses.ft, "run_stream", lambda c, model, *a, **k: weights.append(fingerprint(model)) or real_stream(c, model, *a, **k))
-    monkeypatch.setattr(analyses.ft, "ranking_stats", lambda c, model, *a: weights.append(fingerprint(model)) or real_stats(c, model, *a))
+    monkeypatch.setattr(analyses.ft, "make_recipe", lambda c, r, model, *a: weights.append(fingerprint(model)) or real_recipe(c, r, model, *a))
     experiments.main(["one-fact", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2", "--steps-per-fact", "2",
                       "--lr", "1.0", "--device", "cpu", "--out-dir", str(tmp_path)])
     runs = json.loads((tmp_path / "one-fact.json").read_text())["runs"]
@@ -279,44 +280,52 @@ def test_answer_reads_takes_the_reads_where_the_answers_first_token_is_predicted
     assert t["new_questions"] == 2 and "new_reads_on_same_relation_slots" not in t   # its question and the held-out one
 
 
-def test_answer_mask_runs_never_train_the_rows_half_the_background_answers_mark(trained, tmp_path, monkeypatch):
+def test_block_answer_slots_runs_never_train_the_rows_half_the_background_answers_mark(trained, tmp_path, monkeypatch):
+    from recipes import BlockAnswerSlots, SpareAnswerSlots
     cfg = trained[0]
-    seen = []                                                          # (answer_mask, the rows marked, the rows trained)
+    seen = []                                                          # (blocked, the rows marked, the rows trained)
     real = experiments.ft.finetune
-    def finetune(c, model, enc, ckpt, facts, *a, stats=None, **k):
+    def finetune(c, model, enc, ckpt, facts, stats, recipe, *a, **k):
         before = model.memory_modules[0].values.weight.detach().clone()
-        out = real(c, model, enc, ckpt, facts, *a, stats=stats, **k)
-        seen.append((c.answer_mask, stats[0]["answer_rows"], (model.memory_modules[0].values.weight != before).any(dim=1)))
+        out = real(c, model, enc, ckpt, facts, stats, recipe, *a, **k)
+        spare = [e for e in recipe.extensions if isinstance(e, SpareAnswerSlots)][0]
+        seen.append((any(isinstance(e, BlockAnswerSlots) for e in recipe.extensions), spare.marked[0],
+                     (model.memory_modules[0].values.weight != before).any(dim=1)))
         return out
     monkeypatch.setattr(experiments.ft, "finetune", finetune)
-    experiments.main(["answer-mask", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2",
+    experiments.main(["block-answer-slots", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2",
                       "--steps-per-fact", "2", "--top-t", "256", "--lr", "1.0", "--device", "cpu", "--out-dir", str(tmp_path)])
-    out = json.loads((tmp_path / "answer-mask.json").read_text())
-    assert [(r["run"]["answer_mask"], r["run"]["answer_df"]) for r in out["results"]] == [
+    out = json.loads((tmp_path / "block-answer-slots.json").read_text())
+    assert [(r["run"]["block_answer_slots"], r["run"]["spare_answer_slots"]) for r in out["results"]] == [
         (m, d) for m in (False, True) for d in (0.01, 0.003, 0.0003)]
     assert all("other_half_drop" in r for r in out["results"])
     assert [m for m, _, _ in seen] == [False] * 3 + [True] * 3
-    for mask, marked, trained_rows in seen:                            # t = 256: every slot read is a candidate
+    for blocked, marked, trained_rows in seen:                         # t = 256: every slot read is a candidate
         assert marked.any() and trained_rows.any()
-        assert (marked & trained_rows).any() != mask                   # ranked last, every read row trains; masked, none
+        assert (marked & trained_rows).any() != blocked                # ranked last, every read row trains; blocked, none
 
 
-def test_the_damping_ablation_divides_by_the_pretraining_df_not_the_answers_count(trained):
+def test_the_slowing_ablation_divides_by_the_pretraining_df_not_the_answers_count(trained):
+    from recipes import RecipeConfig, SlowAnswerSlots, SpareAnswerSlots
     cfg = trained[0]
-    fc = experiments.ft.FinetuneConfig(checkpoint=os.path.join(cfg.out_dir, "ckpt.pt"), device="cpu", answer_damp=8.0)
+    fc = experiments.ft.FinetuneConfig(checkpoint=os.path.join(cfg.out_dir, "ckpt.pt"), device="cpu")
+    rcfg = RecipeConfig(spare_answer_slots=0.01, slow_answer_slots=8.0)
     model, enc, ckpt = experiments.ft.load_base(fc, "cpu")
     fc = experiments.ft.resolve(fc, model)
-    answers = experiments.run_background({"answer_df": 0.01, "answer_damp": 8.0}, fc, model, enc, ckpt, [], "cpu")[0]
-    text = experiments.run_background({"answer_df": 0.01, "answer_damp": 8.0, "damp_by": "text"}, fc, model, enc, ckpt, [], "cpu")[0]
-    assert torch.equal(text["answer_readers"], answers["df"])          # the pretraining units' df
-    assert not torch.equal(answers["answer_readers"], answers["df"])    # the answers' count is another one
-    assert torch.equal(text["answer_rows"], answers["answer_rows"])    # the ranking is the same in both
+    run = {"spare_answer_slots": 0.01, "slow_answer_slots": 8.0}
+    stats, answers = experiments.run_recipe(run, fc, rcfg, model, enc, ckpt, [], "cpu")
+    text = experiments.run_recipe({**run, "damp_by": "text"}, fc, rcfg, model, enc, ckpt, [], "cpu")[1]
+    pick = lambda recipe, kind: [e for e in recipe.extensions if isinstance(e, kind)][0]
+    assert torch.equal(pick(text, SlowAnswerSlots).readers[0], stats[0]["df"])          # the pretraining units' df
+    assert not torch.equal(pick(answers, SlowAnswerSlots).readers[0], stats[0]["df"])   # the answers' count is another
+    assert torch.equal(pick(text, SpareAnswerSlots).marked[0], pick(answers, SpareAnswerSlots).marked[0])   # same ranking
 
 
 def test_every_sweep_run_sets_only_finetune_options_and_has_a_label():
     from dataclasses import fields
     from finetune import FinetuneConfig
-    options = {f.name for f in fields(FinetuneConfig)} | {"background", "damp_by"}   # the last two: run_background's
+    from recipes import RecipeConfig
+    options = {f.name for dc in (FinetuneConfig, RecipeConfig) for f in fields(dc)} | {"background", "damp_by"}   # run_recipe's
     for name, (runs, key, _) in experiments.SWEEPS.items():
         for run in runs():
             assert set(run) <= options, (name, set(run) - options)
@@ -331,8 +340,8 @@ def test_unseen_compares_a_fact_s_two_questions_on_the_rows_its_own_steps_traine
     real_setup = analyses.setup
 
     def setup(args, needs_memory=True):                               # the new facts' unseen question = their first trained one
-        model, enc, ckpt, facts, base, device = real_setup(args, needs_memory)
-        return model, enc, ckpt, [{**f, "heldout_question": f["questions"][0]} for f in facts], base, device
+        model, enc, ckpt, facts, base, rcfg, device = real_setup(args, needs_memory)
+        return model, enc, ckpt, [{**f, "heldout_question": f["questions"][0]} for f in facts], base, rcfg, device
     monkeypatch.setattr(analyses, "setup", setup)
     experiments.main(["unseen", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2", "--steps-per-fact", "2",
                       "--lr", "1.0", "--device", "cpu", "--out-dir", str(tmp_path)])
@@ -391,7 +400,7 @@ def test_kept_counts_the_questions_a_later_fact_undoes_and_whose_subject_it_has(
               4: [False, False, True, True],                           # after fact 2: fact 1's first question lost
               6: [False, False, True, True, True, False]}              # after fact 3: its second question missed
     monkeypatch.setattr(analyses, "qa_correct", lambda model, enc, items, device: script[len(items)])
-    monkeypatch.setattr(analyses.ft, "run_stream", lambda cfg, model, enc, stream, stats, quiet, on_fact:
+    monkeypatch.setattr(analyses.ft, "run_stream", lambda cfg, model, enc, stream, stats, recipe, quiet, on_fact:
                         [on_fact(n) for n in range(1, len(stream) + 1)])
     experiments.main(["kept", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "3", "--device", "cpu",
                       "--out-dir", str(tmp_path)])

@@ -67,7 +67,8 @@ def test_prepare_and_finetune_take_the_preset_and_an_explicit_option_wins(monkey
     with pytest.raises(Stop):
         finetune.main(["--preset", "classroom", "--mode", "full", "--top-t", "5"])
     cfg = calls[1][0]
-    assert cfg == FinetuneConfig(**{**CLASSROOM_FINETUNE, "mode": "full", "top_t": 5})
+    assert cfg == FinetuneConfig(**{**CLASSROOM_FINETUNE, "mode": "full", "top_t": 5, "optimizer": "adamw",
+                                    "lr": CLASSROOM_LR[("full", "adamw")]})       # checked and filled in before any work
 
 
 def test_the_preset_learning_rates_are_its_own_and_an_explicit_lr_wins(trained, tmp_path, monkeypatch):
@@ -112,13 +113,15 @@ def test_the_classroom_corpus_and_checkpoint_are_their_own(monkeypatch, tmp_path
 
 def test_the_course_runs_are_settings_the_classroom_preset_takes(trained):
     """python experiments.py course runs each of COURSE_RUNS with the preset's settings: every key
-    must be a FinetuneConfig field, and each mode must have a classroom learning rate."""
+    must be a FinetuneConfig or RecipeConfig field, and each mode must have a classroom learning rate."""
     from experiments import COURSE_RUNS
     from model import load_checkpoint
     model = load_checkpoint(os.path.join(trained[0].out_dir, "ckpt.pt"))[0]
     assert len({name for name, _ in COURSE_RUNS}) == len(COURSE_RUNS)
     for _, run in COURSE_RUNS:
-        cfg = finetune.resolve(FinetuneConfig(**{**CLASSROOM_FINETUNE, **run}), model, CLASSROOM_LR)
+        cfg, rcfg = finetune.configs({**CLASSROOM_FINETUNE, **run})
+        assert set(run) <= set(vars(cfg)) | set(vars(rcfg))
+        cfg = finetune.resolve(cfg, model, CLASSROOM_LR)
         assert cfg.lr == run.get("lr", CLASSROOM_LR[(cfg.mode, cfg.optimizer)])
 
 
@@ -134,7 +137,8 @@ def test_the_large_preset_is_the_default_run_with_4x_the_slots_in_its_own_folder
     monkeypatch.setattr(finetune, "load_base", recorder(calls))
     with pytest.raises(Stop):
         finetune.main(["--preset", "large", "--facts", "20"])
-    assert calls[1][0] == FinetuneConfig(checkpoint=os.path.join(LARGE_TRAIN["out_dir"], "ckpt.pt"), facts=20)
+    assert calls[1][0] == FinetuneConfig(checkpoint=os.path.join(LARGE_TRAIN["out_dir"], "ckpt.pt"), facts=20,
+                                         optimizer="sgd", lr=50.0)   # the default's rate, filled in before any work
     # a missing large checkpoint is pretrained with the large preset's settings
     monkeypatch.undo()
     monkeypatch.setitem(LARGE_FINETUNE, "checkpoint", str(tmp_path / "ckpt.pt"))

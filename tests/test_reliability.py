@@ -350,7 +350,7 @@ def test_background_statistics_that_cannot_be_cached_warn_and_go_on(trained, tmp
 
     def read_only(path, obj):
         raise PermissionError(13, "Permission denied", path)
-    monkeypatch.setattr("sparse.save_checkpoint", read_only)
+    monkeypatch.setattr("finetune.save_checkpoint", read_only)
     result = tmp_path / "elsewhere" / "r.json"
     finetune.main(["--checkpoint", ckpt, "--facts", "1", "--steps-per-fact", "1", "--background-batches", "5",
                    "--json", str(result), "--device", "cpu", "--quiet"])
@@ -360,8 +360,7 @@ def test_background_statistics_that_cannot_be_cached_warn_and_go_on(trained, tmp
 
 
 def test_background_statistics_are_cached_per_model_args_too(trained, tmp_path):
-    from finetune import FinetuneConfig
-    from sparse import load_or_compute_background
+    from finetune import FinetuneConfig, load_or_compute_background
     model, _, ckpt = load_checkpoint(checkpoint_of(trained))
     fc = FinetuneConfig(checkpoint=str(tmp_path / "ckpt.pt"), background_batches=3)
     load_or_compute_background(fc, model, ckpt, "cpu")
@@ -479,12 +478,14 @@ def test_facts_spelled_in_tokens_pretraining_never_had_are_warned_about(trained,
 
 def test_a_max_df_that_leaves_no_slot_trainable_says_so(trained, capsys):
     from finetune import FinetuneConfig, resolve, run_stream
+    from recipes import RecipeConfig, build
     model, enc, _ = load_checkpoint(checkpoint_of(trained))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     every = torch.full((model.memory_modules[0].n_slots,), 1000)   # every slot read in every background unit
     facts = [{"paraphrases": ["Tom ran."], "questions": ["Who ran?"], "heldout_question": None, "answer": "Tom."}]
-    fc = resolve(FinetuneConfig(mode="sparse", lr=1.0, top_t=8, max_df=0.5, steps_per_fact=2), model)
-    run_stream(fc, model, enc, facts, [{"df": every, "reads": every, "units": 1000}], quiet=True)
+    fc = resolve(FinetuneConfig(mode="sparse", lr=1.0, top_t=8, steps_per_fact=2), model)
+    stats = [{"df": every, "reads": every, "units": 1000}]
+    run_stream(fc, model, enc, facts, stats, build(RecipeConfig(grow_t=4096, max_df=0.5), "sparse", "tfidf", stats), quiet=True)
     assert_same_state(before, model.state_dict())                   # nothing trained ...
     # ... and it says so, counting every step: unanswered, t = 8 grows 4x to 4,096, 6 rounds of 2 steps
     assert "--max-df 0.5 left no trainable slot in 12 of 12 steps" in capsys.readouterr().err

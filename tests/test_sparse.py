@@ -8,7 +8,9 @@ import math
 import pytest
 import torch
 
-from sparse import RowOptimizer, background_stats, choose_rows, sequence_scores, slot_scores, top_slots
+from conftest import chosen
+from recipes import Extension, KLRanking, MaxDF, RankBySequence, Recipe, SpareAnswerSlots, kl_scores
+from sparse import RowOptimizer, background_stats, inverse_document_frequency, slot_scores, top_slots
 
 
 def test_tfidf_scores_on_a_hand_computed_example():
@@ -16,10 +18,11 @@ def test_tfidf_scores_on_a_hand_computed_example():
     df = torch.tensor([0, 3, 1, 1])                           # |B| = 3 background units
     # tf = (1/2, 1/4, 0, 1/4); idf = log(4/1), log(4/4), log(4/2), log(4/2)
     expected = torch.tensor([0.5 * math.log(4), 0.0, 0.0, 0.25 * math.log(2)], dtype=torch.double)
-    bg = {"df": df, "reads": torch.zeros(4, dtype=torch.long), "units": 3}
-    assert torch.allclose(slot_scores(counts, "tfidf", bg), expected)
-    assert torch.equal(top_slots(slot_scores(counts, "tfidf", bg), counts, 2), torch.tensor([0, 3]))
-    assert torch.allclose(slot_scores(counts, "tf"), torch.tensor([0.5, 0.25, 0, 0.25], dtype=torch.double))
+    idf = inverse_document_frequency({"df": df, "units": 3})
+    assert torch.allclose(slot_scores(counts, idf), expected)
+    assert torch.equal(top_slots(slot_scores(counts, idf), counts, 2), torch.tensor([0, 3]))
+    ones = torch.ones(4, dtype=torch.double)                  # the TF ablation: an idf of ones
+    assert torch.allclose(slot_scores(counts, ones), torch.tensor([0.5, 0.25, 0, 0.25], dtype=torch.double))
     # never an unread slot, even when t is larger than the slots read
     assert torch.equal(top_slots(torch.ones(4, dtype=torch.double), counts, 10), torch.tensor([0, 1, 3]))
 
@@ -29,65 +32,92 @@ def test_kl_scores_on_a_hand_computed_example():
     reads = torch.tensor([5, 1, 1, 1])                         # background q = (6, 2, 2, 2) / 12
     bg = {"df": torch.zeros(4, dtype=torch.long), "reads": reads, "units": 3}
     expected = torch.tensor([0.5 * math.log(1.0), 0.25 * math.log(1.5), 0.0, 0.25 * math.log(1.5)], dtype=torch.double)
-    assert torch.allclose(slot_scores(counts, "kl", bg), expected)
+    assert torch.allclose(kl_scores(counts, bg), expected)
     # slot 0 is read most but no more than the background reads it; 1 and 3 are the surprising ones
-    assert torch.equal(top_slots(slot_scores(counts, "kl", bg), counts, 2), torch.tensor([1, 3]))
-    assert slot_scores(counts, "kl", bg).sum() == pytest.approx(0.5 * math.log(1.5))   # the terms sum to KL
+    assert torch.equal(top_slots(kl_scores(counts, bg), counts, 2), torch.tensor([1, 3]))
+    assert kl_scores(counts, bg).sum() == pytest.approx(0.5 * math.log(1.5))   # the terms sum to KL
 
 
 def test_sequence_ranking_keeps_each_slots_best_row():
     # two rows of 2 tokens, 1 head, 1 kept slot each; the second token of row 1 is padding
     indices = torch.tensor([[0, 1], [2, 3]]).view(2, 2, 1, 1)
     mask = torch.tensor([[True, True], [True, False]])
-    scores = sequence_scores(indices, mask, 4, "tf", None)
+    ones = torch.ones(4, dtype=torch.double)                   # tf
+    scores = RankBySequence().scores(0, indices, mask, None, ones)
     # row 0 reads slots 0, 1 (tf 1/2 each); row 1 reads slot 2 alone (tf 1); padding's slot 3 is never read
     assert torch.allclose(scores, torch.tensor([0.5, 0.5, 1.0, -math.inf], dtype=torch.double))
     # kl can be negative: a slot keeps its own row's score, not a 0 from a row that never read it
     bg = {"reads": torch.tensor([100, 0, 0, 0]), "df": None, "units": 1}     # q = (101, 1, 1, 1) / 104
-    kl = sequence_scores(indices, mask, 4, "kl", bg)
+    kl = RankBySequence(KLRanking([bg])).scores(0, indices, mask, None, ones)
     assert kl[0] == pytest.approx(0.5 * math.log(0.5 / (101 / 104))) and kl[0] < 0
     assert kl[2] == pytest.approx(math.log(104))
 
 
-def test_choose_rows_counts_only_the_counted_tokens():
+def test_the_step_counts_only_the_counted_tokens():
     # one row: the separator and two paddings read slot 5, three text tokens read slots 0, 0, 1
     reads = torch.tensor([5, 0, 0, 1, 5, 5]).view(1, 6, 1, 1)
     count = torch.tensor([[False, True, True, True, False, False]])
     # tf over the counted reads: slot 0 2/3, slot 1 1/3, slot 5 unread (counted, it would be 1/2 and first)
-    assert choose_rows(reads, count, 6, 2, "tf").tolist() == [0, 1]
+    assert chosen(reads, count, 2) == [0, 1]
 
 
-@pytest.mark.parametrize("ranking, rank_by, uncapped, capped", [
-    ("tfidf", "batch", [0, 3], [1, 3]), ("tf", "batch", [0, 2], [2, 3]), ("tf", "sequence", [0, 2], [2, 3])])
-def test_max_df_drops_the_slots_above_the_cap_before_top_t(ranking, rank_by, uncapped, capped):
+def test_the_step_trains_the_top_t_by_tfidf_and_no_other_row():
+    reads = torch.tensor([[0, 2], [0, 2], [0, 2], [0, 3], [3, 1]]).view(1, 5, 1, 2)   # tf 0.4, 0.1, 0.3, 0.2
+    count = torch.ones(1, 5, dtype=torch.bool)
+    # df of |B| = 1000 units: tfidf = tf * log(1001 / (df + 1)) = 0.913, 0.691, 0.688, 1.382
+    idf = inverse_document_frequency({"df": torch.tensor([101, 0, 100, 0, 0, 0]), "units": 1000})
+    assert chosen(reads, count, 2, idf) == [0, 3]
+    assert chosen(reads, count, 3, idf) == [0, 1, 3]
+    assert chosen(reads, count, 2) == [0, 2]                   # tf alone
+    assert chosen(reads, count, 10) == [0, 1, 2, 3]            # t above the slots read: every slot read, no other
+
+
+@pytest.mark.parametrize("idf, sequence, uncapped, capped", [
+    (True, False, [0, 3], [1, 3]), (False, False, [0, 2], [2, 3]), (False, True, [0, 2], [2, 3])])
+def test_max_df_drops_the_slots_above_the_cap_before_top_t(idf, sequence, uncapped, capped):
     # one row of 5 tokens, 1 head, 2 slots each: slot 0 is read 4 times, slot 2 3 times, slot 3 twice, slot 1 once
     reads = torch.tensor([[0, 2], [0, 2], [0, 2], [0, 3], [3, 1]]).view(1, 5, 1, 2)
     count = torch.ones(1, 5, dtype=torch.bool)
     # df of |B| = 1000 units; the cap 0.1 x 1000 = 100 allows slot 2 (df 100), not slot 0 (df 101).
-    # tf = 0.4, 0.1, 0.3, 0.2; tfidf = tf * log(1001 / (df + 1)): 0.913, 0.691, 0.688, 1.382
     bg = {"df": torch.tensor([101, 0, 100, 0, 0, 0]), "reads": torch.zeros(6, dtype=torch.long), "units": 1000}
-    assert choose_rows(reads, count, 6, 2, ranking, rank_by, 1.0, bg).tolist() == uncapped
-    assert choose_rows(reads, count, 6, 2, ranking, rank_by, 0.1, bg).tolist() == capped
+    idf = inverse_document_frequency(bg) if idf else None
+    ranking = [RankBySequence()] if sequence else []
+    assert chosen(reads, count, 2, idf, Recipe(ranking)) == uncapped
+    assert chosen(reads, count, 2, idf, Recipe(ranking + [MaxDF(0.1, [bg])])) == capped
 
 
-def test_answer_rows_rank_last_and_max_df_caps_only_by_the_df():
+def test_answer_slots_rank_last_and_max_df_caps_only_by_the_df():
     reads = torch.tensor([[0, 2], [0, 2], [0, 2], [0, 3], [3, 1]]).view(1, 5, 1, 2)   # tf 0.4, 0.1, 0.3, 0.2
     count = torch.ones(1, 5, dtype=torch.bool)
-    # --answer-df marked slots 0 and 3 (IDF 0); slot 0 is read in 5 background units, slot 2 in 995
-    bg = {"df": torch.tensor([5, 0, 995, 7, 0, 0]), "answer_rows": torch.tensor([True, False, False, True, False, False]),
-          "reads": torch.zeros(6, dtype=torch.long), "units": 1000}
-    assert choose_rows(reads, count, 6, 2, "tfidf", "batch", 1.0, bg).tolist() == [1, 2]        # tfidf 0, 0.69, 0.0015, 0
-    assert choose_rows(reads, count, 6, 4, "tfidf", "batch", 0.99, bg).tolist() == [0, 1, 3]    # 2 capped; 0 and 3 still trainable
+    # slots 0 and 3 are read where more than 1% of 100 background answers are predicted: IDF 0;
+    # slot 0 is read in 5 background units, slot 2 in 995
+    bg = {"df": torch.tensor([5, 0, 995, 7, 0, 0]), "reads": torch.zeros(6, dtype=torch.long), "units": 1000}
+    readers = [{"df": torch.tensor([2, 0, 0, 5, 1, 0]), "units": 100}]
+    idf = inverse_document_frequency(bg)
+    spare = SpareAnswerSlots(0.01, readers)
+    assert chosen(reads, count, 2, idf, Recipe([spare])) == [1, 2]               # tfidf 0, 0.69, 0.0015, 0
+    assert chosen(reads, count, 4, idf, Recipe([spare, MaxDF(0.99, [bg])])) == [0, 1, 3]   # 2 capped; 0 and 3 still trainable
+
+
+class Blocks(Extension):
+    """Blocks the rows it is given."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def blocked(self, i):
+        return self.rows
 
 
 def test_blocked_rows_are_never_chosen_and_the_next_best_take_their_place():
     reads = torch.tensor([[0, 2], [0, 2], [0, 2], [0, 3], [3, 1]]).view(1, 5, 1, 2)   # tf 0.4, 0.1, 0.3, 0.2
     count = torch.ones(1, 5, dtype=torch.bool)
-    blocked = torch.tensor([True, False, False, False, False, False])
-    assert choose_rows(reads, count, 6, 2, "tf").tolist() == [0, 2]
-    assert choose_rows(reads, count, 6, 2, "tf", blocked=blocked).tolist() == [2, 3]
-    everything = torch.ones(6, dtype=torch.bool)
-    assert choose_rows(reads, count, 6, 2, "tf", blocked=everything).tolist() == []
+    first = torch.tensor([True, False, False, False, False, False])
+    assert chosen(reads, count, 2) == [0, 2]
+    assert chosen(reads, count, 2, recipe=Recipe([Blocks(first)])) == [2, 3]
+    third = torch.tensor([False, False, False, True, False, False])
+    assert chosen(reads, count, 2, recipe=Recipe([Blocks(first), Blocks(third)])) == [1, 2]   # the union of both
+    assert chosen(reads, count, 2, recipe=Recipe([Blocks(torch.ones(6, dtype=torch.bool))])) == []
 
 
 class ReadsItsTokens:

@@ -2,6 +2,7 @@
 import ast
 import glob
 import os
+import re
 
 import pytest
 
@@ -19,7 +20,8 @@ LAYERS = [
     ["evaluate"],                                 # metrics
     ["facts"],                                    # the facts a stream teaches, and their batches
     ["train"],
-    ["lora", "sparse"],                           # the two methods' own parts
+    ["lora", "sparse"],                           # the two methods' own parts: LoRA, the paper's sparse step
+    ["recipes"],                                  # the steps beyond the paper, plugged into the sparse step
     ["finetune"],
     ["analyses"],                                 # experiments.py's looks inside streams
     ["experiments", "bench"],
@@ -77,3 +79,29 @@ def test_the_check_sees_late_and_aliased_imports():
     relative = "from .prepare import load_facts\nfrom . import world\n"
     assert upward("data.tokenizer", relative, known) == ["data.prepare", "data.world"]
     assert upward("data.world", "from .corpus import story\n", known) == []
+
+
+def function_source(module, name):
+    """The source of a top-level function of a project module, and its length in lines."""
+    with open(project_modules()[module], "r", encoding="utf-8") as f:
+        source = f.read()
+    node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == name)
+    return ast.get_source_segment(source, node), node.end_lineno - node.lineno + 1
+
+
+@pytest.mark.parametrize("module, name", [("sparse", "sparse_step"), ("finetune", "run_stream")])
+def test_the_spine_names_no_step_beyond_the_paper_and_reads_in_one_screen(module, name):
+    from dataclasses import fields
+    from recipes import RecipeConfig
+    source, lines = function_source(module, name)
+    beyond = [f.name for f in fields(RecipeConfig)] + ["kl", "rcfg"]
+    named = sorted({w for w in re.findall(r"[A-Za-z_]+", source.replace("-", "_")) if w in beyond})
+    assert named == [], f"{module}.{name} names options beyond the paper: {named} (they belong in recipes.py)"
+    assert lines <= 40, f"{module}.{name} is {lines} lines: keep the spine to one screen"
+
+
+def test_the_check_sees_an_option_beyond_the_paper():
+    from dataclasses import fields
+    from recipes import RecipeConfig
+    assert "grow_t" in {f.name for f in fields(RecipeConfig)}
+    assert "grow_t" in re.findall(r"[A-Za-z_]+", "t = cfg.grow_t or t")   # what the test above looks for
