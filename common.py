@@ -95,7 +95,7 @@ def check_range(cfg, positive=(), not_negative=()):
 
 class Diverged(RuntimeError):
     """A run whose loss or weights became inf or nan: main() prints it as one line, and
-    experiments.py records it and goes on with its next run."""
+    python -m experiments records it and goes on with its next run."""
 
 
 def pick_device(name="auto"):
@@ -118,7 +118,7 @@ def pick_device(name="auto"):
 def keep_freed_memory():
     """On Linux with glibc, keep freed memory for reuse instead of handing it back to the OS.
     By default glibc returns every freed block over 32 MiB at once, so each step page-faults
-    its big buffers in again. Measured (docs/BENCH.md, bench.py): a 1M-slot layer at d = 512 1.6x
+    its big buffers in again. Measured (docs/BENCH.md, python -m experiments.bench): a 1M-slot layer at d = 512 1.6x
     faster, a full finetuning step 1.4x, the default training step about the same.
     Elsewhere (macOS, Windows, musl) this does nothing."""
     try:

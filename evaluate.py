@@ -4,7 +4,7 @@ repeat), greedy exact-match accuracy on fact questions, and memory slot usage.
 
     python evaluate.py --checkpoint out/ckpt.pt      # one checkpoint (pretrained or finetuned)
 
-(Full vs LoRA vs sparse finetuning on one stream, table and figure: python experiments.py compare.)
+(Full vs LoRA vs sparse finetuning on one stream, table and figure: python -m experiments compare.)
 
 Greedy exact match is computed in one teacher-forced pass: greedy decoding produces the
 answer's tokens (the answer ends with its period) exactly when every answer token is the
@@ -21,9 +21,9 @@ import sys
 import numpy as np
 import torch
 
+from checkpoint import checkpoint_corpus, load_checkpoint
 from common import ROOT, keep_freed_memory, pick_device
 from data.tokenizer import EOT
-from model import checkpoint_corpus, load_checkpoint
 
 
 def val_windows(val_tokens, block_size, batch_size, max_tokens):

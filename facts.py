@@ -16,9 +16,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from checkpoint import checkpoint_corpus
 from data.tokenizer import EOT
 from evaluate import corpus_facts, qa_pair
-from model import checkpoint_corpus
 
 
 def read_facts_file(path):

@@ -48,19 +48,19 @@ from dataclasses import dataclass, fields, replace
 import torch
 from tqdm import tqdm
 
+from checkpoint import checkpoint_corpus, checkpoint_train_tokens, config_dict, load_checkpoint, save_checkpoint
 from common import (Diverged, check_range, check_writable, config_parser, keep_freed_memory, parse_args, pick_device,
                     split, write_json)
 from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair, story_endings
 from facts import Batch, batch_texts, check_lengths, make_batch, stream_facts, warn_unseen_tokens
 from lora import add_lora, merge_lora
-from model import (CLASSROOM_MODEL, LARGE_MODEL, GPTConfig, checkpoint_corpus, checkpoint_train_tokens, config_dict,
-                   load_checkpoint, save_checkpoint)
+from model import CLASSROOM_MODEL, LARGE_MODEL, GPTConfig
 from recipes import RECIPES, Recipe, RecipeConfig, answer_readers, build, check_recipe, needs_answers, needs_background
 from sparse import RowOptimizer, background_stats, inverse_document_frequency, memory_tables, sparse_step
 from train import CLASSROOM_TRAIN, LARGE_TRAIN, TrainConfig, get_batch, train
 
 DEFAULT_CHECKPOINT = os.path.join(TrainConfig.out_dir, "ckpt.pt")
-# Learning rates from python experiments.py pareto and optimizer (docs/RESULTS.md), on a stream
+# Learning rates from python -m experiments pareto and optimizer (docs/RESULTS.md), on a stream
 # of 50 facts: sparse (the paper's fixed t = 64), the largest swept rate that costs at most 5% of
 # the background facts (the paper's target); with --recipe improved the same rate is the smallest
 # swept one that learns 0.90 of the demo's 100 facts (docs/RESULTS.md, "Grow t").

@@ -23,10 +23,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from checkpoint import check_same_corpus, config_dict, load_checkpoint, save_checkpoint
 from common import ROOT, Diverged, check_range, check_writable, config_parser, keep_freed_memory, parse_args, pick_device, split
 from data.prepare import CLASSROOM_DATA, DataConfig, load_facts, prepare, read_corpus_meta
 from evaluate import qa_accuracy, qa_items, validate
-from model import CLASSROOM_MODEL, LARGE_MODEL, GPT, GPTConfig, check_same_corpus, config_dict, load_checkpoint, save_checkpoint
+from model import CLASSROOM_MODEL, LARGE_MODEL, GPT, GPTConfig
 
 
 @dataclass

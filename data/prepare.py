@@ -222,7 +222,7 @@ def new_fact_entries(cfg, enc, seen, n, at_most=False):
     """The first n facts of the new-fact stream whose tokens all occur in pretraining (at_most:
     fewer if fewer are). facts.json holds the first 1000 (on real text, whose tokenizer spells
     fewer invented names in tokens the text holds, as many as there are); the same call gives
-    the same prefix and more (experiments.py long asks for twice its --facts)."""
+    the same prefix and more (python -m experiments long asks for twice its --facts)."""
     return [f.to_dict() for f in world_of(cfg).new_facts(n, usable_for(enc, seen), at_most)]
 
 

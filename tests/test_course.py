@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import recipes
+from checkpoint import checkpoint_corpus, load_checkpoint
 from conftest import Tables
 from facts import Batch
 from finetune import FinetuneConfig, resolve, run_stream
-from model import checkpoint_corpus, load_checkpoint
 from recipes import Extension, FreshRows, Recipe
 from sparse import RowOptimizer, memory_tables, sparse_step
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from checkpoint import load_checkpoint
 from conftest import TINY_MODEL
 from evaluate import validate
 from finetune import main as finetune_main
-from sparse import RowOptimizer
 from memory import ProductKeyMemory
 from model import GPTConfig
-from model import load_checkpoint
+from sparse import RowOptimizer
 from train import TrainConfig, train
 
 DEVICE = "cuda"

@@ -4,15 +4,14 @@ import os
 import pytest
 import torch
 
-import analyses
-import experiments
+from checkpoint import load_checkpoint
 from conftest import TINY_MODEL
 from evaluate import qa_items
+from experiments import analyses, sweeps
 from facts import batch_texts, make_batch
-from finetune import DEFAULT_CHECKPOINT
-from finetune import fingerprint
+from finetune import DEFAULT_CHECKPOINT, fingerprint
+from model import GPT, GPTConfig
 from sparse import background_stats
-from model import GPT, GPTConfig, load_checkpoint
 from train import TrainConfig, train
 
 FACTS = [{"paraphrases": ["Tom ran.", "Tom ran home."], "questions": ["Who ran?"], "heldout_question": None, "answer": "Tom."},
@@ -22,7 +21,7 @@ FACTS = [{"paraphrases": ["Tom ran.", "Tom ran home."], "questions": ["Who ran?"
 def test_fact_background_counts_one_unit_per_fact_and_only_text_tokens(trained):
     cfg = trained[0]
     model, enc, _ = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
-    st = background_stats(model, experiments.fact_units(enc, FACTS, model.config.block_size), "cpu", quiet=True)[0]
+    st = background_stats(model, sweeps.fact_units(enc, FACTS, model.config.block_size), "cpu", quiet=True)[0]
     mem = model.memory_modules[0]
     tokens = sum(int(make_batch(enc, batch_texts(f), model.config.block_size)[2].sum()) for f in FACTS)
     assert st["units"] == 2 and st["df"].max() <= 2
@@ -31,7 +30,7 @@ def test_fact_background_counts_one_unit_per_fact_and_only_text_tokens(trained):
 
 def test_an_experiment_writes_its_runs_and_skips_t_beyond_the_table(trained, tmp_path, capsys):
     cfg = trained[0]
-    experiments.main(["all-slots", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2",
+    sweeps.main(["all-slots", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2",
                       "--steps-per-fact", "2", "--lr", "1.0", "--device", "cpu", "--out-dir", str(tmp_path)])
     printed = [l for l in capsys.readouterr().out.splitlines() if "skipped" in l]
     assert len(printed) == 1 and printed[0].startswith("sparse t=500 ") and printed[0].endswith("larger than the 256 slots")
@@ -48,21 +47,21 @@ def test_a_sweep_streams_a_facts_file_and_only_a_sweep_takes_one(trained, tmp_pa
     path.write_text("\n".join(json.dumps({"paraphrases": f["paraphrases"], "question": f["questions"][0], "answer": f["answer"]})
                               for f in FACTS) + "\n", encoding="utf-8")
     streamed = []
-    real = experiments.ft.finetune
-    monkeypatch.setattr(experiments.ft, "finetune", lambda cfg, m, e, c, facts, *a, **k: streamed.append(facts) or real(cfg, m, e, c, facts, *a, **k))
-    experiments.main(["all-slots", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts-file", str(path),
+    real = sweeps.ft.finetune
+    monkeypatch.setattr(sweeps.ft, "finetune", lambda cfg, m, e, c, facts, *a, **k: streamed.append(facts) or real(cfg, m, e, c, facts, *a, **k))
+    sweeps.main(["all-slots", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts-file", str(path),
                       "--steps-per-fact", "1", "--device", "cpu", "--out-dir", str(tmp_path)])
     out = json.loads((tmp_path / "all-slots.json").read_text())
     assert out["facts"] == 2 and out["facts_file"] == str(path) and len(out["results"]) == 2   # t = 500 is skipped
     assert all([f["answer"] for f in s] == ["Tom.", "Ann."] for s in streamed) and len(streamed) == 2
     with pytest.raises(SystemExit, match="--facts-file is for the sweeps"):
-        experiments.main(["long", "--facts-file", str(path), "--out-dir", str(tmp_path), "--device", "cpu"])
+        sweeps.main(["long", "--facts-file", str(path), "--out-dir", str(tmp_path), "--device", "cpu"])
 
 
 def test_slot_analysis_marks_the_tokens_that_read_selected_slots(trained, tmp_path, capsys):
     import re
     cfg = trained[0]
-    experiments.main(["slots", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "3", "--top-t", "64",
+    sweeps.main(["slots", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "3", "--top-t", "64",
                       "--device", "cpu", "--out-dir", str(tmp_path)])
     out = json.loads((tmp_path / "slots.json").read_text())
     for f in out["per_fact"]:
@@ -100,7 +99,7 @@ def test_forgetting_sorts_broken_answers_into_taught_untaught_and_neither(traine
     def stream(*args, **kwargs):
         now[to_taught], now[to_untaught], now[to_neither] = " " + taught["answer"], " " + untaught, " nothing."
     monkeypatch.setattr(analyses.ft, "run_stream", stream)
-    experiments.main(["forgetting", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "1",
+    sweeps.main(["forgetting", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "1",
                       "--device", "cpu", "--out-dir", str(tmp_path)])
     out = json.loads((tmp_path / "forgetting.json").read_text())
     assert out["background_before"] == 1.0 and out["background_after"] == (len(items) - 3) / len(items)
@@ -126,46 +125,46 @@ def test_a_dense_checkpoint_runs_full_and_lora_and_is_refused_where_only_memory_
                       dense=True, device="cpu"), GPTConfig(**TINY_MODEL), quiet=True)
     args = ["--checkpoint", str(tmp_path / "ckpt.pt"), "--facts", "1", "--steps-per-fact", "1", "--device", "cpu",
             "--out-dir", str(tmp_path / "out")]
-    experiments.main(["compare", *args])
+    sweeps.main(["compare", *args])
     assert "sparse                     skipped: the model has no memory layer" in capsys.readouterr().out
     assert [r["mode"] for r in json.loads((tmp_path / "out" / "compare.json").read_text())["results"]] == ["full", "lora"]
     for name in ("topt", "slots", "forgetting", "long"):
         with pytest.raises(SystemExit) as e:
-            experiments.main([name, *args])
+            sweeps.main([name, *args])
         assert f"{name} studies the memory layer" in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("name", ["compare", "long"])
 def test_facts_below_one_are_refused_before_any_work(tmp_path, monkeypatch, name):
-    monkeypatch.setattr(experiments.ft, "load_base", lambda *a: pytest.fail("the experiment started"))
+    monkeypatch.setattr(sweeps.ft, "load_base", lambda *a: pytest.fail("the experiment started"))
     for n in ("0", "-5"):
         with pytest.raises(SystemExit) as e:
-            experiments.main([name, "--facts", n, "--out-dir", str(tmp_path), "--device", "cpu"])
+            sweeps.main([name, "--facts", n, "--out-dir", str(tmp_path), "--device", "cpu"])
         assert str(e.value) == f"error: --facts must be at least 1, not {n}"
 
 
 def test_a_variant_gets_its_own_corpus_and_model_and_reuses_its_checkpoint(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(experiments, "ROOT", str(tmp_path))
-    monkeypatch.setattr(experiments, "prepare", lambda cfg: calls.append(("prepare", cfg)))
-    monkeypatch.setattr(experiments, "train", lambda cfg, mcfg: calls.append(("train", cfg, mcfg)))
+    monkeypatch.setattr(sweeps, "ROOT", str(tmp_path))
+    monkeypatch.setattr(sweeps, "prepare", lambda cfg: calls.append(("prepare", cfg)))
+    monkeypatch.setattr(sweeps, "train", lambda cfg, mcfg: calls.append(("train", cfg, mcfg)))
     args = type("Args", (), {"device": "cpu", "tinystories_file": ""})()
-    ckpt = experiments.pretrained("few", {"n_people": 5}, {"mem_heads": 8, "mem_topk": 4}, {"max_iters": 7}, args)
+    ckpt = sweeps.pretrained("few", {"n_people": 5}, {"mem_heads": 8, "mem_topk": 4}, {"max_iters": 7}, args)
     (_, corpus), (_, run, model) = calls
     assert corpus.n_people == 5 and corpus.out_dir == str(tmp_path / "data" / "variants" / "few")
     assert run.data_dir == corpus.out_dir and ckpt == str(tmp_path / "out" / "variants" / "few" / "ckpt.pt")
     assert run.out_dir == os.path.dirname(ckpt) and (model.mem_heads, model.mem_topk) == (8, 4)
     assert model.n_embd == GPTConfig().n_embd and run.max_iters == 7  # everything else is the default
     assert (run.seed, run.dense) == (TrainConfig.seed, False)
-    experiments.pretrained("wide", {}, {"n_embd": 64}, {}, args)
+    sweeps.pretrained("wide", {}, {"n_embd": 64}, {}, args)
     assert calls[2][1].out_dir.endswith(os.path.join("data", "generated"))   # no corpus change: the default corpus
-    experiments.pretrained("dense", {}, {}, {"dense": True}, args)    # a training change alone is a variant too
+    sweeps.pretrained("dense", {}, {}, {"dense": True}, args)    # a training change alone is a variant too
     assert calls[5][1].dense and calls[5][1].out_dir == str(tmp_path / "out" / "variants" / "dense")
-    assert experiments.pretrained("same", {}, {}, {}, args) == DEFAULT_CHECKPOINT and len(calls) == 6   # no change at all
+    assert sweeps.pretrained("same", {}, {}, {}, args) == DEFAULT_CHECKPOINT and len(calls) == 6   # no change at all
     os.makedirs(os.path.dirname(ckpt), exist_ok=True)
     open(ckpt, "wb").close()
     calls.clear()
-    assert experiments.pretrained("few", {"n_people": 5}, {}, {}, args) == ckpt and calls == []   # reused
+    assert sweeps.pretrained("few", {"n_people": 5}, {}, {}, args) == ckpt and calls == []   # reused
 
 
 def test_long_scores_the_facts_taught_so_far_beside_each_whole_stream(trained, tmp_path, monkeypatch):
@@ -173,7 +172,7 @@ def test_long_scores_the_facts_taught_so_far_beside_each_whole_stream(trained, t
     monkeypatch.setattr(analyses, "qa_accuracy", lambda model, enc, items, device: len(items))   # "accuracy" = items scored
     monkeypatch.setattr(analyses.ft, "run_stream", lambda cfg, model, enc, stream, stats, recipe, quiet, on_fact:
                         ([on_fact(n) for n in range(1, len(stream) + 1)], [64, 256][:len(stream)]))
-    experiments.main(["long", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2", "--device", "cpu",
+    sweeps.main(["long", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2", "--device", "cpu",
                       "--out-dir", str(tmp_path)])
     data = json.loads((tmp_path / "long.json").read_text())
     first, half, second, more, both = data["trace"]
@@ -187,18 +186,18 @@ def test_long_scores_the_facts_taught_so_far_beside_each_whole_stream(trained, t
 def test_known_facts_background_holds_every_other_fact_and_the_drop_is_measured_on_the_rest(trained):
     cfg, _, enc, _ = trained
     ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))[2]
-    known = experiments.checkpoint_corpus(ckpt)[1]["background"]
-    fc = experiments.ft.FinetuneConfig(background_batches=3)
-    units = list(experiments.known_units(enc, ckpt, fc, 32))
+    known = sweeps.checkpoint_corpus(ckpt)[1]["background"]
+    fc = sweeps.ft.FinetuneConfig(background_batches=3)
+    units = list(sweeps.known_units(enc, ckpt, fc, 32))
     assert len(units) == 1 + (len(known) + 1) // 2                      # 3 windows in one batch, then the even-numbered facts
     assert units[0][0].shape == (3, 1, 32) and units[1][0].shape[0] == 1   # (units, rows, tokens)
     assert units[0][1] is None and units[1][1] is not None            # windows count every token; facts their text
     odd = [i % 2 for i, f in enumerate(known) for _ in f["questions"]]
     before = {"background_correct": [True] * len(odd)}
     even_broken = {"background_correct": [bool(o) for o in odd]}
-    assert experiments.other_half_drop(ckpt, before, even_broken) == 0.0
+    assert sweeps.other_half_drop(ckpt, before, even_broken) == 0.0
     first_odd_broken = {"background_correct": [i != odd.index(1) for i in range(len(odd))]}
-    assert experiments.other_half_drop(ckpt, before, first_odd_broken) == pytest.approx(1 / sum(odd))
+    assert sweeps.other_half_drop(ckpt, before, first_odd_broken) == pytest.approx(1 / sum(odd))
 
 
 def test_trained_reads_counts_the_reads_where_the_answer_is_predicted(trained):
@@ -228,7 +227,7 @@ def test_one_fact_teaches_every_fact_to_the_pretrained_model(trained, tmp_path, 
     real_stream, real_recipe = analyses.ft.run_stream, analyses.ft.make_recipe
     monkeypatch.setattr(analyses.ft, "run_stream", lambda c, model, *a, **k: weights.append(fingerprint(model)) or real_stream(c, model, *a, **k))
     monkeypatch.setattr(analyses.ft, "make_recipe", lambda c, r, model, *a: weights.append(fingerprint(model)) or real_recipe(c, r, model, *a))
-    experiments.main(["one-fact", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2", "--steps-per-fact", "2",
+    sweeps.main(["one-fact", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2", "--steps-per-fact", "2",
                       "--lr", "1.0", "--device", "cpu", "--out-dir", str(tmp_path)])
     runs = json.loads((tmp_path / "one-fact.json").read_text())["runs"]
     assert [(r["mode"], r["lr"]) for r in runs] == [("full", 1e-4), ("full", 3e-4), ("lora", 3e-4), ("lora", 1e-3), ("sparse", 1.0)]
@@ -264,7 +263,7 @@ def test_answer_reads_takes_the_reads_where_the_answers_first_token_is_predicted
             expected.append(model.slot_reads()[0][0, len(p) - 1].flatten())   # (H * k,) where the answer's first token is predicted
     got = analyses.first_answer_reads(model, enc, items, "cpu")   # one right-padded batch
     assert len(got) == 1 and torch.equal(got[0], torch.stack(expected))
-    experiments.main(["answer-reads", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "3",
+    sweeps.main(["answer-reads", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "3",
                       "--device", "cpu", "--out-dir", str(tmp_path)])
     t = json.loads((tmp_path / "answer-reads.json").read_text())["tables"][0]
     assert t["new_questions"] >= 3 and 0 < t["distinct_slots"] <= t["slots"]
@@ -274,7 +273,7 @@ def test_answer_reads_takes_the_reads_where_the_answers_first_token_is_predicted
     mine = tmp_path / "mine.jsonl"                                     # facts written by hand: no relation to compare
     mine.write_text(json.dumps({"paraphrases": ["Tom lives in Dedufield."], "question": "Where does Tom live?",
                                 "answer": "Dedufield.", "heldout_question": "What town is Tom from?"}) + "\n", encoding="utf-8")
-    experiments.main(["answer-reads", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts-file", str(mine),
+    sweeps.main(["answer-reads", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts-file", str(mine),
                       "--device", "cpu", "--out-dir", str(tmp_path)])
     t = json.loads((tmp_path / "answer-reads.json").read_text())["tables"][0]
     assert t["new_questions"] == 2 and "new_reads_on_same_relation_slots" not in t   # its question and the held-out one
@@ -284,7 +283,7 @@ def test_block_answer_slots_runs_never_train_the_rows_half_the_background_answer
     from recipes import BlockAnswerSlots, SpareAnswerSlots
     cfg = trained[0]
     seen = []                                                          # (blocked, the rows marked, the rows trained)
-    real = experiments.ft.finetune
+    real = sweeps.ft.finetune
     def finetune(c, model, enc, ckpt, facts, stats, recipe, *a, **k):
         before = model.memory_modules[0].values.weight.detach().clone()
         out = real(c, model, enc, ckpt, facts, stats, recipe, *a, **k)
@@ -292,8 +291,8 @@ def test_block_answer_slots_runs_never_train_the_rows_half_the_background_answer
         seen.append((any(isinstance(e, BlockAnswerSlots) for e in recipe.extensions), spare.marked[0],
                      (model.memory_modules[0].values.weight != before).any(dim=1)))
         return out
-    monkeypatch.setattr(experiments.ft, "finetune", finetune)
-    experiments.main(["block-answer-slots", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2",
+    monkeypatch.setattr(sweeps.ft, "finetune", finetune)
+    sweeps.main(["block-answer-slots", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2",
                       "--steps-per-fact", "2", "--top-t", "256", "--lr", "1.0", "--device", "cpu", "--out-dir", str(tmp_path)])
     out = json.loads((tmp_path / "block-answer-slots.json").read_text())
     assert [(r["run"]["block_answer_slots"], r["run"]["spare_answer_slots"]) for r in out["results"]] == [
@@ -308,13 +307,13 @@ def test_block_answer_slots_runs_never_train_the_rows_half_the_background_answer
 def test_the_slowing_ablation_divides_by_the_pretraining_df_not_the_answers_count(trained):
     from recipes import RecipeConfig, SlowAnswerSlots, SpareAnswerSlots
     cfg = trained[0]
-    fc = experiments.ft.FinetuneConfig(checkpoint=os.path.join(cfg.out_dir, "ckpt.pt"), device="cpu")
+    fc = sweeps.ft.FinetuneConfig(checkpoint=os.path.join(cfg.out_dir, "ckpt.pt"), device="cpu")
     rcfg = RecipeConfig(spare_answer_slots=0.01, slow_answer_slots=8.0)
-    model, enc, ckpt = experiments.ft.load_base(fc, "cpu")
-    fc = experiments.ft.resolve(fc, model)
+    model, enc, ckpt = sweeps.ft.load_base(fc, "cpu")
+    fc = sweeps.ft.resolve(fc, model)
     run = {"spare_answer_slots": 0.01, "slow_answer_slots": 8.0}
-    stats, answers = experiments.run_recipe(run, fc, rcfg, model, enc, ckpt, [], "cpu")
-    text = experiments.run_recipe({**run, "damp_by": "text"}, fc, rcfg, model, enc, ckpt, [], "cpu")[1]
+    stats, answers = sweeps.run_recipe(run, fc, rcfg, model, enc, ckpt, [], "cpu")
+    text = sweeps.run_recipe({**run, "damp_by": "text"}, fc, rcfg, model, enc, ckpt, [], "cpu")[1]
     pick = lambda recipe, kind: [e for e in recipe.extensions if isinstance(e, kind)][0]
     assert torch.equal(pick(text, SlowAnswerSlots).readers[0], stats[0]["df"])          # the pretraining units' df
     assert not torch.equal(pick(answers, SlowAnswerSlots).readers[0], stats[0]["df"])   # the answers' count is another
@@ -326,13 +325,13 @@ def test_every_sweep_run_sets_only_finetune_options_and_has_a_label():
     from finetune import FinetuneConfig
     from recipes import RecipeConfig
     options = {f.name for dc in (FinetuneConfig, RecipeConfig) for f in fields(dc)} | {"background", "damp_by"}   # run_recipe's
-    for name, (runs, key, _) in experiments.SWEEPS.items():
+    for name, (runs, key, _) in sweeps.SWEEPS.items():
         for run in runs():
             assert set(run) <= options, (name, set(run) - options)
-            assert experiments.group(run, key)
-    passes = experiments.SWEEPS["passes"][0]()
+            assert sweeps.group(run, key)
+    passes = sweeps.SWEEPS["passes"][0]()
     assert {r["mode"] for r in passes if r["passes"] > 1} == {"full", "lora", "sparse"}   # every method, many passes
-    assert experiments.group({"mode": "lora", "passes": 10}, "passes") == "lora, the stream 10x"
+    assert sweeps.group({"mode": "lora", "passes": 10}, "passes") == "lora, the stream 10x"
 
 
 def test_unseen_compares_a_fact_s_two_questions_on_the_rows_its_own_steps_trained(trained, tmp_path, monkeypatch):
@@ -343,7 +342,7 @@ def test_unseen_compares_a_fact_s_two_questions_on_the_rows_its_own_steps_traine
         model, enc, ckpt, facts, base, rcfg, device = real_setup(args, needs_memory)
         return model, enc, ckpt, [{**f, "heldout_question": f["questions"][0]} for f in facts], base, rcfg, device
     monkeypatch.setattr(analyses, "setup", setup)
-    experiments.main(["unseen", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2", "--steps-per-fact", "2",
+    sweeps.main(["unseen", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "2", "--steps-per-fact", "2",
                       "--lr", "1.0", "--device", "cpu", "--out-dir", str(tmp_path)])
     streams = json.loads((tmp_path / "unseen.json").read_text())["streams"]
     same, other = streams["new facts"], streams["new relations"]
@@ -402,7 +401,7 @@ def test_kept_counts_the_questions_a_later_fact_undoes_and_whose_subject_it_has(
     monkeypatch.setattr(analyses, "qa_correct", lambda model, enc, items, device: script[len(items)])
     monkeypatch.setattr(analyses.ft, "run_stream", lambda cfg, model, enc, stream, stats, recipe, quiet, on_fact:
                         [on_fact(n) for n in range(1, len(stream) + 1)])
-    experiments.main(["kept", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "3", "--device", "cpu",
+    sweeps.main(["kept", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "3", "--device", "cpu",
                       "--out-dir", str(tmp_path)])
     streams = json.loads((tmp_path / "kept.json").read_text())["streams"]
     kb = json.loads(open(os.path.join(cfg.data_dir, "facts.json")).read())

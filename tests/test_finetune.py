@@ -11,12 +11,13 @@ from common import Diverged
 from conftest import TINY_MODEL
 from facts import batch_texts, fact_lines, make_batch, read_facts_file, warn_unseen_tokens
 import finetune
+from checkpoint import checkpoint_corpus, load_checkpoint
 from finetune import (FinetuneConfig, configs, fingerprint, load_or_compute_background, main, pretraining_units, resolve,
                       run_stream)
 from lora import LoRALinear, add_lora, merge_lora
+from model import GPT, GPTConfig
 from recipes import RecipeConfig
 from sparse import background_stats, slot_counts
-from model import GPT, GPTConfig, checkpoint_corpus, load_checkpoint
 
 JSON_KEYS = {"stream", "mode", "optimizer", "lr", "recipe", "top_t", "t_used", "ranking", "facts", "steps_per_fact", "learned_acc",
              "unseen_acc", "background_acc_before", "background_acc_after", "background_drop",
@@ -274,7 +275,7 @@ def test_the_example_facts_file_is_valid():
 
 def test_a_checkpoint_whose_corpus_is_gone_gives_one_line(trained, tmp_path):
     from evaluate import main as evaluate_main
-    from model import save_checkpoint
+    from checkpoint import save_checkpoint
     cfg, _, _, _ = trained
     ckpt = torch.load(os.path.join(cfg.out_dir, "ckpt.pt"), weights_only=True)
     moved = str(tmp_path / "moved.pt")

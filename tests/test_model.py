@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from model import GPT, GPTConfig, config_dict, save_checkpoint
+from checkpoint import config_dict, save_checkpoint
+
+from model import GPT, GPTConfig
 
 
 def tiny(**kw):

@@ -112,10 +112,10 @@ def test_the_classroom_corpus_and_checkpoint_are_their_own(monkeypatch, tmp_path
 
 
 def test_the_course_runs_are_settings_the_classroom_preset_takes(trained):
-    """python experiments.py course runs each of COURSE_RUNS with the preset's settings: every key
+    """python -m experiments course runs each of COURSE_RUNS with the preset's settings: every key
     must be a FinetuneConfig or RecipeConfig field, and each mode must have a classroom learning rate."""
-    from experiments import COURSE_RUNS
-    from model import load_checkpoint
+    from experiments.sweeps import COURSE_RUNS
+    from checkpoint import load_checkpoint
     model = load_checkpoint(os.path.join(trained[0].out_dir, "ckpt.pt"))[0]
     assert len({name for name, _ in COURSE_RUNS}) == len(COURSE_RUNS)
     for _, run in COURSE_RUNS:

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import recipes
+from checkpoint import checkpoint_corpus, load_checkpoint
 from conftest import chosen
 from facts import batch_texts, make_batch
 from finetune import FinetuneConfig, fact_batch, resolve, run_stream
-from model import checkpoint_corpus, load_checkpoint
 from recipes import (IMPROVED, RECIPES, BlockAnswerSlots, Extension, FreshRows, Recipe, RecipeConfig, SlowAnswerSlots,
                      SlowTaughtSlots, SpareAnswerSlots, answer_units, answers, build, check_recipe)
 from sparse import memory_tables, slot_counts, table_reads

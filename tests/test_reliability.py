@@ -13,14 +13,15 @@ import torch
 
 import data.prepare as prepare_module
 import evaluate
-import experiments
+from experiments import sweeps
 import finetune
 import model as model_module
 import train as train_module
+from checkpoint import load_checkpoint, save_checkpoint
 from common import Diverged
 from conftest import TINY_MODEL
 from facts import read_facts_file
-from model import GPTConfig, load_checkpoint, save_checkpoint
+from model import GPTConfig
 from train import TrainConfig, train
 
 
@@ -295,17 +296,17 @@ def test_every_output_path_is_checked_before_any_work(trained, tmp_path, monkeyp
                                  "--facts", 1, "--device", "cpu")
         assert f"{flag} {path}" in message
     monkeypatch.setattr(train_module, "read_corpus_meta", lambda *a: pytest.fail("training started"))
-    monkeypatch.setattr(experiments, "sweep", lambda *a: pytest.fail("the experiment ran"))
+    monkeypatch.setattr(sweeps, "sweep", lambda *a: pytest.fail("the experiment ran"))
     for out in (tmp_path / "file", tmp_path / "file" / "run"):
         message = one_line_error(train_module.main, "--data-dir", trained[0].data_dir, "--out-dir", out, "--device", "cpu")
         assert f"--out-dir {out}" in message
-        message = one_line_error(experiments.main, "compare", "--out-dir", out, "--checkpoint", checkpoint_of(trained))
+        message = one_line_error(sweeps.main, "compare", "--out-dir", out, "--checkpoint", checkpoint_of(trained))
         assert f"--out-dir {out}" in message
 
 
 def test_experiment_results_are_written_atomically_and_only_as_valid_json(tmp_path, monkeypatch):
-    monkeypatch.setattr(experiments, "sweep", lambda *a: {"results": [], "val_loss": float("nan")})
-    message = one_line_error(experiments.main, "compare", "--out-dir", tmp_path, "--device", "cpu")
+    monkeypatch.setattr(sweeps, "sweep", lambda *a: {"results": [], "val_loss": float("nan")})
+    message = one_line_error(sweeps.main, "compare", "--out-dir", tmp_path, "--device", "cpu")
     assert f"could not write {tmp_path / 'compare'}.json" in message and "not JSON compliant" in message
     assert os.listdir(tmp_path) == []                            # no half file, no temporary file
 
@@ -417,7 +418,7 @@ def test_facts_file_text_problems_give_one_line_naming_file_and_line(trained, tm
 def test_the_next_save_removes_what_a_killed_save_left(tmp_path):
     from conftest import ROOT
     path = str(tmp_path / "ckpt.pt")
-    killed = (f"import os, sys, torch\nsys.path.insert(0, {ROOT!r})\nfrom model import save_checkpoint\n"
+    killed = (f"import os, sys, torch\nsys.path.insert(0, {ROOT!r})\nfrom checkpoint import save_checkpoint\n"
               "def dies(obj, f):\n    f.write(b'half a checkpoint')\n    os.kill(os.getpid(), 9)\n"
               f"torch.save = dies\nsave_checkpoint({path!r}, {{}})\n")
     assert subprocess.run([sys.executable, "-c", killed]).returncode == -9

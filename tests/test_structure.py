@@ -16,24 +16,27 @@ LAYERS = [
     ["data.world"],                               # the knowledge world, told in the stories' words
     ["data.prepare"],
     ["memory"],
-    ["model"],                                    # the model and its checkpoints
+    ["model"],                                    # the model: torch and memory.py only
+    ["checkpoint"],                               # its checkpoints, and the corpus each names
     ["evaluate"],                                 # metrics
     ["facts"],                                    # the facts a stream teaches, and their batches
     ["train"],
     ["lora", "sparse"],                           # the two methods' own parts: LoRA, the paper's sparse step
     ["recipes"],                                  # the steps beyond the paper, plugged into the sparse step
     ["finetune"],
-    ["analyses"],                                 # experiments.py's looks inside streams
-    ["experiments", "bench"],
+    ["experiments.analyses"],                     # the experiments' looks inside streams
+    ["experiments.sweeps", "experiments.bench"],  # the experiments and the speed figures
+    ["experiments.__main__"],                     # python -m experiments
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
 
 def project_modules():
     """Module name -> path of every Python file of the project outside tests/."""
-    paths = glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "data", "*.py"))
+    paths = [p for folder in ("", "data", "experiments") for p in glob.glob(os.path.join(ROOT, folder, "*.py"))]
     names = {os.path.relpath(p, ROOT)[:-3].replace(os.sep, "."): p for p in paths}
-    names.pop("data.__init__", None)                 # the package itself is empty
+    names.pop("data.__init__", None)                 # the packages themselves import nothing
+    names.pop("experiments.__init__", None)
     return names
 
 
@@ -105,3 +108,13 @@ def test_the_check_sees_an_option_beyond_the_paper():
     from recipes import RecipeConfig
     assert "grow_t" in {f.name for f in fields(RecipeConfig)}
     assert "grow_t" in re.findall(r"[A-Za-z_]+", "t = cfg.grow_t or t")   # what the test above looks for
+
+
+def test_the_model_imports_only_torch_and_the_memory_layer():
+    import sys
+    with open(project_modules()["model"], "r", encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    outside = sorted(m for m in modules if m.split(".")[0] not in {"torch", "memory"} | sys.stdlib_module_names)
+    assert outside == [], f"model.py imports {outside}: checkpoints and corpora belong in checkpoint.py"

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from checkpoint import load_checkpoint
 from data.prepare import load_facts
 from evaluate import qa_accuracy, qa_correct, qa_items, usage_stats, validate
-from model import GPTConfig, load_checkpoint
+from model import GPTConfig
 from train import TrainConfig, lr_at, main, make_optimizers, train
 
 from conftest import TINY_MODEL

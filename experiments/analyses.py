@@ -1,19 +1,19 @@
 """
-The analyses among experiments.py's commands: rather than sweep a setting, each looks inside
+The analyses among python -m experiments' commands: rather than sweep a setting, each looks inside
 streams at finetune.py's defaults, or (answer-reads) inside the pretrained memory.
 
-    python experiments.py curves        # learned and forgotten after every 10 facts, per method
-    python experiments.py slots         # which slots a fact selects, and which tokens read them
-    python experiments.py forgetting    # which background answers a sparse stream breaks, and what they become
-    python experiments.py long          # sparse: a stream of 500 facts, then 500 more
-    python experiments.py one-fact      # each fact taught alone, by each method: forgetting at matched learning
-    python experiments.py answer-reads  # which slots the answers are read from, and how many two questions share
-    python experiments.py unseen        # why a new relation's unseen phrasing is missed: which part of the read falls short
-    python experiments.py kept          # which taught facts the stream itself undoes, and by a fact of which subject
+    python -m experiments curves        # learned and forgotten after every 10 facts, per method
+    python -m experiments slots         # which slots a fact selects, and which tokens read them
+    python -m experiments forgetting    # which background answers a sparse stream breaks, and what they become
+    python -m experiments long          # sparse: a stream of 500 facts, then 500 more
+    python -m experiments one-fact      # each fact taught alone, by each method: forgetting at matched learning
+    python -m experiments answer-reads  # which slots the answers are read from, and how many two questions share
+    python -m experiments unseen        # why a new relation's unseen phrasing is missed: which part of the read falls short
+    python -m experiments kept          # which taught facts the stream itself undoes, and by a fact of which subject
 
-Each takes experiments.py's parsed command line, prints its lines and returns every number
-(the JSON experiments.py writes); the *_figure after it draws its PNG. setup() is how every
-experiment starts, the sweeps in experiments.py too.
+Each takes experiments/sweeps.py's parsed command line, prints its lines and returns every number
+(the JSON experiments/sweeps.py writes); the *_figure after it draws its PNG. setup() is how every
+experiment starts, the sweeps in experiments/sweeps.py too.
 """
 
 from contextlib import contextmanager
@@ -21,17 +21,17 @@ from contextlib import contextmanager
 import torch
 
 import finetune as ft
+from checkpoint import checkpoint_corpus, checkpoint_train_tokens
 from common import pick_device
 from data.prepare import DataConfig, new_fact_entries, seen_tokens
 from evaluate import corpus_facts, first_wrong_tokens, qa_accuracy, qa_batch, qa_correct, qa_items, qa_pair
 from facts import batch_texts, check_lengths, make_batch, stream_facts
-from model import checkpoint_corpus, checkpoint_train_tokens
 from sparse import inverse_document_frequency, memory_tables, slot_counts, slot_scores, table_reads, top_slots
 
 
 def setup(args, needs_memory=True):
     """(model, enc, ckpt, facts, base config, recipe config, device) as every experiment starts
-    (experiments.py's options: FinetuneConfig's and RecipeConfig's fields). needs_memory:
+    (experiments/sweeps.py's options: FinetuneConfig's and RecipeConfig's fields). needs_memory:
     the experiment has nothing to run without a memory layer, so a dense model is refused."""
     device = pick_device(args.device)
     cfg, rcfg = ft.configs(vars(args))

@@ -2,36 +2,36 @@
 The paper's experiments at small scale, each one command that prints a table and writes
 out/experiments/<name>.json (every number) and <name>.png (the figure).
 
-    python experiments.py compare       # full vs LoRA vs sparse, each at finetune.py's default learning rate
-    python experiments.py pareto        # learning-rate sweep of full, LoRA and sparse (paper Figure 5)
-    python experiments.py topt          # top-t sweep, TF-IDF vs TF vs KL ranking (paper Figure 6)
-    python experiments.py optimizer     # SGD vs AdamW for sparse, full and LoRA
-    python experiments.py background    # IDF from pretraining text vs from the new facts (Figure 7)
-    python experiments.py all-slots     # train every slot the batch read vs the top-t
-    python experiments.py curves        # learned and forgotten after every 10 facts, per method
-    python experiments.py slots         # which slots a fact selects, and which tokens read them
-    python experiments.py forgetting    # which background answers a sparse stream breaks, and what they become
-    python experiments.py grow-t        # grow t 4x while the model misses a fact's answer (beyond the paper)
-    python experiments.py count         # rank the reads of every token vs only where the answer is predicted
-    python experiments.py sequence      # batch-level vs sequence-level ranking over the same t's
-    python experiments.py max-df        # never train slots that many background units read (beyond the paper)
-    python experiments.py frontier      # sparse: larger t at smaller learning rates
-    python experiments.py fresh-rows    # never train a row an earlier fact trained (beyond the paper)
-    python experiments.py spare-answer-slots   # rank last the slots background answers are read from (beyond the paper)
-    python experiments.py block-answer-slots   # rank those slots last or never train them, as fewer answers mark a slot
-    python experiments.py slow-answer-slots    # divide each row's step by how many background answers read it
-    python experiments.py long          # sparse: a stream of 500 facts, then 500 more (--facts 1000: 1000 + 1000)
-    python experiments.py one-fact      # each fact taught alone by full, LoRA and sparse: forgetting at matched learning
-    python experiments.py passes        # the stream taught 10 times over: full and LoRA learn it too, at a cost
-    python experiments.py answer-reads  # which slots the answers are read from, and how many two questions share
-    python experiments.py unseen        # why a new relation's unseen phrasing is missed: which part of the read falls short
-    python experiments.py kept          # which taught facts the stream itself undoes, and by a fact of which subject
-    python experiments.py real-text     # pretrain on real TinyStories text, then full vs LoRA vs sparse
-    python experiments.py layouts       # pretrain other memory layouts (heads x top-k, placement), then sparse
-    python experiments.py worlds        # pretrain on other knowledge worlds (closed answers, more people), then sparse
-    python experiments.py dense         # the memory model against dense ones trained for the same time and steps
-    python experiments.py course        # the course's exercises on the classroom model, pretrained with 3 seeds
-    python experiments.py topt --facts 1000 --steps-per-fact 1   # the paper-sized stream
+    python -m experiments compare       # full vs LoRA vs sparse, each at finetune.py's default learning rate
+    python -m experiments pareto        # learning-rate sweep of full, LoRA and sparse (paper Figure 5)
+    python -m experiments topt          # top-t sweep, TF-IDF vs TF vs KL ranking (paper Figure 6)
+    python -m experiments optimizer     # SGD vs AdamW for sparse, full and LoRA
+    python -m experiments background    # IDF from pretraining text vs from the new facts (Figure 7)
+    python -m experiments all-slots     # train every slot the batch read vs the top-t
+    python -m experiments curves        # learned and forgotten after every 10 facts, per method
+    python -m experiments slots         # which slots a fact selects, and which tokens read them
+    python -m experiments forgetting    # which background answers a sparse stream breaks, and what they become
+    python -m experiments grow-t        # grow t 4x while the model misses a fact's answer (beyond the paper)
+    python -m experiments count         # rank the reads of every token vs only where the answer is predicted
+    python -m experiments sequence      # batch-level vs sequence-level ranking over the same t's
+    python -m experiments max-df        # never train slots that many background units read (beyond the paper)
+    python -m experiments frontier      # sparse: larger t at smaller learning rates
+    python -m experiments fresh-rows    # never train a row an earlier fact trained (beyond the paper)
+    python -m experiments spare-answer-slots   # rank last the slots background answers are read from (beyond the paper)
+    python -m experiments block-answer-slots   # rank those slots last or never train them, as fewer answers mark a slot
+    python -m experiments slow-answer-slots    # divide each row's step by how many background answers read it
+    python -m experiments long          # sparse: a stream of 500 facts, then 500 more (--facts 1000: 1000 + 1000)
+    python -m experiments one-fact      # each fact taught alone by full, LoRA and sparse: forgetting at matched learning
+    python -m experiments passes        # the stream taught 10 times over: full and LoRA learn it too, at a cost
+    python -m experiments answer-reads  # which slots the answers are read from, and how many two questions share
+    python -m experiments unseen        # why a new relation's unseen phrasing is missed: which part of the read falls short
+    python -m experiments kept          # which taught facts the stream itself undoes, and by a fact of which subject
+    python -m experiments real-text     # pretrain on real TinyStories text, then full vs LoRA vs sparse
+    python -m experiments layouts       # pretrain other memory layouts (heads x top-k, placement), then sparse
+    python -m experiments worlds        # pretrain on other knowledge worlds (closed answers, more people), then sparse
+    python -m experiments dense         # the memory model against dense ones trained for the same time and steps
+    python -m experiments course        # the course's exercises on the classroom model, pretrained with 3 seeds
+    python -m experiments topt --facts 1000 --steps-per-fact 1   # the paper-sized stream
 
 Every run starts from the same pretrained checkpoint (out/ckpt.pt; made first if missing),
 streams the same facts, and is scored like finetune.py: learned = exact-match accuracy on
@@ -41,7 +41,7 @@ finetune.py's default learning rate and t = 64, a fixed t and the paper's IDF, a
 runs by default. The steps beyond the paper are options here too (recipes.py): --recipe improved
 adds the four of finetune.py --recipe improved, --grow-t 4096 any one of them.
 The sweeps are here; curves, slots, forgetting, long, one-fact, answer-reads, unseen and kept,
-which look inside streams and the memory, are in analyses.py.
+which look inside streams and the memory, are in experiments/analyses.py.
 """
 
 import os
@@ -49,12 +49,13 @@ import sys
 import time
 
 import finetune as ft
-from analyses import ANALYSES, setup
+from experiments.analyses import ANALYSES, setup
+from checkpoint import checkpoint_corpus, checkpoint_train_tokens, load_checkpoint
 from common import ROOT, Diverged, check_writable, config_parser, keep_freed_memory, parse_args, split, write_json
 from data.prepare import DataConfig, prepare
 from evaluate import corpus_facts
 from facts import batch_texts, make_batch, read_facts_file
-from model import CLASSROOM_MODEL, GPTConfig, checkpoint_corpus, checkpoint_train_tokens, load_checkpoint
+from model import CLASSROOM_MODEL, GPTConfig
 from recipes import RECIPES, RecipeConfig, SlowAnswerSlots, answer_readers, build, check_recipe
 from sparse import background_stats
 from train import CLASSROOM_TRAIN, TrainConfig, train
@@ -241,7 +242,7 @@ SPARSE_LRS = [{"lr": 20}, {"lr": 50}]
 # Experiments that pretrain their own models: per variant (its folder, a label, and the corpus,
 # model and training settings that differ from the defaults), then the same runs on each.
 # dense: the default memory model against the dense one (an FFN in block 3 too) trained for as
-# many steps as run in the memory model's pretraining time (bench.py: 13,450 tokens/s against
+# many steps as run in the memory model's pretraining time (experiments/bench.py: 13,450 tokens/s against
 # 8,315 here, so 1,700 x 1.62 = 2,750 steps), and for the same 1,700 steps.
 VARIANTS = {
     "layouts": ([("h2k16", "2 heads x top-16", {}, {"mem_heads": 2, "mem_topk": 16}, {}),
@@ -399,6 +400,7 @@ def plot(name, data, path, title):
 def main(argv=None):
     presets = {"recipe": RECIPES}
     p = config_parser(__doc__, RecipeConfig, presets=presets)          # the steps beyond the paper: recipes.py
+    p.prog = "python -m experiments"
     p.add_argument("experiment", choices=sorted([*SWEEPS, *ANALYSES, *VARIANTS, "course"]))
     p.add_argument("--checkpoint", default=ft.DEFAULT_CHECKPOINT, help="pretrained model (made first if it is the default and missing)")
     p.add_argument("--facts", type=int, default=None, help="new facts in the stream (default 50; long: 500 in each of "

@@ -1,9 +1,9 @@
 """
 Benchmarks that print figures for this machine (not tests; nothing here asserts a speed).
 
-    python bench.py                  # all sections, about 3 minutes on 2 CPU cores
-    python bench.py --quick          # fewer repeats
-    python bench.py --glibc-default  # without common.keep_freed_memory, to see what it gains
+    python -m experiments.bench                  # all sections, about 3 minutes on 2 CPU cores
+    python -m experiments.bench --quick          # fewer repeats
+    python -m experiments.bench --glibc-default  # without common.keep_freed_memory, to see what it gains
 
 1. float32 matmul peak of this machine (the yardstick for everything else)
 2. memory layer forward+backward vs the dense FFN it replaces, same width and tokens,
@@ -14,7 +14,7 @@ Benchmarks that print figures for this machine (not tests; nothing here asserts 
 6. one finetuning step on the pretrained default checkpoint (out/ckpt.pt): full, LoRA and
    sparse, with the optimizer state each keeps
 
-    python bench.py --large --device cuda [--batch-size 128] [--compile]
+    python -m experiments.bench --large --device cuda [--batch-size 128] [--compile]
 
 7. instead of 1-6: a d = 768, 12-layer model with a 1M-slot memory layer in block 6 (4 heads
    x top-32, the references' shape) in bf16 autocast, with dense and with sparse value
@@ -22,7 +22,7 @@ Benchmarks that print figures for this machine (not tests; nothing here asserts 
    device, the step split into forward, backward and optimizers, the peak GPU memory, and
    the value gather's memory bandwidth
 
-    python bench.py --classroom
+    python -m experiments.bench --classroom
 
 8. instead of 1-7: the classroom demo, python finetune.py --mode sparse --preset classroom, as a
    user runs it (a fresh Python process), in a copy of the project's code in a temporary folder:
@@ -49,10 +49,11 @@ import torch
 import torch.nn.functional as F
 
 import finetune as ft
+from checkpoint import checkpoint_corpus
 from common import ROOT, keep_freed_memory, pick_device
 from evaluate import corpus_facts
 from memory import ProductKeyMemory
-from model import GPT, GPTConfig, MLP, checkpoint_corpus
+from model import GPT, GPTConfig, MLP
 from train import TrainConfig, make_optimizers
 
 
@@ -271,7 +272,8 @@ def classroom_demo():
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats")
     p.add_argument("--glibc-default", action="store_true", help="leave glibc's malloc settings as they are")
     p.add_argument("--checkpoint", default=os.path.join(ROOT, "out", "ckpt.pt"), help="pretrained model for section 6")

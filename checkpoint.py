@@ -1,0 +1,119 @@
+"""
+Checkpoints of model.py's GPT: the model's args beside its weights, so that the file alone
+rebuilds the model (load_checkpoint), the tokenizer, and the prepared corpus it was trained on
+(checkpoint_corpus). Saved atomically, loaded with weights_only=True, and checked before use.
+"""
+
+import os
+from dataclasses import asdict, fields
+
+import numpy as np
+import torch
+
+from common import write_atomic
+from data.prepare import load_facts, read_corpus_meta
+from data.tokenizer import encoding_from_text, read_tokenizer
+from model import GPT, GPTConfig
+
+
+def config_dict(cfg):
+    """Plain dict of a config, safe for torch.save(weights_only) checkpoints."""
+    d = asdict(cfg)
+    d["memory_layers"] = list(cfg.memory_layers)
+    return d
+
+
+def save_checkpoint(path, obj):
+    """Atomic (common.write_atomic): a kill at any moment leaves the old file intact, and the
+    temporary files of killed saves are removed by the next save."""
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path, device="cpu"):
+    """(model, encoding, raw checkpoint dict). Loads with weights_only=True."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist; run python train.py first")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        if "GLOBAL" in str(e):                            # torch names the global it refused to import
+            raise RuntimeError(f"refused to load {path}: it holds pickled Python objects, which could run "
+                               "code; only tensors and plain data are accepted") from None
+        raise RuntimeError(f"could not load checkpoint {path} ({type(e).__name__}): the file is corrupt "
+                           "or not a PyTorch checkpoint") from None
+    problem = checkpoint_problem(ckpt)
+    if problem:
+        raise RuntimeError(f"{path} is not a checkpoint written by train.py of this version ({problem}); "
+                           "use one it wrote, or train again")
+    try:
+        model = GPT(GPTConfig(**ckpt["model_args"]))
+    except (TypeError, ValueError) as e:
+        raise RuntimeError(f"{path}: its model args do not make a model ({e}); the file is damaged") from None
+    mine, theirs = model.state_dict(), ckpt["model"]
+    wrong = sorted(k for k in mine.keys() | theirs.keys()
+                   if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape)
+    if wrong:
+        raise RuntimeError(f"{path}: its weights do not fit its model args ({len(wrong)} tensors, the first {wrong[0]}); "
+                           "the file is damaged or from another version")
+    model.load_state_dict(theirs)
+    model.to(device).eval()
+    tok = ckpt["tokenizer"]
+    try:
+        enc = read_tokenizer("gpt2")[0] if tok == "gpt2" else encoding_from_text(tok)
+    except ValueError:
+        raise RuntimeError(f"{path}: its tokenizer is not a .tiktoken ranks text; the file is damaged") from None
+    return model, enc, ckpt
+
+
+def checkpoint_problem(ckpt):
+    """What keeps a loaded file from being a checkpoint this version reads; None if nothing does."""
+    if not isinstance(ckpt, dict):
+        return "it holds no dict"
+    missing = [k for k in ("model", "model_args", "tokenizer", "data_dir", "data_meta") if k not in ckpt]
+    if missing:
+        return "no " + ", ".join(missing)
+    if not isinstance(ckpt["model"], dict) or not all(torch.is_tensor(v) for v in ckpt["model"].values()):
+        return "its model is not a dict of tensors"
+    if not isinstance(ckpt["model_args"], dict):
+        return "its model_args is not a dict"
+    unknown = sorted(ckpt["model_args"].keys() - {f.name for f in fields(GPTConfig)})
+    if unknown:
+        return "model args this version does not know: " + ", ".join(map(str, unknown))
+    if not isinstance(ckpt["tokenizer"], str):
+        return "its tokenizer is not text"
+    if not (isinstance(ckpt["data_dir"], str) and isinstance(ckpt["data_meta"], dict) and "dtype" in ckpt["data_meta"]):
+        return "its data_dir or data_meta is malformed"
+    if not isinstance(ckpt.get("train_config", {}), dict):                  # train.py --resume reads it
+        return "its train_config is not a dict"
+    record = ckpt.get("finetune", {})                                       # evaluate.py scores facts_taught
+    taught = record.get("facts_taught", []) if isinstance(record, dict) else None
+    if not (isinstance(taught, list) and all(isinstance(f, dict) and isinstance(f.get("questions"), list)
+                                              and isinstance(f.get("answer"), str) and "heldout_question" in f
+                                              for f in taught)):
+        return "its finetune record is malformed"
+    return None
+
+
+def check_same_corpus(ckpt, tok_text, meta, data_dir):
+    """A checkpoint only reads text cut by its own tokenizer."""
+    if ckpt["tokenizer"] != tok_text or ckpt["model_args"]["vocab_size"] != meta["vocab_size"]:
+        raise ValueError(f"the checkpoint's tokenizer (vocab {ckpt['model_args']['vocab_size']}) does not match the "
+                         f"corpus in {data_dir} (vocab {meta['vocab_size']}); use the corpus it was trained on")
+
+
+def checkpoint_train_tokens(ckpt):
+    """The pretraining tokens of the corpus a checkpoint was trained on (train.bin, read-only)."""
+    return np.memmap(os.path.join(ckpt["data_dir"], "train.bin"), dtype=ckpt["data_meta"]["dtype"], mode="r")
+
+
+def checkpoint_corpus(ckpt):
+    """(validation tokens, facts.json) of the corpus a checkpoint was trained on."""
+    data_dir = ckpt["data_dir"]
+    try:
+        meta, _, tok_text = read_corpus_meta(data_dir)
+        check_same_corpus(ckpt, tok_text, meta, data_dir)
+        val = np.memmap(os.path.join(data_dir, "val.bin"), dtype=ckpt["data_meta"]["dtype"], mode="r")
+        return val, load_facts(data_dir)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"the corpus this checkpoint was trained on is no longer in {data_dir}; "
+                                "prepare it there again") from None
