@@ -53,7 +53,8 @@ def load_checkpoint(path, device="cpu"):
     wrong = sorted(k for k in mine.keys() | theirs.keys()
                    if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape)
     if wrong:
-        raise RuntimeError(f"{path}: its weights do not fit its model args ({len(wrong)} tensors, the first {wrong[0]}); "
+        raise RuntimeError(f"{path}: its weights do not fit its model args ({len(wrong)} tensors, the first "
+                           f"{wrong[0]}); "
                            "the file is damaged or from another version")
     model.load_state_dict(theirs)
     model.to(device).eval()

@@ -25,31 +25,51 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 def config_parser(description, *dataclasses, skip=(), presets=None):
     """argparse over the fields of the given dataclasses; each option's help is the comment
-    beside its default in the dataclass's source. presets: {option: {name: {field: value}}}, each
+    beside its default in the dataclass's source, and a dataclass with a docstring of its own gets
+    its options grouped under it. presets: {option: {name: {field: value}}}, each
     offered as --option NAME (the first name is the default), whose help lists the options each
     name changes (parse_args applies it)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     for dc in dataclasses:
-        comments = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(dc), re.M))
+        comments = field_comments(dc)
+        own_doc = dc.__doc__ and not dc.__doc__.startswith(dc.__name__ + "(")   # not the one dataclass writes
+        group = p.add_argument_group(dc.__doc__.strip()) if own_doc else p
         for f in fields(dc):
             if f.name in skip:
                 continue
             name, text = "--" + f.name.replace("_", "-"), comments.get(f.name, "").replace("%", "%%")
             if isinstance(f.default, bool):
-                p.add_argument(name, action=argparse.BooleanOptionalAction, default=f.default,
+                group.add_argument(name, action=argparse.BooleanOptionalAction, default=f.default,
                                help=f"{text} (default: {f.default})")
             elif isinstance(f.default, tuple):
-                p.add_argument(name, type=lambda s: tuple(int(i) for i in s.split(",") if i.strip()),
+                group.add_argument(name, type=lambda s: tuple(int(i) for i in s.split(",") if i.strip()),
                                default=f.default, help=f"{text}; comma-separated, e.g. 1,3 "
                                f"(default: {','.join(map(str, f.default))})")
             else:
-                p.add_argument(name, type=type(f.default), default=f.default, help=f"{text} (default: {f.default})")
+                group.add_argument(name, type=type(f.default), default=f.default, help=f"{text} (default: {f.default})")
     for option, named in (presets or {}).items():
         changes = " ".join(f"{k}: {'; '.join(preset_changes(p, v)) or 'nothing'}." for k, v in named.items())
         p.add_argument(f"--{option}", choices=list(named), default=next(iter(named)), help="a named set of settings "
                        "(what each changes is listed here); an option given on the command line still wins. "
                        + changes.replace("%", "%%"))
     return p
+
+
+def field_comments(dc):
+    """Each field's comment in the source of dataclass dc: the text after # on its line, and on
+    the lines of comment alone right below it."""
+    comments, name = {}, None
+    for line in inspect.getsource(dc).splitlines():
+        field = re.match(r"\s+(\w+): .*?#\s*(.*)$", line)
+        more = re.match(r"\s+#\s*(.*)$", line)
+        if field:
+            name = field.group(1)
+            comments[name] = field.group(2)
+        elif more and name:
+            comments[name] += " " + more.group(1)
+        else:
+            name = None
+    return comments
 
 
 def preset_changes(p, preset):

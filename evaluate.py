@@ -28,12 +28,12 @@ from data.tokenizer import EOT
 
 def val_windows(val_tokens, block_size, batch_size, max_tokens):
     """Consecutive (x, y) windows of the validation tokens, in order, in batches."""
+    def window(r, shift):                                              # row r, shifted by 0 (x) or 1 (y)
+        return torch.from_numpy(val_tokens[r * block_size + shift:(r + 1) * block_size + shift].astype(np.int64))
     n = min(len(val_tokens) - 1, max_tokens) // block_size
     for i in range(0, n, batch_size):
         rows = range(i, min(i + batch_size, n))
-        x = torch.stack([torch.from_numpy(val_tokens[r * block_size:(r + 1) * block_size].astype(np.int64)) for r in rows])
-        y = torch.stack([torch.from_numpy(val_tokens[r * block_size + 1:(r + 1) * block_size + 1].astype(np.int64)) for r in rows])
-        yield x, y
+        yield torch.stack([window(r, 0) for r in rows]), torch.stack([window(r, 1) for r in rows])
 
 
 @torch.no_grad()
@@ -164,7 +164,8 @@ def skill_accuracy(model, enc, items, device, batch_size=64):
             x[r, :len(t)] = torch.tensor(t)
             y[r, start - 1:len(t) - 1] = torch.tensor(t[start:])       # predict the ending's tokens
         mask = y >= 0                                                  # (B, L) the ending's tokens
-        logp = torch.log_softmax(model(x.to(device), at=mask.to(device))[0].float(), dim=-1).cpu()   # (ending tokens, vocab)
+        logits = model(x.to(device), at=mask.to(device))[0]           # (ending tokens, vocab)
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
         tok = torch.zeros(y.shape)                                     # (B, L) each ending token's log-probability
         tok[mask] = logp.gather(-1, y[mask].unsqueeze(-1)).squeeze(-1)
         scores[i:i + len(chunk)] = tok.sum(1) / mask.sum(1)
@@ -214,7 +215,8 @@ def greedy_answer(model, enc, prompt, device, max_new_tokens=16):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=os.path.join(ROOT, "out", "ckpt.pt"), help="checkpoint written by train.py or "
+    p.add_argument("--checkpoint", default=os.path.join(ROOT, "out", "ckpt.pt"),
+                   help="checkpoint written by train.py or "
                    "finetune.py --out")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--facts", type=int, default=100, help="new facts to score, as finetune.py's --facts (a finetuned "

@@ -46,8 +46,9 @@ def read_facts_file(path):
                 raise ValueError(f"{where}: expected an object with paraphrases, question and answer")
             missing, unknown = {"paraphrases", "question", "answer"} - d.keys(), d.keys() - keys
             if missing or unknown:
-                raise ValueError(f"{where}: " + (f"missing {sorted(missing)}" if missing else f"unknown keys {sorted(unknown)}")
-                                 + "; a fact has paraphrases, question and answer, and may have heldout_question")
+                wrong = f"missing {sorted(missing)}" if missing else f"unknown keys {sorted(unknown)}"
+                raise ValueError(f"{where}: {wrong}; a fact has paraphrases, question and answer, and may have "
+                                 "heldout_question")
             p = d["paraphrases"]
             if not isinstance(p, list) or not p or not all(isinstance(s, str) and s.strip() for s in p):
                 raise ValueError(f"{where}: paraphrases must be a non-empty list of non-empty strings")

@@ -2,7 +2,7 @@
 Teach a pretrained memory model new facts in a stream, and measure what it learns and what it
 forgets (sparse memory finetuning: Lin et al. 2025, arXiv:2510.15103).
 
-    python finetune.py --mode sparse                      # the paper's method (pretrains first if out/ckpt.pt is missing)
+    python finetune.py --mode sparse                      # the paper's method (pretrains out/ckpt.pt first)
     python finetune.py --recipe improved                  # + the steps beyond the paper that meet the demo's targets
     python finetune.py --preset classroom                 # the same on a small model, about 1 minute (docs/COURSE.md)
     python finetune.py --mode full                        # the baselines: full finetuning, --mode lora
@@ -24,8 +24,8 @@ batch is that fact's statements and its question/answer lines, for --steps-per-f
           merged into the weights before evaluation
   sparse  the paper's method (sparse.sparse_step): only memory value rows, per step the top-t
           slots the batch read by TF-IDF against background document frequencies (SGD)
-The options after --passes in --help are the steps beyond the paper (recipes.py), each off
-unless asked for; --recipe improved turns on the four that meet the demo's targets.
+The options under "steps beyond the paper" below are recipes.py's, each off unless asked for;
+--recipe improved turns on the four that meet the demo's targets.
 
 Facts file (--facts-file): JSON Lines, one fact per line, UTF-8:
   {"paraphrases": ["Mira lives in Oakton.", "Mira has a house in Oakton."],
@@ -91,15 +91,18 @@ PRESETS = {"default": {}, "classroom": CLASSROOM_FINETUNE, "large": LARGE_FINETU
 
 @dataclass
 class FinetuneConfig:
+    """the run, and the paper's method"""
     checkpoint: str = DEFAULT_CHECKPOINT   # pretrained model; the default one is trained first if missing
     mode: str = "sparse"                   # full | lora | sparse
     optimizer: str = ""                    # sgd | adamw; empty = sgd for sparse (paper), adamw otherwise
-    lr: float = 0.0                        # 0 = the sweep's choice for this mode and optimizer (DEFAULT_LR; --preset classroom: CLASSROOM_LR)
+    lr: float = 0.0                        # 0 = the sweep's choice for this mode and optimizer
+                                           # (DEFAULT_LR; --preset classroom: CLASSROOM_LR)
     facts: int = 100                       # new facts from the corpus's facts.json to stream (up to 1000)
     facts_file: str = ""                   # JSON Lines file of your own facts instead (format above)
     steps_per_fact: int = 10               # optimizer steps on each fact's batch (paper: 1, at 1.3B params)
     top_t: int = 64                        # sparse: value rows trained per step in each memory table (paper: 500)
-    ranking: str = "tfidf"                 # sparse: tfidf (the paper) | tf (raw access counts, the paper's ablation) | kl (recipes.py)
+    ranking: str = "tfidf"                 # sparse: tfidf (the paper) | tf (raw access counts, the paper's
+                                           # ablation) | kl (recipes.py)
     background_batches: int = 1000         # sparse: background units for document frequencies (paper: 1000)
     background_batch_size: int = 1         # sparse: windows of block_size tokens per background unit (docs/DESIGN.md)
     lora_rank: int = 16                    # lora: rank r of each adapter
@@ -110,7 +113,8 @@ class FinetuneConfig:
     json: str = ""                         # write the results to this JSON file
     out: str = ""                          # save the finetuned model here (a checkpoint evaluate.py reads)
     quiet: bool = False                    # print the table only: no progress bars, no example answers
-    set_facts: int = 50                    # facts of each generalisation set (new answers, new relations) also taught, each from the base model; 0 = none
+    set_facts: int = 50                    # facts of each generalisation set (new answers, new relations)
+                                           # also taught, each from the base model; 0 = none
 
 
 def configs(settings):
@@ -226,8 +230,9 @@ def trainer(cfg, model, stats, recipe):
             params = list(model.parameters())
         opt = (torch.optim.SGD(params, lr=cfg.lr) if cfg.optimizer == "sgd"
                else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
+        state = lambda: [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
         yield (lambda batch, t: dense_step(model, batch, opt, params),
-               lambda: sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t)))
+               lambda: sum(t.numel() * t.element_size() for t in state()))
     finally:
         for m, was in zip(model.memory_modules, sparse_grad):
             m.values.sparse = was
@@ -274,7 +279,8 @@ def pretraining_units(train_data, block_size, n_units, unit_windows, seed, per_b
     unit_windows = W random windows of block_size = L tokens each, every token counted."""
     gen = torch.Generator().manual_seed(seed)
     for start in range(0, n_units, per_batch):
-        windows = [get_batch(train_data, block_size, unit_windows, gen)[0] for _ in range(min(per_batch, n_units - start))]
+        units = min(per_batch, n_units - start)
+        windows = [get_batch(train_data, block_size, unit_windows, gen)[0] for _ in range(units)]
         yield torch.stack(windows), None
 
 
@@ -325,7 +331,9 @@ def make_recipe(cfg, rcfg, model, enc, ckpt, name="paper"):
     from where it needs them."""
     device = next(model.parameters()).device
     sparse = cfg.mode == "sparse"
-    stats = load_or_compute_background(cfg, model, ckpt, device) if sparse and needs_background(rcfg, cfg.ranking) else None
+    stats = None
+    if sparse and needs_background(rcfg, cfg.ranking):
+        stats = load_or_compute_background(cfg, model, ckpt, device)
     answers = checkpoint_corpus(ckpt)[1]["background"]
     readers = answer_readers(model, enc, answers, device) if sparse and needs_answers(rcfg, cfg.ranking) else None
     return stats, build(rcfg, cfg.mode, cfg.ranking, stats, readers, name)
@@ -375,9 +383,10 @@ def format_table(results):
              f"{'skill (story endings)':<27} val loss"]
     for r in results:
         unseen = "-" if r["unseen_acc"] is None else f"{r['unseen_acc']:.3f}"
+        change_loss = r["val_loss_after"] / r["val_loss_before"] - 1
+        loss = f"{r['val_loss_before']:.4f} -> {r['val_loss_after']:.4f} ({change_loss:+.1%})"
         lines.append(f"{r['stream']:<{w}} {r['facts']:>5} {r['learned_acc']:>7.3f} {unseen:>6}   "
-                     f"{change(r, 'background_acc'):<27} {change(r, 'skill_acc'):<27} "
-                     f"{r['val_loss_before']:.4f} -> {r['val_loss_after']:.4f} ({r['val_loss_after'] / r['val_loss_before'] - 1:+.1%})")
+                     f"{change(r, 'background_acc'):<27} {change(r, 'skill_acc'):<27} {loss}")
     return "\n".join(lines)
 
 
@@ -405,16 +414,16 @@ def show_examples(base, model, enc, facts, background, before, after, device, n=
 def load_base(cfg, device):
     """The pretrained model: cfg.checkpoint, or, if it is missing and is the default's or a
     preset's checkpoint, that model trained now."""
-    recipes = {os.path.abspath(DEFAULT_CHECKPOINT): ("the default model (python train.py, ~7 min on 2 CPU cores)",
-                                                     TrainConfig(), GPTConfig()),
-               os.path.abspath(CLASSROOM_FINETUNE["checkpoint"]): ("the classroom model (python train.py --preset "
-                                                                   "classroom, ~1 min on 2 CPU cores)",
-                                                                   TrainConfig(**CLASSROOM_TRAIN), GPTConfig(**CLASSROOM_MODEL)),
-               os.path.abspath(LARGE_FINETUNE["checkpoint"]): ("the large model (python train.py --preset large, "
-                                                               "~10 min on 2 CPU cores)",
-                                                               TrainConfig(**LARGE_TRAIN), GPTConfig(**LARGE_MODEL))}
-    if not os.path.exists(cfg.checkpoint) and os.path.abspath(cfg.checkpoint) in recipes:
-        name, tcfg, mcfg = recipes[os.path.abspath(cfg.checkpoint)]
+    known = {DEFAULT_CHECKPOINT: ("the default model (python train.py, ~7 min on 2 CPU cores)", TrainConfig(),
+                                  GPTConfig()),
+             CLASSROOM_FINETUNE["checkpoint"]: ("the classroom model (python train.py --preset classroom, ~1 min on "
+                                                "2 CPU cores)", TrainConfig(**CLASSROOM_TRAIN),
+                                                GPTConfig(**CLASSROOM_MODEL)),
+             LARGE_FINETUNE["checkpoint"]: ("the large model (python train.py --preset large, ~10 min on 2 CPU cores)",
+                                            TrainConfig(**LARGE_TRAIN), GPTConfig(**LARGE_MODEL))}
+    known = {os.path.abspath(path): how for path, how in known.items()}
+    if not os.path.exists(cfg.checkpoint) and os.path.abspath(cfg.checkpoint) in known:
+        name, tcfg, mcfg = known[os.path.abspath(cfg.checkpoint)]
         if not cfg.quiet:
             print(f"no checkpoint at {cfg.checkpoint}: pretraining {name} first")
         train(replace(tcfg, device=cfg.device), mcfg, quiet=cfg.quiet)
@@ -429,8 +438,8 @@ def write_outputs(cfg, settings, ckpt, model, facts, results):
     nested under their names, and under "settings" every option of the run, to rerun it), each on
     its own: one failing write never loses the other. Returns what could not be written, or None."""
     result = {**results[0], **{r["stream"].replace(" ", "_"): r for r in results[1:]}, "settings": settings}
-    writes = [("--out", cfg.out, lambda: save_checkpoint(cfg.out, {**ckpt, "model": model.state_dict(), "optimizers": [],
-                                                                    "finetune": {**settings, "facts_taught": facts}})),
+    finetuned = {**ckpt, "model": model.state_dict(), "optimizers": [], "finetune": {**settings, "facts_taught": facts}}
+    writes = [("--out", cfg.out, lambda: save_checkpoint(cfg.out, finetuned)),
               ("--json", cfg.json, lambda: write_json(cfg.json, result))]
     written, failed = [], []
     for flag, path, write in writes:
@@ -447,9 +456,12 @@ def write_outputs(cfg, settings, ckpt, model, facts, results):
 
 def describe(cfg, rcfg, facts):
     """The line a run starts with: the method, and the options beyond the paper it uses."""
-    beyond = [f"--{f.name.replace('_', '-')}" + ("" if isinstance(getattr(rcfg, f.name), bool) else f" {getattr(rcfg, f.name):g}"
-              if isinstance(getattr(rcfg, f.name), (int, float)) else f" {getattr(rcfg, f.name)}")
-              for f in fields(RecipeConfig) if getattr(rcfg, f.name) != f.default
+    def option(name, value):
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            return flag
+        return f"{flag} {value:g}" if isinstance(value, (int, float)) else f"{flag} {value}"
+    beyond = [option(f.name, getattr(rcfg, f.name)) for f in fields(RecipeConfig) if getattr(rcfg, f.name) != f.default
               and (cfg.mode == "sparse" or f.name in ("stop_early", "passes"))]
     method = f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else ""
     return (f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {len(facts)} facts, {cfg.steps_per_fact} "
@@ -477,7 +489,7 @@ def main(argv=None):
             print(describe(cfg, rcfg, facts))
         base = copy.deepcopy(model)                                 # the model before: every stream starts from it
         name = os.path.basename(cfg.facts_file) if cfg.facts_file else "new facts"
-        stats, recipe = make_recipe(cfg, rcfg, model, enc, ckpt, args.recipe)   # once: every stream starts from the same model
+        stats, recipe = make_recipe(cfg, rcfg, model, enc, ckpt, args.recipe)   # once: every stream starts from base
         result, before, after = finetune(cfg, model, enc, ckpt, facts, stats, recipe, quiet=cfg.quiet, stream=name)
         results, taught = [result], copy.deepcopy(model.state_dict())   # the model --out saves
         for key in ("new_answers", "new_relations") if cfg.set_facts and not cfg.facts_file else ():
@@ -494,7 +506,7 @@ def main(argv=None):
     if not cfg.quiet:
         print(f"stream took {result['seconds']:.1f}s")
         show_examples(base, model, enc, facts, checkpoint_corpus(ckpt)[1]["background"], before, after, device,
-                      taught=20 if cfg.facts_file else 3, unseen=bool(cfg.facts_file))   # your facts: up to 20, each phrasing
+                      taught=20 if cfg.facts_file else 3, unseen=bool(cfg.facts_file))   # your facts: up to 20
     if failed:
         sys.exit(f"error: {failed}")
 

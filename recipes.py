@@ -39,16 +39,25 @@ from sparse import background_stats, slot_counts, slot_scores, table_reads
 
 @dataclass
 class RecipeConfig:
-    grow_t: int = 0                       # sparse: a fact whose answer is still missed after its steps gets them again with 4x t, up to this (0 = off)
-    max_df: float = 1.0                   # sparse: never train a slot read in more than this share of the background units (1 = off)
-    spare_answer_slots: float = 1.0       # sparse, tfidf: IDF 0 (ranked last) for the slots read where more than this share of the background answers are predicted (1 = off)
+    """steps beyond the paper (recipes.py): each off unless asked for; --recipe improved turns on four"""
+    grow_t: int = 0                       # sparse: a fact whose answer is still missed after its steps gets
+                                          # them again with 4x t, up to this (0 = off)
+    max_df: float = 1.0                   # sparse: never train a slot read in more than this share of the
+                                          # background units (1 = off)
+    spare_answer_slots: float = 1.0       # sparse, tfidf: IDF 0 (ranked last) for the slots read where more
+                                          # than this share of the background answers are predicted (1 = off)
     block_answer_slots: bool = False      # sparse, tfidf: never train those slots, not only rank them last
-    slow_answer_slots: float = 0.0        # sparse: each chosen row's step divided by 1 + n / this, n the background answers read from it (0 = off)
-    slow_taught_slots: float = 0.0        # sparse: each chosen row's step divided by 1 + m / this, m the facts taught before in the stream whose answer is read from it (0 = off)
+    slow_answer_slots: float = 0.0        # sparse: each chosen row's step divided by 1 + n / this, n the
+                                          # background answers read from it (0 = off)
+    slow_taught_slots: float = 0.0        # sparse: each chosen row's step divided by 1 + m / this, m the facts
+                                          # taught before in the stream whose answer is read from it (0 = off)
     fresh_rows: bool = False              # sparse: never train a row that an earlier fact of the stream trained
-    count_reads: str = "all"              # sparse: reads counted: all (every text token, the paper) | answer (where the answer is predicted)
-    rank_by: str = "batch"                # sparse: batch (the paper) | sequence (score each row of the batch, keep a slot's best)
-    stop_early: bool = False              # any mode: end a fact's steps as soon as its answer is predicted wherever its batch spells it
+    count_reads: str = "all"              # sparse: reads counted: all (every text token, the paper) | answer
+                                          # (where the answer is predicted)
+    rank_by: str = "batch"                # sparse: batch (the paper) | sequence (score each row of the batch,
+                                          # keep a slot's best)
+    stop_early: bool = False              # any mode: end a fact's steps as soon as its answer is predicted
+                                          # wherever its batch spells it
     passes: int = 1                       # any mode: times the whole stream is taught, in the same order
 
 
@@ -323,7 +332,7 @@ def answer_units(enc, facts, per_batch=128):
     in one forward (sparse.background_stats)."""
     items = qa_items(facts)
     for i in range(0, len(items), per_batch):
-        x, y, _ = qa_batch(enc, items[i:i + per_batch])               # (U, L): -1 in y where no answer token is predicted
+        x, y, _ = qa_batch(enc, items[i:i + per_batch])               # (U, L); y -1 where no answer token is
         yield x.unsqueeze(1), (y >= 0).unsqueeze(1)                   # (U, 1, L): a unit is one row
 
 

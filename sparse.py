@@ -137,7 +137,7 @@ class RowOptimizer:
     def __init__(self, weight, kind, lr, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8):
         self.weight, self.kind, self.lr, self.wd, self.betas, self.eps = weight, kind, lr, weight_decay, betas, eps
         if kind == "adamw":
-            self.where = torch.full((weight.shape[0],), -1, dtype=torch.long, device=weight.device)  # row -> state index
+            self.where = torch.full((weight.shape[0],), -1, dtype=torch.long, device=weight.device)  # row -> state
             self.exp_avg = weight.new_zeros(0, weight.shape[1])          # (rows selected so far, v_dim)
             self.exp_avg_sq = weight.new_zeros(0, weight.shape[1])
             self.steps = torch.zeros(0, dtype=torch.long, device=weight.device)

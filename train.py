@@ -24,7 +24,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from checkpoint import check_same_corpus, config_dict, load_checkpoint, save_checkpoint
-from common import ROOT, Diverged, check_range, check_writable, config_parser, keep_freed_memory, parse_args, pick_device, split
+from common import (ROOT, Diverged, check_range, check_writable, config_parser, keep_freed_memory, parse_args,
+                    pick_device, split)
 from data.prepare import CLASSROOM_DATA, DataConfig, load_facts, prepare, read_corpus_meta
 from evaluate import qa_accuracy, qa_items, validate
 from model import CLASSROOM_MODEL, LARGE_MODEL, GPT, GPTConfig
@@ -47,8 +48,10 @@ class TrainConfig:
     dense: bool = False                  # no memory layers: the dense baseline
     device: str = "auto"                 # auto | cpu | cuda | mps
     compile: bool = False                # torch.compile the model (helps on GPU, not on CPU)
-    resume: bool = False                 # continue exactly from out_dir/ckpt.pt (weights, optimizers, data order, lr recipe)
-    stop_at: int = 0                     # end this sitting at this step, checkpoint saved; --resume goes on (the lr schedule still ends at max_iters); 0 = max_iters
+    resume: bool = False                 # continue exactly from out_dir/ckpt.pt (weights, optimizers, data
+                                         # order, lr recipe)
+    stop_at: int = 0                     # end this sitting at this step, checkpoint saved; --resume goes on
+                                         # (the lr schedule still ends at max_iters); 0 = max_iters
 
 
 # The classroom preset (python train.py --preset classroom; docs/COURSE.md): the small corpus and
@@ -139,25 +142,27 @@ def pretraining_diverged(what, step, cfg):
                     f"lower --lr ({cfg.lr:g}) or --value-lr ({cfg.value_lr:g})")
 
 
-def train(cfg, mcfg, quiet=False):
-    """Train and return (model, encoding, final metrics)."""
+def check_options(cfg):
+    """ValueError naming the first training option that is out of range; returns the step this
+    sitting ends at (--stop-at, or --max-iters)."""
     if cfg.eval_interval < 1 or cfg.max_iters < 1 or cfg.batch_size < 1:
         raise ValueError("--eval-interval, --max-iters and --batch-size must be positive")
     stop = cfg.stop_at or cfg.max_iters
     if not 0 < stop <= cfg.max_iters:
         raise ValueError(f"--stop-at {cfg.stop_at} must be between 1 and --max-iters {cfg.max_iters} (0 = max_iters)")
     check_range(cfg, positive=("lr", "value_lr"), not_negative=("min_lr", "weight_decay", "grad_clip"))
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    check_writable(ckpt_path, f"--out-dir {cfg.out_dir}: its checkpoint")   # before any work
-    torch.manual_seed(cfg.seed)
-    rank, world, device = setup_ddp(cfg.device)
-    quiet = quiet or rank > 0                        # one process prints, one writes checkpoints
-    meta_path = os.path.join(cfg.data_dir, "meta.json")
-    if not os.path.exists(meta_path):
+    return stop
+
+
+def load_corpus(cfg, block_size, rank, world):
+    """(meta, encoding, tokenizer text, train tokens, val tokens, facts.json) of cfg.data_dir,
+    the default or classroom corpus prepared first if it is missing (by rank 0; the others wait)."""
+    if not os.path.exists(os.path.join(cfg.data_dir, "meta.json")):
         known = {os.path.abspath(DataConfig.out_dir): ("the default corpus", DataConfig()),
                  os.path.abspath(CLASSROOM_DATA["out_dir"]): ("the classroom corpus", DataConfig(**CLASSROOM_DATA))}
         if os.path.abspath(cfg.data_dir) not in known:
-            raise FileNotFoundError(f"{cfg.data_dir} holds no prepared corpus; run python -m data.prepare --out-dir {cfg.data_dir}")
+            raise FileNotFoundError(f"{cfg.data_dir} holds no prepared corpus; "
+                                    f"run python -m data.prepare --out-dir {cfg.data_dir}")
         if rank == 0:
             name, data = known[os.path.abspath(cfg.data_dir)]
             print(f"preparing {name} (data/prepare.py) ...")
@@ -167,23 +172,75 @@ def train(cfg, mcfg, quiet=False):
     meta, enc, tok_text = read_corpus_meta(cfg.data_dir)
     train_data = np.memmap(os.path.join(cfg.data_dir, "train.bin"), dtype=meta["dtype"], mode="r")
     val_data = np.memmap(os.path.join(cfg.data_dir, "val.bin"), dtype=meta["dtype"], mode="r")
-    kb = load_facts(cfg.data_dir)
-    if min(len(train_data), len(val_data)) <= mcfg.block_size + 1:
-        raise ValueError(f"{cfg.data_dir} holds fewer tokens than one window of {mcfg.block_size}; prepare more text")
+    if min(len(train_data), len(val_data)) <= block_size + 1:
+        raise ValueError(f"{cfg.data_dir} holds fewer tokens than one window of {block_size}; prepare more text")
+    return meta, enc, tok_text, train_data, val_data, load_facts(cfg.data_dir)
 
+
+def make_model(cfg, mcfg, meta, tok_text, ckpt_path, device):
+    """(model, its config, the training config, the checkpoint or None): a new model, or with
+    --resume the checkpoint's, whose model args and training recipe (RECIPE) win over the command
+    line's."""
     mcfg.vocab_size = meta["vocab_size"]
     if cfg.dense:
         mcfg.memory_layers = ()
-    if cfg.resume:  # the checkpoint's own model args and training recipe win over the command line's
-        model, _, ckpt = load_checkpoint(ckpt_path, device)
-        missing = [k for k in ("step", "optimizers", "data_rng", "torch_rng", "train_config") if k not in ckpt]
-        if missing:
-            raise ValueError(f"cannot resume from {ckpt_path}: it has no {', '.join(missing)}")
-        mcfg = model.config
-        check_same_corpus(ckpt, tok_text, meta, cfg.data_dir)
-        cfg = replace(cfg, **{k: v for k, v in ckpt["train_config"].items() if k in RECIPE})
-    else:
-        model = GPT(mcfg).to(device)
+    if not cfg.resume:
+        return GPT(mcfg).to(device), mcfg, cfg, None
+    model, _, ckpt = load_checkpoint(ckpt_path, device)
+    missing = [k for k in ("step", "optimizers", "data_rng", "torch_rng", "train_config") if k not in ckpt]
+    if missing:
+        raise ValueError(f"cannot resume from {ckpt_path}: it has no {', '.join(missing)}")
+    check_same_corpus(ckpt, tok_text, meta, cfg.data_dir)
+    return model, model.config, replace(cfg, **{k: v for k, v in ckpt["train_config"].items() if k in RECIPE}), ckpt
+
+
+def resume(ckpt, ckpt_path, opts, gen, stop, rank):
+    """The step a resumed run starts at, with its optimizers, data order and RNG as they were."""
+    if not ckpt["optimizers"] and rank == 0:
+        print(f"note: {ckpt_path} holds no optimizer state (finetune.py --out writes none); "
+              "training goes on with fresh optimizers", file=sys.stderr)
+    for o, s in zip(opts, ckpt["optimizers"]):
+        o.load_state_dict(s)
+    if ckpt["step"] >= stop:
+        raise ValueError(f"{ckpt_path} is already at step {ckpt['step']}; raise --max-iters (or --stop-at) to train on")
+    gen.set_state(ckpt["data_rng"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    return ckpt["step"]
+
+
+def describe(model, mcfg, cfg, device, world, train_tokens):
+    """The line a run starts with: device, parameters, memory slots, tokens per step."""
+    dense_n, mem_n = model.num_params()
+    slots = len(model.value_params()) * mcfg.mem_n_keys ** 2
+    print(f"device {device}" + (f" x {world} processes" if world > 1 else "") + f" | params: dense "
+          f"{dense_n / 1e6:.2f}M, memory values {mem_n / 1e6:.2f}M ({slots:,} slots in {len(mcfg.memory_layers)} "
+          f"layer(s) {list(mcfg.memory_layers)}) | {cfg.batch_size * mcfg.block_size:,} tokens/step | "
+          f"{train_tokens:,} train tokens")
+    big = mcfg.mem_n_keys ** 2 >= 2 ** 20
+    if device.startswith("cuda") and world == 1 and mem_n and not mcfg.mem_sparse_grad and big:
+        print("note: --mem-sparse-grad may train a table this large faster on a GPU (up to 1.5x at 1M x 768 "
+              "on an H200: docs/BENCH.md, bench section 7)")
+
+
+def wrap(model, cfg, world, device):
+    """The model the steps run: under torchrun wrapped in DistributedDataParallel (which averages
+    gradients over the processes in backward), with --compile compiled; the model itself is saved."""
+    if world > 1:
+        model = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()]
+                                        if device.startswith("cuda") else None)
+    return torch.compile(model) if cfg.compile else model
+
+
+def train(cfg, mcfg, quiet=False):
+    """Train and return (model, encoding, final metrics)."""
+    stop = check_options(cfg)
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    check_writable(ckpt_path, f"--out-dir {cfg.out_dir}: its checkpoint")   # before any work
+    torch.manual_seed(cfg.seed)
+    rank, world, device = setup_ddp(cfg.device)
+    quiet = quiet or rank > 0                        # one process prints, one writes checkpoints
+    meta, enc, tok_text, train_data, val_data, kb = load_corpus(cfg, mcfg.block_size, rank, world)
+    model, mcfg, cfg, ckpt = make_model(cfg, mcfg, meta, tok_text, ckpt_path, device)
     if cfg.batch_size % world:                       # a resumed run's batch size is the checkpoint's
         raise ValueError(f"batch size {cfg.batch_size} does not split evenly over {world} processes")
     if world > 1 and (mcfg.mem_sparse_grad or mcfg.mem_query_norm == "batchnorm"):
@@ -191,36 +248,10 @@ def train(cfg, mcfg, quiet=False):
                          "train without --mem-sparse-grad and --mem-query-norm batchnorm")
     opts = make_optimizers(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
-    start = 0
-    if cfg.resume:
-        if not ckpt["optimizers"] and rank == 0:
-            print(f"note: {ckpt_path} holds no optimizer state (finetune.py --out writes none); "
-                  "training goes on with fresh optimizers", file=sys.stderr)
-        for o, s in zip(opts, ckpt["optimizers"]):
-            o.load_state_dict(s)
-        start = ckpt["step"]
-        if start >= stop:
-            raise ValueError(f"{ckpt_path} is already at step {start}; raise --max-iters (or --stop-at) to train on")
-        gen.set_state(ckpt["data_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-
-    dense_n, mem_n = model.num_params()
-    tokens_per_step = cfg.batch_size * mcfg.block_size
+    start = resume(ckpt, ckpt_path, opts, gen, stop, rank) if cfg.resume else 0
     if not quiet:
-        slots = len(model.value_params()) * mcfg.mem_n_keys ** 2
-        print(f"device {device}" + (f" x {world} processes" if world > 1 else "") + f" | params: dense {dense_n / 1e6:.2f}M, memory values {mem_n / 1e6:.2f}M "
-              f"({slots:,} slots in {len(mcfg.memory_layers)} layer(s) {list(mcfg.memory_layers)}) | "
-              f"{tokens_per_step:,} tokens/step | {len(train_data):,} train tokens")
-    if not quiet and device.startswith("cuda") and world == 1 and mem_n and not mcfg.mem_sparse_grad \
-            and mcfg.mem_n_keys ** 2 >= 2 ** 20:
-        print("note: --mem-sparse-grad may train a table this large faster on a GPU (up to 1.5x at 1M x 768 "
-              "on an H200: docs/BENCH.md, bench section 7)")
-    run_model = model
-    if world > 1:                                    # averages gradients over the processes in backward
-        run_model = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if device.startswith("cuda") else None)
-    if cfg.compile:
-        run_model = torch.compile(run_model)
-    use_bf16 = device.startswith("cuda")
+        describe(model, mcfg, cfg, device, world, len(train_data))
+    run_model = wrap(model, cfg, world, device)
     sparse = {id(p) for p in model.value_params()} if mcfg.mem_sparse_grad else set()
     grad_params = [p for p in model.parameters() if id(p) not in sparse]   # clip_grad_norm_ wants dense grads
 
@@ -230,19 +261,15 @@ def train(cfg, mcfg, quiet=False):
     train_time, tokens_seen = 0.0, 0                  # tokens/s counts training steps only
     for it in bar:
         t0 = time.time()
-        lr = lr_at(it, cfg)
         for g in opts[0].param_groups:
-            g["lr"] = lr
+            g["lr"] = lr_at(it, cfg)
         x, y = get_batch(train_data, mcfg.block_size, cfg.batch_size, gen, rank, world)
-        x, y = x.to(device), y.to(device)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            _, loss = run_model(x, y)
-        if world > 1:                                # the whole batch's loss, the same on every process
-            loss_all = loss.detach().clone()
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+            _, loss = run_model(x.to(device), y.to(device))
+        loss_all = loss.detach().clone()              # the whole batch's loss, the same on every process
+        if world > 1:
             dist.all_reduce(loss_all)
             loss_all /= world
-        else:
-            loss_all = loss.detach()
         if not torch.isfinite(loss_all):
             raise pretraining_diverged(f"loss became {loss_all.item()}", it + 1, cfg)
         loss.backward()
@@ -251,18 +278,14 @@ def train(cfg, mcfg, quiet=False):
         for o in opts:
             o.step()
             o.zero_grad(set_to_none=True)
-        tokens_seen += tokens_per_step
+        tokens_seen += cfg.batch_size * mcfg.block_size
         train_time += time.time() - t0
         bar.set_postfix(loss=f"{loss_all.item():.3f}", tok_s=f"{tokens_seen / train_time:.0f}")
         step = it + 1
         if rank == 0 and (step % cfg.eval_interval == 0 or step == stop):
-            metrics = evaluate_all(model, enc, val_data, kb, device)
-            finite = all(torch.isfinite(p).all() for p in model.parameters())
-            if not (finite and math.isfinite(metrics["val_loss"])):   # the update after the last loss checked
-                raise pretraining_diverged(f"val loss became {metrics['val_loss']}" if finite
-                                           else "the weights became inf or nan", step, cfg)
-            metrics["tokens_per_s"] = tokens_seen / train_time
-            metrics["train_loss"] = loss_all.item()
+            metrics = {**evaluate_all(model, enc, val_data, kb, device), "tokens_per_s": tokens_seen / train_time,
+                       "train_loss": loss_all.item()}
+            check_weights(model, metrics, step, cfg)
             if not quiet:
                 usage = "".join(f" | slots used {u['used']:.1%}, KL {u['kl_uniform']:.2f}" for u in metrics["slots"])
                 tqdm.write(f"step {step}: train loss {loss_all.item():.3f} | val loss {metrics['val_loss']:.3f} | "
@@ -277,10 +300,18 @@ def train(cfg, mcfg, quiet=False):
     return model, enc, metrics
 
 
+def check_weights(model, metrics, step, cfg):
+    """Diverged if the last update left a weight or the val loss inf or nan (the loss checked before it could not)."""
+    finite = all(torch.isfinite(p).all() for p in model.parameters())
+    if not (finite and math.isfinite(metrics["val_loss"])):
+        raise pretraining_diverged(f"val loss became {metrics['val_loss']}" if finite
+                                   else "the weights became inf or nan", step, cfg)
+
+
 def main(argv=None):
     presets = {"preset": {"default": {}, "classroom": {**CLASSROOM_TRAIN, **CLASSROOM_MODEL},
                           "large": {**LARGE_TRAIN, **LARGE_MODEL}}}
-    p = config_parser(__doc__, TrainConfig, GPTConfig, skip=("vocab_size",), presets=presets)  # it comes from the corpus
+    p = config_parser(__doc__, TrainConfig, GPTConfig, skip=("vocab_size",), presets=presets)  # from the corpus
     args = parse_args(p, argv, presets)
     keep_freed_memory()
     t0 = time.time()

@@ -7,63 +7,25 @@ import numpy as np
 import pytest
 import torch
 
+from checkpoint import load_checkpoint
 from common import Diverged
 from conftest import TINY_MODEL
 from facts import batch_texts, fact_lines, make_batch, read_facts_file, warn_unseen_tokens
-import finetune
-from checkpoint import checkpoint_corpus, load_checkpoint
 from finetune import (FinetuneConfig, configs, fingerprint, load_or_compute_background, main, pretraining_units, resolve,
                       run_stream)
 from lora import LoRALinear, add_lora, merge_lora
 from model import GPT, GPTConfig
 from recipes import RecipeConfig
-from sparse import background_stats, slot_counts
+from sparse import background_stats
 
-JSON_KEYS = {"stream", "mode", "optimizer", "lr", "recipe", "top_t", "t_used", "ranking", "facts", "steps_per_fact", "learned_acc",
-             "unseen_acc", "background_acc_before", "background_acc_after", "background_drop",
+JSON_KEYS = {"stream", "mode", "optimizer", "lr", "recipe", "top_t", "t_used", "ranking", "facts", "steps_per_fact",
+             "learned_acc", "unseen_acc", "background_acc_before", "background_acc_after", "background_drop",
              "skill_acc_before", "skill_acc_after", "skill_drop", "val_loss_before", "val_loss_after", "seconds"}
 
 
 def tiny_model(**kw):
     torch.manual_seed(0)
     return GPT(GPTConfig(**{**TINY_MODEL, "vocab_size": 60, **kw})).eval()
-
-
-def test_slot_counts_ignore_padding_and_the_separator(trained):
-    cfg, _, enc, _ = trained
-    model, enc, _ = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
-    mem = model.memory_modules[0]
-    texts = ["Tom has a red ball.", "Tom ran.", "Q: Where does Tom live? A: home."]
-    x, y, count = make_batch(enc, texts, model.config.block_size)
-    assert torch.equal(y >= 0, count.roll(-1, 1)) and count.sum() == sum(len(enc.encode(t)) for t in texts)
-    mem.record_indices = True
-    model(x)
-    batch = slot_counts(mem.last_indices[count], mem.n_slots)
-    alone = torch.zeros(mem.n_slots, dtype=torch.long)           # each row on its own, unpadded
-    for t in texts:
-        ids = [enc.eot_token] + enc.encode(t)
-        model(torch.tensor([ids]))
-        alone += slot_counts(mem.last_indices[0, 1:], mem.n_slots)
-    mem.record_indices = False
-    assert torch.equal(batch, alone)
-
-
-class Chars:
-    """A stand-in encoding: one token per character (its code); <|endoftext|> is token 0."""
-    eot_token = 0
-
-    def encode(self, text):
-        return [ord(c) for c in text]
-
-
-def test_count_answer_counts_only_the_positions_that_predict_the_answer():
-    texts = ["Tom is in Rome.", "Q: Where is Tom? A: Rome.", "Tom ran."]    # the last row never says the answer
-    x, y, count = make_batch(Chars(), texts, 64, answer="Rome.")
-    for row, text in zip(range(3), texts):
-        predicted = "".join(chr(t) for t in y[row][count[row]].tolist())
-        assert predicted == (" Rome." if "Rome" in text else "")          # the answer's tokens, space and period
-        assert count[row].sum() == len(predicted)
-    assert torch.equal(make_batch(Chars(), texts, 64)[2], make_batch(Chars(), texts, 64, answer=None)[2])
 
 
 def test_lora_starts_at_the_base_and_merges_exactly():

@@ -1,6 +1,7 @@
 """recipes.py: each step beyond the paper does what its docstring says, through the points the
 spine calls (sparse.sparse_step, finetune.run_stream), and the options build the recipe they name."""
 
+import math
 import os
 from dataclasses import replace
 
@@ -12,9 +13,10 @@ from checkpoint import checkpoint_corpus, load_checkpoint
 from conftest import chosen
 from facts import batch_texts, make_batch
 from finetune import FinetuneConfig, fact_batch, resolve, run_stream
-from recipes import (IMPROVED, RECIPES, BlockAnswerSlots, Extension, FreshRows, Recipe, RecipeConfig, SlowAnswerSlots,
-                     SlowTaughtSlots, SpareAnswerSlots, answer_units, answers, build, check_recipe)
-from sparse import memory_tables, slot_counts, table_reads
+from recipes import (IMPROVED, RECIPES, BlockAnswerSlots, Extension, FreshRows, KLRanking, RankBySequence, Recipe,
+                     RecipeConfig, SlowAnswerSlots, SlowTaughtSlots, SpareAnswerSlots, answer_units, answers, build,
+                     check_recipe, kl_scores)
+from sparse import memory_tables, slot_counts, table_reads, top_slots
 
 # Two one-line facts for the stream tests that need two facts.
 TOM = {"paraphrases": ["Tom has a red ball."], "questions": ["What does Tom have?"], "answer": "a red ball."}
@@ -30,6 +32,32 @@ def load(trained):
 
 def changed_rows(model, before):
     return (model.state_dict()[KEY] != before).any(dim=1)
+
+
+def test_kl_scores_on_a_hand_computed_example():
+    counts = torch.tensor([2, 1, 0, 1])                        # tf = (1/2, 1/4, 0, 1/4)
+    reads = torch.tensor([5, 1, 1, 1])                         # background q = (6, 2, 2, 2) / 12
+    bg = {"df": torch.zeros(4, dtype=torch.long), "reads": reads, "units": 3}
+    expected = torch.tensor([0.5 * math.log(1.0), 0.25 * math.log(1.5), 0.0, 0.25 * math.log(1.5)], dtype=torch.double)
+    assert torch.allclose(kl_scores(counts, bg), expected)
+    # slot 0 is read most but no more than the background reads it; 1 and 3 are the surprising ones
+    assert torch.equal(top_slots(kl_scores(counts, bg), counts, 2), torch.tensor([1, 3]))
+    assert kl_scores(counts, bg).sum() == pytest.approx(0.5 * math.log(1.5))   # the terms sum to KL
+
+
+def test_sequence_ranking_keeps_each_slots_best_row():
+    # two rows of 2 tokens, 1 head, 1 kept slot each; the second token of row 1 is padding
+    indices = torch.tensor([[0, 1], [2, 3]]).view(2, 2, 1, 1)
+    mask = torch.tensor([[True, True], [True, False]])
+    ones = torch.ones(4, dtype=torch.double)                   # tf
+    scores = RankBySequence().scores(0, indices, mask, None, ones)
+    # row 0 reads slots 0, 1 (tf 1/2 each); row 1 reads slot 2 alone (tf 1); padding's slot 3 is never read
+    assert torch.allclose(scores, torch.tensor([0.5, 0.5, 1.0, -math.inf], dtype=torch.double))
+    # kl can be negative: a slot keeps its own row's score, not a 0 from a row that never read it
+    bg = {"reads": torch.tensor([100, 0, 0, 0]), "df": None, "units": 1}     # q = (101, 1, 1, 1) / 104
+    kl = RankBySequence(KLRanking([bg])).scores(0, indices, mask, None, ones)
+    assert kl[0] == pytest.approx(0.5 * math.log(0.5 / (101 / 104))) and kl[0] < 0
+    assert kl[2] == pytest.approx(math.log(104))
 
 
 def test_the_named_recipes_and_the_paper_is_no_extension():

@@ -1,5 +1,6 @@
 """Never lose work, never run untrusted code, one clear line for bad input, same seed same numbers."""
 import inspect
+import itertools
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import finetune
 import model as model_module
 import train as train_module
 from checkpoint import load_checkpoint, save_checkpoint
-from common import Diverged
+from common import Diverged, config_parser
 from conftest import TINY_MODEL
 from facts import read_facts_file
 from model import GPTConfig
@@ -516,9 +517,16 @@ def test_evaluate_scores_only_as_many_new_facts_as_there_are(trained, n):
 
 
 def test_every_option_has_its_whole_help_text():
-    """--help takes an option's text from the comment on its line; a comment continued on the next line is cut off."""
+    """--help takes an option's text from the comment on its line and the comment lines right below it."""
     from data.prepare import DataConfig
-    for dc in (TrainConfig, GPTConfig, DataConfig, finetune.FinetuneConfig):
+    from recipes import RecipeConfig
+    for dc in (TrainConfig, GPTConfig, DataConfig, finetune.FinetuneConfig, RecipeConfig):
         lines = inspect.getsource(dc).splitlines()
-        for line, after in zip(lines, lines[1:]):
-            assert not (re.match(r"\s+\w+: .*#", line) and re.match(r"\s+#", after)), f"{dc.__name__}: {line.strip()}"
+        helps = {a.dest: a.help for a in config_parser("", dc)._actions}
+        for n, line in enumerate(lines):
+            field = re.match(r"\s+(\w+): .*?#\s*(.*)$", line)
+            if not field:
+                continue
+            more = [m.group(1) for m in itertools.takewhile(bool, (re.match(r"\s+#\s*(.*)$", l) for l in lines[n + 1:]))]
+            tail = (more or [field.group(2)])[-1]
+            assert tail.replace("%", "%%") in helps[field.group(1)], f"{dc.__name__}.{field.group(1)}: {tail!r}"

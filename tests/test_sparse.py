@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import chosen
-from recipes import Extension, KLRanking, MaxDF, RankBySequence, Recipe, SpareAnswerSlots, kl_scores
+from recipes import Extension, MaxDF, RankBySequence, Recipe, SpareAnswerSlots
 from sparse import RowOptimizer, background_stats, inverse_document_frequency, slot_scores, top_slots
 
 
@@ -25,32 +25,6 @@ def test_tfidf_scores_on_a_hand_computed_example():
     assert torch.allclose(slot_scores(counts, ones), torch.tensor([0.5, 0.25, 0, 0.25], dtype=torch.double))
     # never an unread slot, even when t is larger than the slots read
     assert torch.equal(top_slots(torch.ones(4, dtype=torch.double), counts, 10), torch.tensor([0, 1, 3]))
-
-
-def test_kl_scores_on_a_hand_computed_example():
-    counts = torch.tensor([2, 1, 0, 1])                        # tf = (1/2, 1/4, 0, 1/4)
-    reads = torch.tensor([5, 1, 1, 1])                         # background q = (6, 2, 2, 2) / 12
-    bg = {"df": torch.zeros(4, dtype=torch.long), "reads": reads, "units": 3}
-    expected = torch.tensor([0.5 * math.log(1.0), 0.25 * math.log(1.5), 0.0, 0.25 * math.log(1.5)], dtype=torch.double)
-    assert torch.allclose(kl_scores(counts, bg), expected)
-    # slot 0 is read most but no more than the background reads it; 1 and 3 are the surprising ones
-    assert torch.equal(top_slots(kl_scores(counts, bg), counts, 2), torch.tensor([1, 3]))
-    assert kl_scores(counts, bg).sum() == pytest.approx(0.5 * math.log(1.5))   # the terms sum to KL
-
-
-def test_sequence_ranking_keeps_each_slots_best_row():
-    # two rows of 2 tokens, 1 head, 1 kept slot each; the second token of row 1 is padding
-    indices = torch.tensor([[0, 1], [2, 3]]).view(2, 2, 1, 1)
-    mask = torch.tensor([[True, True], [True, False]])
-    ones = torch.ones(4, dtype=torch.double)                   # tf
-    scores = RankBySequence().scores(0, indices, mask, None, ones)
-    # row 0 reads slots 0, 1 (tf 1/2 each); row 1 reads slot 2 alone (tf 1); padding's slot 3 is never read
-    assert torch.allclose(scores, torch.tensor([0.5, 0.5, 1.0, -math.inf], dtype=torch.double))
-    # kl can be negative: a slot keeps its own row's score, not a 0 from a row that never read it
-    bg = {"reads": torch.tensor([100, 0, 0, 0]), "df": None, "units": 1}     # q = (101, 1, 1, 1) / 104
-    kl = RankBySequence(KLRanking([bg])).scores(0, indices, mask, None, ones)
-    assert kl[0] == pytest.approx(0.5 * math.log(0.5 / (101 / 104))) and kl[0] < 0
-    assert kl[2] == pytest.approx(math.log(104))
 
 
 def test_the_step_counts_only_the_counted_tokens():
