@@ -52,7 +52,7 @@ from checkpoint import checkpoint_corpus, checkpoint_train_tokens, config_dict, 
 from common import (Diverged, check_range, check_writable, config_parser, keep_freed_memory, parse_args, pick_device,
                     split, write_json)
 from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair, story_endings
-from facts import Batch, batch_texts, check_lengths, make_batch, stream_facts, warn_unseen_tokens
+from facts import Batch, batch_texts, check_lengths, make_batch, read_facts_file, stream_facts, warn_unseen_tokens
 from lora import add_lora, merge_lora
 from model import CLASSROOM_MODEL, LARGE_MODEL, GPTConfig
 from recipes import RECIPES, Recipe, RecipeConfig, answer_readers, build, check_recipe, needs_answers, needs_background
@@ -477,12 +477,13 @@ def main(argv=None):
         resolve(cfg, lrs=CLASSROOM_LR if args.preset == "classroom" else DEFAULT_LR)   # before any work,
         check_recipe(rcfg, cfg.top_t)                                                  # pretraining included
         check_outputs(cfg)
+        mine = read_facts_file(cfg.facts_file) if cfg.facts_file else None
         device = pick_device(cfg.device)
         model, enc, ckpt = load_base(cfg, device)
         resolve(cfg, model)
         if cfg.optimizer == "sgd" and cfg.weight_decay:
             print("note: --weight-decay is AdamW's; SGD ignores it", file=sys.stderr)
-        facts = stream_facts(ckpt, cfg.facts, cfg.facts_file)
+        facts = mine or stream_facts(ckpt, cfg.facts)
         check_lengths(enc, facts, model.config.block_size)
         warn_unseen_tokens(enc, facts, checkpoint_train_tokens(ckpt))
         if not cfg.quiet:

@@ -13,7 +13,7 @@ re-run with other settings is refused rather than mixing two corpora:
     python -m data.prepare                                   # default generated corpus
     python -m data.prepare --preset classroom                # the classroom's small one, in data/classroom
     python -m data.prepare --source tinystories              # download TinyStories (network)
-    python -m data.prepare --source tinystories --tinystories-file ../shared/data/tinystories/tinystories_v1_train_head_2MiB.txt
+    python -m data.prepare --source tinystories --tinystories-file F   # a local TinyStories text file F instead
 
 Validation text is stories only (never facts), so val loss measures language.
 """
@@ -71,7 +71,8 @@ STAGES = ("text", "tokenizer", "tokens")
 def stage_settings(cfg, stage):
     """The settings a stage's output depends on: all but the folder (the text: not the
     tokenizer's two), as JSON gives them back."""
-    s = {k: v for k, v in vars(cfg).items() if k != "out_dir" and not (stage == "text" and k in ("tokenizer", "vocab_size"))}
+    tokenizer = ("tokenizer", "vocab_size") if stage == "text" else ()
+    s = {k: v for k, v in vars(cfg).items() if k != "out_dir" and k not in tokenizer}
     return json.loads(json.dumps(s))
 
 
@@ -232,7 +233,8 @@ def knowledge_base(cfg, enc, seen):
     world, usable = world_of(cfg), usable_for(enc, seen)
     entropy = kworld.answer_entropy(world.background)
     stats = {"collision_share": kworld.collision_share(world),
-             "answers": {r: {"facts": n, "distinct": d, "entropy_bits": round(h, 3)} for r, (n, d, h) in entropy.items()}}
+             "answers": {r: {"facts": n, "distinct": d, "entropy_bits": round(h, 3)}
+                         for r, (n, d, h) in entropy.items()}}
     bits = sorted(h for _, _, h in entropy.values())
     new = new_fact_entries(cfg, enc, seen, 1000, at_most=True)
     print(f"facts: {len(world.background)} background over {len(entropy)} relations (answer entropy "

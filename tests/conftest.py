@@ -54,10 +54,11 @@ class Tables:
         return self.reads
 
 
-def chosen(reads, count, t, idf=None, recipe=None, n_slots=6, tables=1):
+def chosen(reads, count, t, idf=None, recipe=None, n_slots=6, tables=1, at=None):
     """The rows one sparse.sparse_step trains in each of `tables` tables of n_slots, all read as
     reads (B, T, heads, k), counting the tokens count (B, T) marks, with idf (None: the same for
-    every slot) and the recipe (None: the paper's). One table: its rows; more: a list per table."""
+    every slot) and the recipe (None: the paper's); at: the batch's answer positions (B, T). One
+    table: its rows; more: a list per table."""
     from facts import Batch
     from recipes import Recipe
     from sparse import RowOptimizer, memory_tables, sparse_step
@@ -66,7 +67,7 @@ def chosen(reads, count, t, idf=None, recipe=None, n_slots=6, tables=1):
     recipe = recipe or Recipe()
     recipe.start(memory_tables(model))
     idf = torch.ones(n_slots, dtype=torch.double) if idf is None else idf
-    sparse_step(model, Batch(None, None, count, None), t, memory_tables(model), [RowOptimizer(w, "sgd", 1.0) for w in weights],
+    sparse_step(model, Batch(None, None, count, at), t, memory_tables(model), [RowOptimizer(w, "sgd", 1.0) for w in weights],
                 [recipe.idf(i, idf) for i in range(tables)], recipe)
     rows = [(w[:, 0] != 0).nonzero().flatten().tolist() for w in weights]
     return rows[0] if tables == 1 else rows

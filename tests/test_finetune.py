@@ -48,13 +48,15 @@ def test_lora_starts_at_the_base_and_merges_exactly():
     assert torch.allclose(model(x)[0], adapted, atol=1e-5)
 
 
-def test_sparse_stream_changes_only_selected_value_rows(trained):
+@pytest.mark.parametrize("ranking", ["tfidf", "tf"])
+def test_sparse_stream_changes_only_selected_value_rows(trained, ranking):
     cfg, _, enc, _ = trained
     model, enc, ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     facts = [{"paraphrases": ["Tom has a red ball.", "The ball of Tom is red."], "questions": ["What does Tom have?"],
               "heldout_question": None, "answer": "a red ball."}]
-    fc = FinetuneConfig(mode="sparse", optimizer="adamw", lr=0.1, top_t=5, steps_per_fact=3, background_batches=50)
+    fc = FinetuneConfig(mode="sparse", optimizer="adamw", lr=0.1, top_t=5, steps_per_fact=3, background_batches=50,
+                        ranking=ranking)
     resolve(fc, model)
     mem = model.memory_modules[0]
     df = [torch.randint(0, 51, (mem.n_slots,), generator=torch.Generator().manual_seed(0))]
@@ -64,7 +66,7 @@ def test_sparse_stream_changes_only_selected_value_rows(trained):
     model(x)                                                  # the rows TF-IDF should pick, by hand
     c = torch.bincount(mem.last_indices[count].flatten(), minlength=mem.n_slots).double()
     mem.record_indices = False
-    score = c / c.sum() * torch.log(51 / (df[0].double() + 1))
+    score = c / c.sum() * (torch.log(51 / (df[0].double() + 1)) if ranking == "tfidf" else 1)   # tf: no IDF
     fifth = score.topk(5).values[-1]
     expected = set((score >= fifth).nonzero().flatten().tolist())  # the top 5, and any tie with the 5th
     state, _ = run_stream(fc, model, enc, facts, bg, quiet=True)

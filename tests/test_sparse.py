@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import chosen
-from recipes import Extension, MaxDF, RankBySequence, Recipe, SpareAnswerSlots
+from recipes import CountAnswer, Extension, KLRanking, MaxDF, RankBySequence, Recipe, SpareAnswerSlots
 from sparse import RowOptimizer, background_stats, inverse_document_frequency, slot_scores, top_slots
 
 
@@ -71,6 +71,18 @@ def test_answer_slots_rank_last_and_max_df_caps_only_by_the_df():
     spare = SpareAnswerSlots(0.01, readers)
     assert chosen(reads, count, 2, idf, Recipe([spare])) == [1, 2]               # tfidf 0, 0.69, 0.0015, 0
     assert chosen(reads, count, 4, idf, Recipe([spare, MaxDF(0.99, [bg])])) == [0, 1, 3]   # 2 capped; 0 and 3 still trainable
+
+
+def test_the_step_ranks_by_the_recipe_s_scores_and_counts_the_recipe_s_tokens():
+    # one row of 4 tokens reading slots 0, 0, 1, 3: tf (1/2, 1/4, 0, 1/4); the background reads slot 0
+    # most, so its KL term is 0 and slots 1 and 3 are the surprising ones (tests/test_recipes.py)
+    reads = torch.tensor([0, 0, 1, 3]).view(1, 4, 1, 1)
+    count = torch.ones(1, 4, dtype=torch.bool)
+    bg = {"df": torch.zeros(4, dtype=torch.long), "reads": torch.tensor([5, 1, 1, 1]), "units": 3}
+    assert chosen(reads, count, 2, n_slots=4)[0] == 0                            # tf: slot 0 first
+    assert chosen(reads, count, 2, recipe=Recipe([KLRanking([bg])]), n_slots=4) == [1, 3]
+    at = torch.tensor([[False, False, False, True]])                            # the answer is predicted at token 4
+    assert chosen(reads, count, 2, recipe=Recipe([CountAnswer()]), n_slots=4, at=at) == [3]
 
 
 class Blocks(Extension):
