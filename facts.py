@@ -142,7 +142,7 @@ def make_batch(enc, texts, block_size, answer=None):
       separator, which reads the same slots in every row of every fact (same token, position 0):
       TF-IDF would rank those as fact-specific and retrain them for every fact, although every
       question prompt starts with them;
-    - answer given (--count answer): only the positions that predict the answer's tokens, in
+    - answer given (--count-reads answer): only the positions that predict the answer's tokens, in
       each row that spells the answer (" <answer>", its final period included), none in a row
       that does not. With the memory in the last block a slot read at a position changes only
       that position's prediction, so these are the reads that can carry the fact."""

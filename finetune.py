@@ -55,7 +55,8 @@ from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair, st
 from facts import Batch, batch_texts, check_lengths, make_batch, read_facts_file, stream_facts, warn_unseen_tokens
 from lora import add_lora, merge_lora
 from model import CLASSROOM_MODEL, LARGE_MODEL, GPTConfig
-from recipes import RECIPES, Recipe, RecipeConfig, answer_readers, build, check_recipe, needs_answers, needs_background
+from recipes import (RECIPES, Recipe, RecipeConfig, answer_readers, build, check_recipe, needs_answers, needs_background,
+                     options)
 from sparse import RowOptimizer, background_stats, inverse_document_frequency, memory_tables, sparse_step
 from train import CLASSROOM_TRAIN, LARGE_TRAIN, TrainConfig, get_batch, train
 
@@ -75,7 +76,8 @@ DEFAULT_LR = {("sparse", "sgd"): 50.0, ("sparse", "adamw"): 0.03,
 # classroom model (train.py's CLASSROOM_TRAIN, pretrained first if missing), 30 new facts and 15
 # of each generalisation set, with learning rates of its own (CLASSROOM_LR: sparse from the
 # sweep of docs/COURSE.md, exercise 1; full and LoRA 1e-4, where full finetuning starts to learn
-# at all). Every field is named, so a later change of the defaults does not move it.
+# at all). Every field of FinetuneConfig is named, so a later change of the defaults does not move
+# it; it sets no step beyond the paper (RecipeConfig's): --recipe improved adds them to it.
 CLASSROOM_FINETUNE = dict(checkpoint=os.path.join(CLASSROOM_TRAIN["out_dir"], "ckpt.pt"), mode="sparse", optimizer="",
                           lr=0.0, facts=30, facts_file="", steps_per_fact=10, top_t=64, ranking="tfidf",
                           background_batches=200, background_batch_size=1, lora_rank=16, lora_alpha=32.0,
@@ -173,22 +175,11 @@ def run_stream(cfg, model, enc, facts, stats=None, recipe=None, quiet=False, on_
     recipe = recipe or Recipe()
     device = next(model.parameters()).device
     t_per_fact = []
-    with model.recording_slots(), trainer(cfg, model, stats, recipe) as (step, state_bytes):
-        facts = recipe.stream(facts)
+    with model.recording_slots(), trainer(cfg, model, stats, recipe) as (train_step, state_bytes):
+        facts = recipe.stream(facts)                                # the paper: each fact once, in order
         for n, fact in enumerate(tqdm(facts, desc=f"{cfg.mode} stream", disable=quiet), 1):
             batch = fact_batch(enc, fact, model.config.block_size, device)
-            t, steps = cfg.top_t, 0
-            while True:                                             # a round: the fact's steps with t rows
-                for _ in range(cfg.steps_per_fact):
-                    steps += 1
-                    loss, changed = step(batch, t)                  # forward, backward, update
-                    check_finite(loss, changed, n, steps, cfg)
-                    if recipe.stop(model, batch):
-                        break
-                more = recipe.next_t(t, model, batch)               # the paper: one round
-                if not more:
-                    break
-                t = more
+            t = teach_fact(cfg, model, batch, train_step, recipe, n)
             t_per_fact.append(t if cfg.mode == "sparse" else None)
             recipe.after_fact(model, batch)
             if on_fact is not None:
@@ -199,10 +190,28 @@ def run_stream(cfg, model, enc, facts, stats=None, recipe=None, quiet=False, on_
     return state_bytes(), t_per_fact
 
 
+def teach_fact(cfg, model, batch, train_step, recipe, n):
+    """The n-th fact's steps: a round of cfg.steps_per_fact steps with t = cfg.top_t rows, and
+    another round while recipe.next_t asks for one (the paper: one round), unless recipe.stop ends
+    the fact's steps. Returns the t of its last round."""
+    t, steps = cfg.top_t, 0
+    while True:
+        for _ in range(cfg.steps_per_fact):
+            steps += 1
+            loss, changed = train_step(batch, t)                    # forward, backward, update
+            check_finite(loss, changed, n, steps, cfg)
+            if recipe.stop(model, batch):                           # no more steps, no more rounds
+                return t
+        next_t = recipe.next_t(t, model, batch)
+        if not next_t:
+            return t
+        t = next_t
+
+
 @contextmanager
 def trainer(cfg, model, stats, recipe):
-    """with trainer(...) as (step, state_bytes): step(batch, t) trains the model on the batch by
-    cfg.mode and returns (the loss, the weights it changed): full and lora take a torch optimizer
+    """with trainer(...) as (train_step, state_bytes): train_step(batch, t) trains the model on the
+    batch by cfg.mode and returns (the loss, the weights it changed): full and lora take a torch optimizer
     step over every weight or the adapters (lora.add_lora), sparse a sparse_step with a
     RowOptimizer per value table. Only the trained weights require gradients, and value gradients
     are dense (row choice and torch's optimizers need them); on the way out every weight is frozen
@@ -217,9 +226,13 @@ def trainer(cfg, model, stats, recipe):
         tables = memory_tables(model)
         recipe.start(tables)
         if cfg.mode == "sparse":
-            opts = [RowOptimizer(w.requires_grad_(True), cfg.optimizer, cfg.lr, cfg.weight_decay) for w, _ in tables]
-            idfs = [recipe.idf(i, torch.ones(w.shape[0], dtype=torch.float64) if cfg.ranking == "tf"
-                               else inverse_document_frequency(stats[i])) for i, (w, _) in enumerate(tables)]
+            opts, idfs = [], []
+            for i, (w, _) in enumerate(tables):                     # the value tables alone are trained
+                w.requires_grad_(True)
+                opts.append(RowOptimizer(w, cfg.optimizer, cfg.lr, cfg.weight_decay))
+                ones = torch.ones(w.shape[0], dtype=torch.float64)  # --ranking tf: the paper's ablation, no IDF
+                idf = ones if cfg.ranking == "tf" else inverse_document_frequency(stats[i])
+                idfs.append(recipe.idf(i, idf))
             yield (lambda batch, t: sparse_step(model, batch, t, tables, opts, idfs, recipe),
                    lambda: sum(o.state_bytes() for o in opts))
             return
@@ -254,8 +267,9 @@ def fact_batch(enc, fact, block_size, device):
     """A fact's batch (facts.Batch) as the stream trains on it: its lines (batch_texts), the text's
     tokens counted, and the positions that predict the answer marked (make_batch)."""
     texts = batch_texts(fact)
-    x, y, at = make_batch(enc, texts, block_size, fact["answer"])
-    return Batch(x.to(device), y.to(device), make_batch(enc, texts, block_size)[2].to(device), at.to(device))
+    x, y, count = make_batch(enc, texts, block_size)                   # count: every text token
+    at = make_batch(enc, texts, block_size, fact["answer"])[2]        # only where the answer is predicted
+    return Batch(x.to(device), y.to(device), count.to(device), at.to(device))
 
 
 def check_finite(loss, changed, fact, step, cfg):
@@ -324,7 +338,7 @@ def load_or_compute_background(cfg, model, ckpt, device):
     return stats
 
 
-def make_recipe(cfg, rcfg, model, enc, ckpt, name="paper"):
+def make_recipe(cfg, rcfg, model, enc, ckpt):
     """(background statistics, Recipe) of a run: the pretraining background's statistics where
     the ranking or the recipe reads them (None for full, LoRA and the tf ranking alone), and the
     recipe of rcfg (recipes.build), with the slots the checkpoint's background answers are read
@@ -336,7 +350,7 @@ def make_recipe(cfg, rcfg, model, enc, ckpt, name="paper"):
         stats = load_or_compute_background(cfg, model, ckpt, device)
     answers = checkpoint_corpus(ckpt)[1]["background"]
     readers = answer_readers(model, enc, answers, device) if sparse and needs_answers(rcfg, cfg.ranking) else None
-    return stats, build(rcfg, cfg.mode, cfg.ranking, stats, readers, name)
+    return stats, build(rcfg, cfg.mode, cfg.ranking, stats, readers)
 
 
 def finetune(cfg, model, enc, ckpt, facts, stats=None, recipe=None, before=None, quiet=False, stream="new facts"):
@@ -454,18 +468,27 @@ def write_outputs(cfg, settings, ckpt, model, facts, results):
     return None
 
 
-def describe(cfg, rcfg, facts):
-    """The line a run starts with: the method, and the options beyond the paper it uses."""
-    def option(name, value):
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            return flag
-        return f"{flag} {value:g}" if isinstance(value, (int, float)) else f"{flag} {value}"
-    beyond = [option(f.name, getattr(rcfg, f.name)) for f in fields(RecipeConfig) if getattr(rcfg, f.name) != f.default
-              and (cfg.mode == "sparse" or f.name in ("stop_early", "passes"))]
+def ignored_options(cfg, rcfg):
+    """What the run leaves out of the options it was given: the memory-row steps under full
+    finetuning and LoRA, the IDF's under the tf and kl rankings (recipes.build)."""
+    given = [f.name for f in fields(RecipeConfig) if getattr(rcfg, f.name) != f.default]
+    flags = lambda names: ", ".join("--" + n.replace("_", "-") for n in names)
+    if cfg.mode != "sparse":
+        rows = [n for n in given if n not in ("stop_early", "passes")]
+        return [f"--mode {cfg.mode} trains no memory rows alone: it ignores {flags(rows)}"] if rows else []
+    idf = [n for n in given if n in ("spare_answer_slots", "block_answer_slots")]
+    return [f"--ranking {cfg.ranking} has no IDF: it ignores {flags(idf)}"] if idf and cfg.ranking != "tfidf" else []
+
+
+def describe(cfg, rcfg, recipe, facts):
+    """The line a run starts with: the method, and the steps beyond the paper the recipe took."""
     method = f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else ""
+    if recipe.name == "paper":
+        steps = "; the paper's method" if cfg.mode == "sparse" else ""
+    else:
+        steps = f"; beyond the paper: {recipe.name}" + (f" ({options(rcfg)})" if recipe.name == "improved" else "")
     return (f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {len(facts)} facts, {cfg.steps_per_fact} "
-            f"step(s) each{method}; " + ("beyond the paper: " + " ".join(beyond) if beyond else "the paper's method"))
+            f"step(s) each{method}{steps}")
 
 
 def main(argv=None):
@@ -486,11 +509,13 @@ def main(argv=None):
         facts = mine or stream_facts(ckpt, cfg.facts)
         check_lengths(enc, facts, model.config.block_size)
         warn_unseen_tokens(enc, facts, checkpoint_train_tokens(ckpt))
+        stats, recipe = make_recipe(cfg, rcfg, model, enc, ckpt)    # once: every stream starts from the base
+        for ignored in ignored_options(cfg, rcfg):
+            print(f"note: {ignored}", file=sys.stderr)
         if not cfg.quiet:
-            print(describe(cfg, rcfg, facts))
+            print(describe(cfg, rcfg, recipe, facts))
         base = copy.deepcopy(model)                                 # the model before: every stream starts from it
         name = os.path.basename(cfg.facts_file) if cfg.facts_file else "new facts"
-        stats, recipe = make_recipe(cfg, rcfg, model, enc, ckpt, args.recipe)   # once: every stream starts from base
         result, before, after = finetune(cfg, model, enc, ckpt, facts, stats, recipe, quiet=cfg.quiet, stream=name)
         results, taught = [result], copy.deepcopy(model.state_dict())   # the model --out saves
         for key in ("new_answers", "new_relations") if cfg.set_facts and not cfg.facts_file else ():

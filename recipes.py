@@ -10,17 +10,21 @@ targets (IMPROVED); every extension has an option of its own.
 The points, in the order a stream reaches them. Every method of Extension changes nothing, so an
 extension defines only the points it needs (docs/COURSE.md, exercise 11, writes one):
 
+    once per stream (finetune.trainer, run_stream):
     start(tables)                  a stream begins; tables: sparse.memory_tables
     stream(facts)                  the facts, as the stream teaches them
-    counted(batch)                 the tokens whose reads count, (B, T) bool (None: the text's)
     idf(i, idf)                    value table i's IDF, (n_slots,)
-    scores(i, reads, count, c, idf)  the slots' scores (None: the paper's tf * idf)
+    at every step, per value table i (sparse.sparse_step):
+    counted(batch)                 the tokens whose reads count, (B, T) bool (None: the text's)
+    scores(i, reads, count, c, idf)  the slots' scores, (n_slots,) (None: the paper's tf * idf)
     blocked(i)                     (n_slots,) True on the rows table i may not train (None: none)
     damping(i, rows)               (t,) added to each chosen row's divisor: it moves by its step / (1 + sum)
+                                   (Recipe.step_scale sums the extensions' terms)
     trained(i, rows)               the rows table i trained this step
-    stop(model, batch)             after each step: end this fact's steps now?
-    next_t(t, model, batch)        after a fact's steps with t rows: its steps again with this t (0: no)
-    after_fact(model, batch)       after a fact's last step
+    after each step and round of a fact (finetune.teach_fact), and after the fact:
+    stop(model, batch)             end this fact's steps now (no more steps, no more rounds)?
+    next_t(t, model, batch)        after a round of the fact's steps with t rows: another with this t (0: no)
+    after_fact(model, batch)       the fact's steps are over
     finish()                       the stream is over
 
 Each extension's docstring says what it does and what it was measured to do; the commands and
@@ -29,7 +33,7 @@ tables are in docs/RESULTS.md.
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -114,9 +118,10 @@ class Extension:
 
 class Recipe:
     """The paper's method with these extensions plugged in, in order; no extension: the paper's.
-    Where several answer a point: the first counted mask, the IDF passed through each in turn,
-    the last extension's scores, the union of the blocked rows, the damping terms summed, stop
-    if any says so, the largest next t."""
+    Where several answer a point: the first counted mask and the last scores (build never gives
+    two extensions either point), the IDF passed through each in turn, the union of the blocked
+    rows, the damping terms summed, stop if any says so, the largest next t. name: the options
+    it was built from (recipe_name)."""
 
     def __init__(self, extensions=(), name="paper"):
         self.extensions, self.name = list(extensions), name
@@ -159,7 +164,8 @@ class Recipe:
         return blocked
 
     def step_scale(self, i, rows):
-        """(t,) 1 / (1 + the damping terms) of the chosen rows; None (the same rate) without any."""
+        """The point damping's answers meet: (t,) 1 / (1 + the extensions' damping terms) of the
+        chosen rows, each row's share of the learning rate; None (the same rate) without any."""
         terms = [e.damping(i, rows) for e in self.extensions]
         terms = [d for d in terms if d is not None]
         if not terms:
@@ -174,7 +180,8 @@ class Recipe:
             e.trained(i, rows)
 
     def stop(self, model, batch):
-        return any(e.stop(model, batch) for e in self.extensions)
+        stops = [e.stop(model, batch) for e in self.extensions]          # each one asked
+        return any(stops)
 
     def next_t(self, t, model, batch):
         return max((e.next_t(t, model, batch) for e in self.extensions), default=0)
@@ -204,8 +211,9 @@ class GrowT(Extension):
     """--grow-t T: after a fact's steps, while the model still misses its answer wherever its
     batch spells it (answers), the steps again with 4x the rows, up to T: t = 64, 256, 1,024,
     4,096 (about every slot a batch reads). A fact the top 64 rows can hold costs 64 rows; one
-    they cannot gets the rows it needs. Measured: the demo's 100 facts 0.745 -> 0.895 learned at
-    lr 50, at a larger background drop (docs/RESULTS.md, "Grow t")."""
+    they cannot gets the rows it needs. Measured, the demo's 100 facts at lr 50: alone 0.745 ->
+    0.855 learned at a larger drop (7.3% -> 11.8%); with --spare-answer-slots 0.01, 0.905 at 3.4%
+    (docs/RESULTS.md, "Grow t")."""
 
     def __init__(self, max_t):
         self.max_t = max_t
@@ -346,8 +354,8 @@ class SpareAnswerSlots(Extension):
     """--spare-answer-slots S: IDF 0 for every slot read where more than a share S of the
     background facts' answers are predicted (answer_readers): it ranks last, trained only when a
     batch reads fewer than t other slots. Measured: at S = 0.01, lr 50 and growing t, the demo's
-    background drop 6.1% -> 3.4% (docs/RESULTS.md, "Keep clear of the rows background answers are
-    read from")."""
+    background drop 11.8% -> 3.4%, 0.855 -> 0.905 learned (docs/RESULTS.md, "Grow t", "Spare the
+    slots background answers are read from")."""
 
     def __init__(self, share, readers):
         self.marked = [a["df"] > share * a["units"] for a in readers]
@@ -439,7 +447,23 @@ def needs_answers(rcfg, ranking):
     return (ranking == "tfidf" and rcfg.spare_answer_slots < 1) or rcfg.slow_answer_slots > 0
 
 
-def build(rcfg, mode, ranking, stats=None, readers=None, name="paper"):
+def options(rcfg):
+    """The options of rcfg beyond the paper, as a command line gives them (--grow-t 4096 ...)."""
+    changed = [(f.name.replace("_", "-"), getattr(rcfg, f.name)) for f in fields(RecipeConfig)
+               if getattr(rcfg, f.name) != f.default]
+    return " ".join(f"--{n}" if v is True else f"--{n} {v:g}" if isinstance(v, (int, float)) else f"--{n} {v}"
+                    for n, v in changed)
+
+
+def recipe_name(rcfg):
+    """paper or improved where rcfg is one of RECIPES, else the options beyond the paper it sets."""
+    for name, settings in RECIPES.items():
+        if rcfg == RecipeConfig(**settings):
+            return name
+    return options(rcfg)
+
+
+def build(rcfg, mode, ranking, stats=None, readers=None):
     """The Recipe of the options: stats, the pretraining background's background_stats (where
     needs_background), readers, answer_readers (where needs_answers). Full finetuning and LoRA
     take only --stop-early and --passes: the rest choose memory rows. --spare-answer-slots and
@@ -449,7 +473,10 @@ def build(rcfg, mode, ranking, stats=None, readers=None, name="paper"):
         answers_too = ranking == "tfidf" and rcfg.spare_answer_slots < 1
         kl = KLRanking(stats) if ranking == "kl" else None
         ext += [CountAnswer()] if rcfg.count_reads == "answer" else []
-        ext += [RankBySequence(kl)] if rcfg.rank_by == "sequence" else [kl] if kl else []
+        if rcfg.rank_by == "sequence":
+            ext.append(RankBySequence(kl))                     # each row of the batch scored alone, by kl too
+        elif kl:
+            ext.append(kl)
         if answers_too:
             spare = SpareAnswerSlots(rcfg.spare_answer_slots, readers)
             ext += [spare] + ([BlockAnswerSlots(spare.marked)] if rcfg.block_answer_slots else [])
@@ -466,4 +493,7 @@ def build(rcfg, mode, ranking, stats=None, readers=None, name="paper"):
         limits = [(flag, fix) for on, flag, fix in limits if on]
         ext += [WarnWhenBlocked(limits)] if limits else []
     ext += [StopEarly()] if rcfg.stop_early else []
-    return Recipe(ext, name)
+    taken = rcfg if mode == "sparse" else RecipeConfig(stop_early=rcfg.stop_early, passes=rcfg.passes)
+    if ranking != "tfidf":
+        taken = replace(taken, spare_answer_slots=1.0, block_answer_slots=False)
+    return Recipe(ext, recipe_name(taken))                     # named by the options it took

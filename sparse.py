@@ -26,21 +26,25 @@ from tqdm import tqdm
 # one step
 
 def sparse_step(model, batch, t, tables, optimizers, idfs, recipe):
-    """One step of the paper's method on a fact's batch (facts.make_batch: x, y and count, True on
-    the text's tokens), inside model.recording_slots(): train t rows of each value table of
-    memory_tables, with its RowOptimizer and its IDF, (n_slots,). Returns (the loss, the trained
-    rows' new values): a loss that is not finite trains nothing, and the caller stops."""
+    """One step of the paper's method on a fact's batch (facts.Batch, from finetune.fact_batch:
+    x, y, and count, True on the text's tokens), inside model.recording_slots(): train t rows of
+    each value table of memory_tables, with its RowOptimizer and its IDF, (n_slots,). Returns (the
+    loss, the trained rows' new values): a loss that is not finite trains nothing, and the caller
+    stops. The row indices stay on the CPU, where the counts are; they index the table wherever
+    it is."""
     _, loss = model(batch.x, batch.y)                          # 1. forward, recording the slots read
     if not torch.isfinite(loss):
         return loss, []
     loss.backward()                                            # 2. backward: a gradient on every row read
     count = recipe.counted(batch)                              # (B, T) the tokens whose reads count
     updated = []
-    for i, ((w, _), reads, opt) in enumerate(zip(tables, table_reads(model, tables), optimizers)):
-        c = slot_counts(reads[count], w.shape[0])              # 3. c(i): reads of slot i by those tokens
+    all_reads = table_reads(model, tables)                     # per table: (B, T, layers * heads, k) slots read
+    for i, (w, _) in enumerate(tables):
+        reads, opt = all_reads[i], optimizers[i]
+        c = slot_counts(reads[count], w.shape[0])              # 3. c(i): reads of slot i by those tokens, (n_slots,)
         scores = recipe.scores(i, reads, count, c, idfs[i])    # 4. tf(i) * idf(i), tf(i) = c(i) / sum_j c(j)
         c = c.masked_fill(recipe.blocked(i), 0)                #    a row that may not be trained counts as unread
-        rows = top_slots(scores, c, t)                         # 5. the t read slots with the largest scores
+        rows = top_slots(scores, c, t)                         # 5. the t read slots with the largest scores, (t,)
         opt.step(rows.to(w.device), recipe.step_scale(i, rows))   # 6. V[rows] -= lr * grad V[rows]
         recipe.trained(i, rows)
         w.grad = None

@@ -345,7 +345,7 @@ def main(argv=None):
         print(f"   {'dense ' if dense else 'memory'}: {tok_s:,.0f} tokens/s, {gflops:.1f} GFLOP/s "
               f"({fraction:.0%} of the matmul peak measured beside each step)")
 
-    print(f"\n6. finetuning, default settings, 10 facts x {ft.FinetuneConfig.steps_per_fact} steps on {args.checkpoint}")
+    print(f"\n6. finetuning, the paper's method for sparse, 10 facts x {ft.FinetuneConfig.steps_per_fact} steps on {args.checkpoint}")
     if not os.path.exists(args.checkpoint):
         print("   skipped: no checkpoint there (python train.py makes one)")
         return

@@ -204,7 +204,7 @@ def sweep(args, runs, key, field, lrs=ft.DEFAULT_LR):
     model, enc, ckpt, facts, base_cfg, base_rcfg, device = setup(args, needs_memory=all(sparse))
     base = {k: v.clone() for k, v in model.state_dict().items()}
     n_slots = model.memory_modules[0].n_slots if model.memory_modules else 0
-    results, diverged, before = [], [], None
+    planned = []                                                       # every run's configs, checked before any runs
     for run, needs_memory in zip(runs, sparse):
         name = group(run, key) if field == key else f"{group(run, key)} {field.replace('top_', '')}={point(run, field)}"
         settings = {k: v for k, v in run.items() if k not in ("background", "damp_by")}  # run_recipe's
@@ -214,11 +214,14 @@ def sweep(args, runs, key, field, lrs=ft.DEFAULT_LR):
         if settings.get("top_t", 0) > n_slots:
             print(f"{name:<26} skipped: t is larger than the {n_slots} slots")
             continue
-        if "top_t" in settings:
-            settings["top_t"] = settings["top_t"] or n_slots            # 0: every accessed slot
+        if settings.get("top_t") == 0:                                  # 0: every slot read, so nothing to grow
+            settings.update(top_t=n_slots, grow_t=0)
         cfg, rcfg = ft.configs({**vars(base_cfg), **vars(base_rcfg), **settings})
         ft.resolve(cfg, model, lrs)
         check_recipe(rcfg, cfg.top_t)
+        planned.append((run, name, cfg, rcfg))
+    results, diverged, before = [], [], None
+    for run, name, cfg, rcfg in planned:
         model.load_state_dict(base)
         try:
             stats, recipe = run_recipe(run, cfg, rcfg, model, enc, ckpt, facts, device)

@@ -69,6 +69,29 @@ def test_the_named_recipes_and_the_paper_is_no_extension():
         assert [type(e).__name__ for e in full.extensions] == ["Passes", "StopEarly"]
 
 
+def test_a_recipe_is_named_by_the_options_it_took_and_the_rest_is_said_to_be_ignored():
+    from finetune import describe, ignored_options
+    improved = RecipeConfig(**IMPROVED)
+    assert recipes.recipe_name(RecipeConfig()) == "paper" and recipes.recipe_name(improved) == "improved"
+    assert recipes.recipe_name(replace(improved, slow_taught_slots=0.0)) == \
+        "--grow-t 4096 --max-df 0.99 --spare-answer-slots 0.01"
+    full = build(replace(improved, stop_early=True), "full", "tfidf")
+    assert full.name == "--stop-early"                       # the memory-row steps dropped, and said so below
+    cfg = FinetuneConfig(mode="full", optimizer="adamw", lr=1e-5)
+    assert ignored_options(cfg, improved) == ["--mode full trains no memory rows alone: it ignores --grow-t, "
+                                              "--max-df, --spare-answer-slots, --slow-taught-slots"]
+    assert ignored_options(replace(cfg, mode="sparse", ranking="kl"), improved) == [
+        "--ranking kl has no IDF: it ignores --spare-answer-slots"]
+    assert ignored_options(replace(cfg, mode="sparse"), improved) == []
+    assert describe(cfg, RecipeConfig(), build(RecipeConfig(), "full", "tfidf"), [TOM]).endswith("1 facts, 10 step(s) each")
+    sparse = FinetuneConfig(optimizer="sgd", lr=50.0)
+    stats = [{"df": torch.zeros(4, dtype=torch.long), "reads": torch.zeros(4, dtype=torch.long), "units": 1}]
+    line = describe(sparse, improved, build(improved, "sparse", "tfidf", stats, stats), [TOM])
+    assert line.endswith("beyond the paper: improved (--grow-t 4096 --max-df 0.99 --spare-answer-slots 0.01 "
+                         "--slow-taught-slots 1)")
+    assert describe(sparse, RecipeConfig(), build(RecipeConfig(), "sparse", "tfidf"), [TOM]).endswith("the paper's method")
+
+
 def test_an_extension_that_changes_nothing_leaves_the_paper_s_step():
     reads = torch.tensor([[0, 2], [0, 2], [0, 2], [0, 3], [3, 1]]).view(1, 5, 1, 2)
     count = torch.ones(1, 5, dtype=torch.bool)
@@ -400,7 +423,8 @@ def test_the_paper_and_the_improved_recipe_are_what_the_docs_write_step_for_step
     cfg = resolve(FinetuneConfig(checkpoint=str(tmp_path / "ckpt.pt"), lr=5.0, top_t=8, steps_per_fact=3,
                                  background_batches=40), model)
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    stats, recipe = make_recipe(cfg, RecipeConfig(**RECIPES[name]), model, enc, ckpt, name)
+    stats, recipe = make_recipe(cfg, RecipeConfig(**RECIPES[name]), model, enc, ckpt)
+    assert recipe.name == name
     assert [type(e).__name__ for e in recipe.extensions] == ([] if name == "paper" else
                                                              ["SpareAnswerSlots", "MaxDF", "SlowTaughtSlots", "GrowT", "WarnWhenBlocked"])
     _, t_per_fact = run_stream(cfg, model, enc, facts, stats, recipe, quiet=True)

@@ -92,7 +92,8 @@ def function_source(module, name):
     return ast.get_source_segment(source, node), node.end_lineno - node.lineno + 1
 
 
-@pytest.mark.parametrize("module, name", [("sparse", "sparse_step"), ("finetune", "run_stream")])
+@pytest.mark.parametrize("module, name", [("sparse", "sparse_step"), ("finetune", "run_stream"),
+                                          ("finetune", "teach_fact")])
 def test_the_spine_names_no_step_beyond_the_paper_and_reads_in_one_screen(module, name):
     from dataclasses import fields
     from recipes import RecipeConfig
