@@ -97,6 +97,14 @@ def parse_args(p, argv=None, presets=None):
     return p.parse_args(argv)
 
 
+def given_options(p, argv, presets=None):
+    """The fields argv sets to another value than its presets (or the defaults) would: the options a
+    user asked for, which a script refuses to drop silently (a preset's it only notes)."""
+    chosen = vars(parse_args(p, argv, presets))
+    named = vars(parse_args(p, [a for option in presets or {} for a in (f"--{option}", chosen[option])], presets))
+    return {k for k, v in chosen.items() if v != named[k]}
+
+
 def split(args, dc):
     """The dataclass dc filled from the parsed options that name its fields."""
     return dc(**{f.name: getattr(args, f.name) for f in fields(dc) if hasattr(args, f.name)})

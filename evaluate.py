@@ -224,6 +224,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     keep_freed_memory()
     try:
+        if args.facts < 1:                                # before the checkpoint is read
+            raise ValueError(f"--facts must be at least 1, not {args.facts}")
         device = pick_device(args.device)
         model, enc, ckpt = load_checkpoint(args.checkpoint, device)
         val, kb = checkpoint_corpus(ckpt)

@@ -49,14 +49,14 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import checkpoint_corpus, checkpoint_train_tokens, config_dict, load_checkpoint, save_checkpoint
-from common import (Diverged, check_range, check_writable, config_parser, keep_freed_memory, parse_args, pick_device,
-                    split, write_json)
+from common import (Diverged, check_range, check_writable, config_parser, given_options, keep_freed_memory, parse_args,
+                    pick_device, split, write_json)
 from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair, story_endings
 from facts import Batch, batch_texts, check_lengths, make_batch, read_facts_file, stream_facts, warn_unseen_tokens
 from lora import add_lora, merge_lora
 from model import CLASSROOM_MODEL, LARGE_MODEL, GPTConfig
-from recipes import (RECIPES, Recipe, RecipeConfig, answer_readers, build, check_recipe, needs_answers, needs_background,
-                     options)
+from recipes import (RECIPES, Recipe, RecipeConfig, answer_readers, build, check_recipe, needs_answers,
+                     needs_background, options)
 from sparse import RowOptimizer, background_stats, inverse_document_frequency, memory_tables, sparse_step
 from train import CLASSROOM_TRAIN, LARGE_TRAIN, TrainConfig, get_batch, train
 
@@ -106,7 +106,8 @@ class FinetuneConfig:
     ranking: str = "tfidf"                 # sparse: tfidf (the paper) | tf (raw access counts, the paper's
                                            # ablation) | kl (recipes.py)
     background_batches: int = 1000         # sparse: background units for document frequencies (paper: 1000)
-    background_batch_size: int = 1         # sparse: windows of block_size tokens per background unit (docs/DESIGN.md)
+    background_batch_size: int = 1         # sparse: windows of block_size tokens per background unit, at most
+                                           # 256 (docs/DESIGN.md)
     lora_rank: int = 16                    # lora: rank r of each adapter
     lora_alpha: float = 32.0               # lora: the adapter's output is scaled by alpha / r
     weight_decay: float = 0.0              # AdamW decoupled decay of the trained weights (sparse: selected rows only)
@@ -144,6 +145,9 @@ def resolve(cfg, model=None, lrs=DEFAULT_LR):
                         ("background_batches", 1), ("background_batch_size", 1)):
         if getattr(cfg, name) < least:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {least}, not {getattr(cfg, name)}")
+    if cfg.background_batch_size > 256:                  # 32 units of it go through one forward
+        raise ValueError(f"--background-batch-size is at most 256 windows a unit, not {cfg.background_batch_size}; "
+                         "for more background text raise --background-batches")
     if cfg.ranking not in ("tfidf", "tf", "kl"):
         raise ValueError(f"unknown --ranking {cfg.ranking!r}: use tfidf, tf or kl")
     if model is not None and cfg.mode == "sparse" and not model.memory_modules:
@@ -469,15 +473,41 @@ def write_outputs(cfg, settings, ckpt, model, facts, results):
 
 
 def ignored_options(cfg, rcfg):
-    """What the run leaves out of the options it was given: the memory-row steps under full
-    finetuning and LoRA, the IDF's under the tf and kl rankings (recipes.build)."""
-    given = [f.name for f in fields(RecipeConfig) if getattr(rcfg, f.name) != f.default]
-    flags = lambda names: ", ".join("--" + n.replace("_", "-") for n in names)
+    """(what ignores them, the option names) for each set of options this run would leave out: the
+    memory-row steps under full finetuning and LoRA, the IDF's under the tf and kl rankings
+    (recipes.build), the sparse method's elsewhere, LoRA's elsewhere, AdamW's decay under SGD."""
+    changed = lambda config: [f.name for f in fields(config) if getattr(config, f.name) != f.default]
+    recipe, run = changed(rcfg), changed(cfg)
+    ignored = []
     if cfg.mode != "sparse":
-        rows = [n for n in given if n not in ("stop_early", "passes")]
-        return [f"--mode {cfg.mode} trains no memory rows alone: it ignores {flags(rows)}"] if rows else []
-    idf = [n for n in given if n in ("spare_answer_slots", "block_answer_slots")]
-    return [f"--ranking {cfg.ranking} has no IDF: it ignores {flags(idf)}"] if idf and cfg.ranking != "tfidf" else []
+        ignored.append((f"--mode {cfg.mode} trains no memory rows alone", [n for n in recipe if n not in
+                        ("stop_early", "passes")] + [n for n in run if n in ("top_t", "ranking")]))
+    elif cfg.ranking != "tfidf":
+        ignored.append((f"--ranking {cfg.ranking} has no IDF", [n for n in recipe if n in ("spare_answer_slots",
+                        "block_answer_slots")]))
+    if cfg.mode != "lora":
+        ignored.append(("only --mode lora has adapters", [n for n in run if n.startswith("lora_")]))
+    if cfg.optimizer == "sgd":
+        ignored.append(("SGD has no weight decay", [n for n in run if n == "weight_decay"]))
+    return [(why, names) for why, names in ignored if names]
+
+
+def check_options(cfg, rcfg, given=(), lrs=DEFAULT_LR):
+    """The validation step main() runs first, before any file is read: every option in range
+    (resolve, recipes.check_recipe), no option given on the command line that the run would
+    ignore (a contradiction), every output writable. Returns notes on what a preset set that the
+    run ignores."""
+    resolve(cfg, lrs=lrs)
+    check_recipe(rcfg, cfg.top_t)
+    flags = lambda names: ", ".join("--" + n.replace("_", "-") for n in names)
+    notes = []
+    for why, names in ignored_options(cfg, rcfg):
+        typed = [n for n in names if n in given]
+        if typed:
+            raise ValueError(f"{why}: it would ignore {flags(typed)}; leave {'it' if len(typed) == 1 else 'them'} out")
+        notes.append(f"{why}: it ignores {flags(names)}")
+    check_outputs(cfg)
+    return notes
 
 
 def describe(cfg, rcfg, recipe, facts):
@@ -493,25 +523,23 @@ def describe(cfg, rcfg, recipe, facts):
 
 def main(argv=None):
     presets = {"preset": PRESETS, "recipe": RECIPES}
-    args = parse_args(config_parser(__doc__, FinetuneConfig, RecipeConfig, presets=presets), argv, presets)
+    parser = config_parser(__doc__, FinetuneConfig, RecipeConfig, presets=presets)
+    args = parse_args(parser, argv, presets)
     cfg, rcfg = split(args, FinetuneConfig), split(args, RecipeConfig)
     keep_freed_memory()
     try:
-        resolve(cfg, lrs=CLASSROOM_LR if args.preset == "classroom" else DEFAULT_LR)   # before any work,
-        check_recipe(rcfg, cfg.top_t)                                                  # pretraining included
-        check_outputs(cfg)
+        given = given_options(parser, argv, presets)                 # before any work, pretraining included
+        notes = check_options(cfg, rcfg, given, CLASSROOM_LR if args.preset == "classroom" else DEFAULT_LR)
         mine = read_facts_file(cfg.facts_file) if cfg.facts_file else None
         device = pick_device(cfg.device)
         model, enc, ckpt = load_base(cfg, device)
         resolve(cfg, model)
-        if cfg.optimizer == "sgd" and cfg.weight_decay:
-            print("note: --weight-decay is AdamW's; SGD ignores it", file=sys.stderr)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
         facts = mine or stream_facts(ckpt, cfg.facts)
         check_lengths(enc, facts, model.config.block_size)
         warn_unseen_tokens(enc, facts, checkpoint_train_tokens(ckpt))
         stats, recipe = make_recipe(cfg, rcfg, model, enc, ckpt)    # once: every stream starts from the base
-        for ignored in ignored_options(cfg, rcfg):
-            print(f"note: {ignored}", file=sys.stderr)
         if not cfg.quiet:
             print(describe(cfg, rcfg, recipe, facts))
         base = copy.deepcopy(model)                                 # the model before: every stream starts from it

@@ -38,12 +38,25 @@ class GPTConfig:
     mem_sparse_grad: bool = False # sparse value gradients + SparseAdam; pays off only for big tables
 
     def __post_init__(self):
+        """Refuse args that make no model, before any work (train.py builds this from the command line
+        first, checkpoint.py from a file): ValueError naming the arg and its option."""
         self.memory_layers = tuple(int(i) for i in self.memory_layers)
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mem_n_keys", "mem_heads",
+                     "mem_topk", "mem_k_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be at least 1, not {getattr(self, name)}")
         bad = [i for i in self.memory_layers if not 0 <= i < self.n_layer]
         if bad:
             raise ValueError(f"memory_layers {bad} out of range for n_layer={self.n_layer}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if not (0 <= self.dropout < 1 and self.mem_v_dim >= 0):
+            raise ValueError(f"dropout must be in [0, 1) and mem_v_dim 0 or more, not {self.dropout}, {self.mem_v_dim}")
+        if self.mem_k_dim % 2 or self.mem_topk > self.mem_n_keys:
+            raise ValueError(f"memory needs an even mem_k_dim and mem_topk <= mem_n_keys (got {self.mem_k_dim}, "
+                             f"{self.mem_topk}, {self.mem_n_keys})")
+        if self.mem_query_norm not in ("batchnorm", "layernorm", "none"):
+            raise ValueError(f"mem_query_norm must be batchnorm, layernorm or none, not {self.mem_query_norm!r}")
         self.mem_v_dim = self.mem_v_dim or self.n_embd
 
 

@@ -191,6 +191,11 @@ def make_model(cfg, mcfg, meta, tok_text, ckpt_path, device):
     if missing:
         raise ValueError(f"cannot resume from {ckpt_path}: it has no {', '.join(missing)}")
     check_same_corpus(ckpt, tok_text, meta, cfg.data_dir)
+    kept = [(k, getattr(cfg, k), v) for k, v in ckpt["train_config"].items() if k in RECIPE and getattr(cfg, k) != v]
+    kept += [(k, v, ckpt["model_args"][k]) for k, v in config_dict(mcfg).items() if v != ckpt["model_args"].get(k, v)]
+    if kept:
+        print(f"note: --resume goes on with {ckpt_path}'s settings and ignores " + ", ".join(
+            f"--{k.replace('_', '-')} {mine} (it has {theirs})" for k, mine, theirs in kept), file=sys.stderr)
     return model, model.config, replace(cfg, **{k: v for k, v in ckpt["train_config"].items() if k in RECIPE}), ckpt
 
 

@@ -115,8 +115,6 @@ def record(cfg, stage, done):
 
 
 def world_of(cfg):
-    if cfg.world not in ("open", "closed"):
-        raise ValueError(f"unknown --world {cfg.world!r}: use open or closed")
     return kworld.make_world(cfg.seed, cfg.n_people, cfg.n_towns, cfg.n_animals, closed=cfg.world == "closed")
 
 
@@ -158,12 +156,10 @@ def stage_text(cfg):
     world = world_of(cfg)
     if cfg.source == "generated":
         stories = [corpus.story(rng) for _ in range(cfg.n_stories + cfg.n_val_stories)]
-    elif cfg.source == "tinystories":
+    else:                                              # tinystories (check_options)
         stories = read_tinystories(cfg)
         if len(stories) < 2 * cfg.n_val_stories:
             raise ValueError(f"only {len(stories)} TinyStories stories; need at least {2 * cfg.n_val_stories}")
-    else:
-        raise ValueError(f"unknown source {cfg.source!r}: use generated or tinystories")
     val, train = stories[:cfg.n_val_stories], stories[cfg.n_val_stories:]
     docs = train + kworld.background_documents(rng, world, cfg.fact_repeats)
     rng.shuffle(docs)
@@ -182,8 +178,6 @@ def stage_tokenizer(cfg):
     path = tokenizer_path(cfg)
     if cfg.tokenizer == "gpt2" or stage_done(cfg, "tokenizer", [path]):
         return
-    if cfg.tokenizer != "bpe":
-        raise ValueError(f"unknown tokenizer {cfg.tokenizer!r}: use bpe or gpt2")
     record(cfg, "tokenizer", done=False)
     with open(os.path.join(cfg.out_dir, "train.txt"), "r", encoding="utf-8") as f:
         text = f.read()
@@ -271,8 +265,25 @@ def stage_tokens(cfg):
     print(f"tokens: {counts['train']:,} train, {counts['val']:,} val ({meta['dtype']})")
 
 
+def check_options(cfg):
+    """ValueError naming the first setting that could not make a corpus, before any stage is written
+    (a stage written with a bad setting would make the folder refuse the corrected rerun)."""
+    for name, value, choices in (("source", cfg.source, ("generated", "tinystories")), ("world", cfg.world,
+                                 ("open", "closed")), ("tokenizer", cfg.tokenizer, ("bpe", "gpt2"))):
+        if value not in choices:
+            raise ValueError(f"unknown --{name} {value!r}: use {' or '.join(choices)}")
+    for name in ("max_stories", "n_stories", "n_val_stories", "n_people", "n_towns", "n_animals", "fact_repeats"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(cfg, name)}")
+    if cfg.tokenizer == "bpe" and cfg.vocab_size < 257:
+        raise ValueError(f"--vocab-size must be at least 257 (256 bytes + <|endoftext|>), not {cfg.vocab_size}")
+    if cfg.source == "tinystories" and cfg.tinystories_file and not os.path.isfile(cfg.tinystories_file):
+        raise FileNotFoundError(f"--tinystories-file {cfg.tinystories_file} is not a file; give a TinyStories text")
+
+
 def prepare(cfg):
     """Run every unfinished stage; return the out_dir."""
+    check_options(cfg)
     meta_path = os.path.join(cfg.out_dir, "meta.json")
     if os.path.exists(meta_path):                      # the last stage's record: the corpus is complete
         with open(meta_path, "r", encoding="utf-8") as f:

@@ -65,9 +65,9 @@ def test_prepare_and_finetune_take_the_preset_and_an_explicit_option_wins(monkey
     assert calls[0][0] == DataConfig(**{**CLASSROOM_DATA, "n_stories": 50})
     monkeypatch.setattr(finetune, "load_base", recorder(calls))
     with pytest.raises(Stop):
-        finetune.main(["--preset", "classroom", "--mode", "full", "--top-t", "5"])
+        finetune.main(["--preset", "classroom", "--mode", "full", "--facts", "5"])
     cfg = calls[1][0]
-    assert cfg == FinetuneConfig(**{**CLASSROOM_FINETUNE, "mode": "full", "top_t": 5, "optimizer": "adamw",
+    assert cfg == FinetuneConfig(**{**CLASSROOM_FINETUNE, "mode": "full", "facts": 5, "optimizer": "adamw",
                                     "lr": CLASSROOM_LR[("full", "adamw")]})       # checked and filled in before any work
 
 

@@ -70,7 +70,7 @@ def test_the_named_recipes_and_the_paper_is_no_extension():
 
 
 def test_a_recipe_is_named_by_the_options_it_took_and_the_rest_is_said_to_be_ignored():
-    from finetune import describe, ignored_options
+    from finetune import check_options, describe
     improved = RecipeConfig(**IMPROVED)
     assert recipes.recipe_name(RecipeConfig()) == "paper" and recipes.recipe_name(improved) == "improved"
     assert recipes.recipe_name(replace(improved, slow_taught_slots=0.0)) == \
@@ -78,11 +78,21 @@ def test_a_recipe_is_named_by_the_options_it_took_and_the_rest_is_said_to_be_ign
     full = build(replace(improved, stop_early=True), "full", "tfidf")
     assert full.name == "--stop-early"                       # the memory-row steps dropped, and said so below
     cfg = FinetuneConfig(mode="full", optimizer="adamw", lr=1e-5)
-    assert ignored_options(cfg, improved) == ["--mode full trains no memory rows alone: it ignores --grow-t, "
-                                              "--max-df, --spare-answer-slots, --slow-taught-slots"]
-    assert ignored_options(replace(cfg, mode="sparse", ranking="kl"), improved) == [
+    assert check_options(cfg, improved) == ["--mode full trains no memory rows alone: it ignores --grow-t, "
+                                            "--max-df, --spare-answer-slots, --slow-taught-slots"]
+    with pytest.raises(ValueError, match="would ignore --grow-t; leave it out"):      # typed, not a preset's
+        check_options(cfg, improved, given={"grow_t", "lr"})
+    sparse = replace(cfg, mode="sparse", optimizer="sgd", lr=50.0)
+    assert check_options(replace(sparse, ranking="kl"), improved) == [
         "--ranking kl has no IDF: it ignores --spare-answer-slots"]
-    assert ignored_options(replace(cfg, mode="sparse"), improved) == []
+    assert check_options(sparse, improved) == []
+    sgd = dict(mode="sparse", optimizer="sgd", lr=50.0)
+    for typed, given, why in ((dict(lora_rank=4), {"lora_rank"}, "only --mode lora has adapters"),
+                              (dict(sgd, weight_decay=0.1), {"weight_decay"}, "SGD has no weight decay"),
+                              (dict(top_t=8), {"top_t"}, "--mode full trains no memory rows"),
+                              (dict(sgd, ranking="tf"), {"block_answer_slots"}, "--ranking tf has no IDF")):
+        with pytest.raises(ValueError, match=why + ".*leave it out"):
+            check_options(replace(cfg, **typed), replace(improved, block_answer_slots=True), given)
     assert describe(cfg, RecipeConfig(), build(RecipeConfig(), "full", "tfidf"), [TOM]).endswith("1 facts, 10 step(s) each")
     sparse = FinetuneConfig(optimizer="sgd", lr=50.0)
     stats = [{"df": torch.zeros(4, dtype=torch.long), "reads": torch.zeros(4, dtype=torch.long), "units": 1}]
