@@ -1,17 +1,18 @@
 """
 Checkpoints of model.py's GPT: the model's args beside its weights, so that the file alone
 rebuilds the model (load_checkpoint), the tokenizer, and the prepared corpus it was trained on
-(checkpoint_corpus). Saved atomically, loaded with weights_only=True, and checked before use.
+(checkpoint_corpus): found relative to the project, so that a moved project or a checkpoint copied into
+another clone still finds it, and recognised by its content. Saved atomically, loaded with
+weights_only=True, and checked before use.
 """
 
 import os
 from dataclasses import asdict, fields
 
-import numpy as np
 import torch
 
-from common import write_atomic
-from data.prepare import load_facts, read_corpus_meta
+from common import ROOT, write_atomic
+from data.prepare import corpus_fingerprint, load_facts, prepare_again, read_corpus_meta, read_tokens
 from data.tokenizer import encoding_from_text, read_tokenizer
 from model import GPT, GPTConfig
 
@@ -96,25 +97,69 @@ def checkpoint_problem(ckpt):
 
 
 def check_same_corpus(ckpt, tok_text, meta, data_dir):
-    """A checkpoint only reads text cut by its own tokenizer."""
+    """A checkpoint only reads text cut by its own tokenizer, and, where it keeps its corpus's fingerprint
+    (corpus_record), only the corpus it was trained on."""
     if ckpt["tokenizer"] != tok_text or ckpt["model_args"]["vocab_size"] != meta["vocab_size"]:
         raise ValueError(f"the checkpoint's tokenizer (vocab {ckpt['model_args']['vocab_size']}) does not match the "
                          f"corpus in {data_dir} (vocab {meta['vocab_size']}); use the corpus it was trained on")
+    kept = ckpt.get("corpus_fingerprint")                  # None in checkpoints written before it was kept
+    if kept is not None and kept != corpus_fingerprint(data_dir):
+        raise ValueError(f"the corpus in {data_dir} does not match the one this checkpoint was trained on (its "
+                         "content differs); use the corpus it was trained on, or train again on this one")
+
+
+def corpus_record(data_dir):
+    """What train.py stores of its corpus in a checkpoint: the folder, relative to the project when it is
+    in it (so that a moved project or a copy of the checkpoint in another clone finds its own), and a
+    fingerprint of the content (so that another corpus in that place is refused)."""
+    path, root = os.path.realpath(data_dir), os.path.realpath(ROOT)
+    inside = os.path.commonpath([path, root]) == root
+    return {"data_dir": os.path.relpath(path, root) if inside else path, "corpus_fingerprint": corpus_fingerprint(path)}
+
+
+def corpus_dir(ckpt):
+    """The folder of a checkpoint's corpus: its data_dir in this project when stored relative; an absolute
+    one (checkpoints written before, corpora outside the project) as it is, or, if it is gone, the folder
+    of the same name in this project's data/, where a moved project's older checkpoints find theirs."""
+    stored = ckpt["data_dir"]
+    if not os.path.isabs(stored):
+        return os.path.join(ROOT, stored)
+    moved = os.path.join(ROOT, "data", os.path.basename(stored))
+    return moved if not os.path.exists(stored) and os.path.exists(moved) else stored
+
+
+def checked_corpus(ckpt):
+    """(folder, meta.json) of the corpus a checkpoint was trained on, once its files are whole and it is
+    that corpus (check_same_corpus)."""
+    data_dir = corpus_dir(ckpt)
+    try:
+        meta, _, tok_text = read_corpus_meta(data_dir)
+        for split in ("train", "val"):
+            read_tokens(data_dir, split, meta["dtype"])
+        check_same_corpus(ckpt, tok_text, meta, data_dir)
+        return data_dir, meta
+    except FileNotFoundError as e:
+        raise corpus_missing(data_dir, e) from None
 
 
 def checkpoint_train_tokens(ckpt):
     """The pretraining tokens of the corpus a checkpoint was trained on (train.bin, read-only)."""
-    return np.memmap(os.path.join(ckpt["data_dir"], "train.bin"), dtype=ckpt["data_meta"]["dtype"], mode="r")
+    data_dir, meta = checked_corpus(ckpt)
+    return read_tokens(data_dir, "train", meta["dtype"])
 
 
 def checkpoint_corpus(ckpt):
     """(validation tokens, facts.json) of the corpus a checkpoint was trained on."""
-    data_dir = ckpt["data_dir"]
+    data_dir, meta = checked_corpus(ckpt)
     try:
-        meta, _, tok_text = read_corpus_meta(data_dir)
-        check_same_corpus(ckpt, tok_text, meta, data_dir)
-        val = np.memmap(os.path.join(data_dir, "val.bin"), dtype=ckpt["data_meta"]["dtype"], mode="r")
-        return val, load_facts(data_dir)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"the corpus this checkpoint was trained on is no longer in {data_dir}; "
-                                "prepare it there again") from None
+        return read_tokens(data_dir, "val", meta["dtype"]), load_facts(data_dir)
+    except FileNotFoundError as e:
+        raise corpus_missing(data_dir, e) from None
+
+
+def corpus_missing(data_dir, e):
+    """The error for a file of a checkpoint's corpus that is not there (e): the whole corpus gone, or one file."""
+    if not os.path.exists(os.path.join(data_dir, "meta.json")):
+        return FileNotFoundError(f"the corpus this checkpoint was trained on is no longer in {data_dir}; "
+                                 "prepare it there again")
+    return FileNotFoundError(f"{e.filename} is missing; {prepare_again(data_dir)}")
