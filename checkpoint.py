@@ -34,6 +34,8 @@ def load_checkpoint(path, device="cpu"):
     """(model, encoding, raw checkpoint dict). Loads with weights_only=True."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist; run python train.py first")
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint {path} is a folder; give the checkpoint file, as {os.path.join(path, 'ckpt.pt')}")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
@@ -46,10 +48,7 @@ def load_checkpoint(path, device="cpu"):
     if problem:
         raise RuntimeError(f"{path} is not a checkpoint written by train.py of this version ({problem}); "
                            "use one it wrote, or train again")
-    try:
-        model = GPT(GPTConfig(**ckpt["model_args"]))
-    except (TypeError, ValueError) as e:
-        raise RuntimeError(f"{path}: its model args do not make a model ({e}); the file is damaged") from None
+    model = build_model(path, ckpt["model_args"])
     mine, theirs = model.state_dict(), ckpt["model"]
     wrong = sorted(k for k in mine.keys() | theirs.keys()
                    if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape)
@@ -57,6 +56,10 @@ def load_checkpoint(path, device="cpu"):
         raise RuntimeError(f"{path}: its weights do not fit its model args ({len(wrong)} tensors, the first "
                            f"{wrong[0]}); "
                            "the file is damaged or from another version")
+    broken = sorted(k for k, v in theirs.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if broken:                                            # train.py and finetune.py save no diverged model
+        raise RuntimeError(f"{path}: {len(broken)} of its weights hold inf or nan (the first {broken[0]}); "
+                           "the file is damaged: use another checkpoint, or train again")
     model.load_state_dict(theirs)
     model.to(device).eval()
     tok = ckpt["tokenizer"]
@@ -65,6 +68,25 @@ def load_checkpoint(path, device="cpu"):
     except ValueError:
         raise RuntimeError(f"{path}: its tokenizer is not a .tiktoken ranks text; the file is damaged") from None
     return model, enc, ckpt
+
+
+# Model args that size a tensor or divide the width: a whole number above 0 in any model. A checkpoint
+# with another value is damaged (GPTConfig and the layers check less, or fail with a traceback).
+SIZES = ("vocab_size", "block_size", "n_head", "n_embd", "mem_n_keys", "mem_heads", "mem_topk", "mem_k_dim")
+
+
+def build_model(path, args):
+    """The model a checkpoint's model args describe (path: the checkpoint, for the message). Args that
+    make no model are a damaged file, said in one line, not a traceback from deep in the model."""
+    sizes = [f"{k}={args[k]!r}" for k in SIZES if k in args and not (type(args[k]) is int and args[k] > 0)]
+    if sizes:
+        raise RuntimeError(f"{path}: its model args must be whole numbers above 0, not {', '.join(sizes)}; "
+                           "the file is damaged: use another checkpoint, or train again")
+    try:
+        return GPT(GPTConfig(**args))
+    except (TypeError, ValueError, ZeroDivisionError, RuntimeError) as e:
+        raise RuntimeError(f"{path}: its model args do not make a model ({e}); the file is damaged: use another "
+                           "checkpoint, or train again") from None
 
 
 def checkpoint_problem(ckpt):

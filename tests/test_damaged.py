@@ -1,6 +1,6 @@
 """Damaged or moved input files: a moved project still finds its corpus, another corpus is refused by its
-content, and a damaged corpus file is one line naming the file and the fix. Every case damages a copy in
-tmp_path, never a fixture."""
+content, and a damaged checkpoint or corpus file is one line naming the file and the fix. Every case
+damages a copy in tmp_path, never a fixture."""
 import os
 import shutil
 
@@ -90,6 +90,44 @@ def test_an_older_checkpoint_with_an_absolute_corpus_path_still_loads(trained, t
     older["data_dir"] = str(tmp_path / "old place" / "data" / name)
     assert checkpoint.corpus_dir(older) == str(project / "data" / name)
     assert len(checkpoint_train_tokens(older)) == len(checkpoint_train_tokens(ckpt))
+
+
+# ----------------------------------------------------------------------------------------
+# damaged checkpoints
+
+def with_weight(value):
+    """A damage: the first floating-point weight gets value in one place."""
+    def damage(c):
+        model = dict(c["model"])
+        name = next(k for k, v in model.items() if v.is_floating_point())
+        model[name] = model[name].clone()
+        model[name].view(-1)[0] = value
+        return {**c, "model": model}
+    return damage
+
+
+DAMAGED_CHECKPOINTS = {
+    "n_head 0": lambda c: {**c, "model_args": {**c["model_args"], "n_head": 0}},
+    "n_head -1": lambda c: {**c, "model_args": {**c["model_args"], "n_head": -1}},
+    "n_embd not divisible by n_head": lambda c: {**c, "model_args": {**c["model_args"], "n_embd": 31}},
+    "a nan weight": with_weight(float("nan")),
+    "an inf weight": with_weight(float("inf")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_CHECKPOINTS))
+def test_a_damaged_checkpoint_is_refused_when_loaded_in_one_line(trained, tmp_path, case):
+    bad = str(tmp_path / "bad.pt")
+    save_checkpoint(bad, DAMAGED_CHECKPOINTS[case](torch.load(checkpoint_of(trained), weights_only=True)))
+    for cli, more in ((evaluate.main, []), (finetune.main, ["--mode", "full", "--lr", 1e-3, "--facts", 1, "--quiet"])):
+        message = one_line_error(cli, "--checkpoint", bad, "--device", "cpu", *more)
+        assert bad in message and "damaged" in message
+
+
+def test_a_checkpoint_path_that_is_a_folder_says_so(trained, tmp_path):
+    for cli in (evaluate.main, finetune.main):
+        message = one_line_error(cli, "--checkpoint", tmp_path, "--device", "cpu")
+        assert f"{tmp_path} is a folder" in message and os.path.join(str(tmp_path), "ckpt.pt") in message
 
 
 # ----------------------------------------------------------------------------------------
