@@ -1,6 +1,6 @@
 """Damaged or moved input files: a moved project still finds its corpus, another corpus is refused by its
-content, and a damaged checkpoint or corpus file is one line naming the file and the fix. Every case
-damages a copy in tmp_path, never a fixture."""
+content, and a damaged checkpoint, background cache or corpus file is one line naming the file and the fix
+(a damaged cache is counted again, with a warning). Every case damages a copy in tmp_path, never a fixture."""
 import os
 import shutil
 
@@ -14,6 +14,7 @@ import finetune
 import train as train_module
 from checkpoint import checkpoint_corpus, checkpoint_train_tokens, load_checkpoint, save_checkpoint
 from conftest import TINY_MODEL
+from finetune import FinetuneConfig, load_or_compute_background
 from model import GPTConfig
 from train import TrainConfig, train
 
@@ -128,6 +129,65 @@ def test_a_checkpoint_path_that_is_a_folder_says_so(trained, tmp_path):
     for cli in (evaluate.main, finetune.main):
         message = one_line_error(cli, "--checkpoint", tmp_path, "--device", "cpu")
         assert f"{tmp_path} is a folder" in message and os.path.join(str(tmp_path), "ckpt.pt") in message
+
+
+# ----------------------------------------------------------------------------------------
+# damaged background caches: counted again, with a warning
+
+def cached_background(trained, tmp_path):
+    """(config, model, checkpoint, statistics, cache path) after a first count has written the cache."""
+    model, _, ckpt = load_checkpoint(checkpoint_of(trained))
+    fc = FinetuneConfig(checkpoint=str(tmp_path / "ckpt.pt"), background_batches=3, quiet=True)
+    stats = load_or_compute_background(fc, model, ckpt, "cpu")
+    return fc, model, ckpt, stats, str(tmp_path / "ckpt.background.pt")
+
+
+def counted_again(fc, model, ckpt, stats, path, capsys, monkeypatch):
+    """The damaged cache at path gives the first count's statistics with one warning naming it, and is
+    replaced: the next run reads it without counting."""
+    capsys.readouterr()
+    again = load_or_compute_background(fc, model, ckpt, "cpu")
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and path in err and err.count("\n") == 1, err
+    for a, b in zip(again, stats):
+        assert a["units"] == b["units"] and torch.equal(a["df"], b["df"]) and torch.equal(a["reads"], b["reads"])
+    monkeypatch.setattr(finetune, "background_stats", lambda *a, **k: pytest.fail("counted again"))
+    assert torch.equal(load_or_compute_background(fc, model, ckpt, "cpu")[0]["df"], stats[0]["df"])
+    assert capsys.readouterr().err == ""
+
+
+DAMAGED_CACHES = {
+    "a count of the wrong shape": lambda st: [{**st[0], "df": st[0]["df"][:-1]}] + st[1:],
+    "a count of the wrong type": lambda st: [{**st[0], "reads": st[0]["reads"].double()}] + st[1:],
+    "a table's statistics not a dict": lambda st: [[st[0]["df"]]] + st[1:],
+    "statistics not a list": lambda st: "stats",
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_CACHES))
+def test_a_background_cache_of_the_right_key_but_wrong_form_is_counted_again(trained, tmp_path, capsys, monkeypatch,
+                                                                             case):
+    fc, model, ckpt, stats, path = cached_background(trained, tmp_path)
+    cached = torch.load(path, weights_only=True)
+    torch.save({**cached, "stats": DAMAGED_CACHES[case](cached["stats"])}, path)
+    counted_again(fc, model, ckpt, stats, path, capsys, monkeypatch)
+
+
+def test_a_background_cache_with_a_flipped_byte_is_counted_again(trained, tmp_path, capsys, monkeypatch):
+    fc, model, ckpt, stats, path = cached_background(trained, tmp_path)
+    data = bytearray(open(path, "rb").read())
+    at = data.find(stats[0]["reads"].numpy().tobytes())                  # the stored counts, byte for byte
+    assert at >= 0
+    data[at] ^= 0x04                                                     # one slot's count off by 4
+    open(path, "wb").write(bytes(data))
+    counted_again(fc, model, ckpt, stats, path, capsys, monkeypatch)
+
+
+def test_a_background_cache_of_another_model_is_counted_again_with_a_warning(trained, tmp_path, capsys, monkeypatch):
+    fc, model, ckpt, stats, path = cached_background(trained, tmp_path)
+    cached = torch.load(path, weights_only=True)
+    torch.save({**cached, "key": {**cached["key"], "fingerprint": "another model"}}, path)
+    counted_again(fc, model, ckpt, stats, path, capsys, monkeypatch)
 
 
 # ----------------------------------------------------------------------------------------
