@@ -315,18 +315,18 @@ def load_or_compute_background(cfg, model, ckpt, device):
     """Background statistics of each value table (sparse.background_stats), from pretraining
     windows, cached beside the checkpoint and reused while everything that changes the reads
     is the same: the weights, the model args (mem_topk, heads, ...), the corpus and the
-    background settings. A cache that cannot be written is a warning: the run goes on."""
+    background settings. A cache that cannot be used is counted again with a warning, and one that
+    cannot be written is a warning too: the run goes on."""
     path = os.path.splitext(cfg.checkpoint)[0] + ".background.pt"
     key = {"fingerprint": fingerprint(model), "model_args": config_dict(model.config), "data_dir": ckpt["data_dir"],
            "data_meta": ckpt["data_meta"], "units": cfg.background_batches,
            "unit_windows": cfg.background_batch_size, "seed": cfg.seed}
     if os.path.exists(path):
-        try:
-            cached = torch.load(path, weights_only=True)
-            if cached.get("key") == key and "stats" in cached:
-                return cached["stats"]
-        except Exception:
-            pass                                                        # recompute below
+        stats, problem = read_background_cache(path, key, model)
+        if problem is None:
+            return stats
+        print(f"warning: the background cache {path} {problem}; counting the statistics again, and replacing it",
+              file=sys.stderr)
     train_data = checkpoint_train_tokens(ckpt)
     if not cfg.quiet:
         print(f"background: counting slot reads in {cfg.background_batches} units of "
@@ -335,11 +335,54 @@ def load_or_compute_background(cfg, model, ckpt, device):
                               cfg.background_batch_size, cfg.seed)
     stats = background_stats(model, units, device, cfg.quiet)
     try:
-        save_checkpoint(path, {"key": key, "stats": stats})
+        save_checkpoint(path, {"key": key, "stats": stats, "sha256": stats_checksum(stats)})
     except OSError as e:
         print(f"warning: could not cache the background statistics in {path} ({e.strerror or e}); "
               "they will be counted again next time", file=sys.stderr)
     return stats
+
+
+def read_background_cache(path, key, model):
+    """(statistics, None) of a background cache counted for this key (model and settings), whole and
+    unchanged since it was written; else (None, what is wrong with it). A cache is never trusted
+    blindly: a wrong shape would fail deep in the stream, a changed byte would rank the wrong slots."""
+    try:
+        cached = torch.load(path, weights_only=True)
+    except Exception as e:
+        return None, f"cannot be read ({type(e).__name__})"
+    if not isinstance(cached, dict) or cached.get("key") != key:
+        return None, "was counted for another model or other settings"
+    stats = cached.get("stats")
+    if not stats_fit(stats, model):
+        return None, "holds statistics of the wrong shape or type for this model"
+    if cached.get("sha256") != stats_checksum(stats):
+        return None, "fails its checksum (it is damaged, or older than checksums)"
+    return stats, None
+
+
+def stats_fit(stats, model):
+    """Whether stats has the form background_stats gives the model: per value table, a dict of a whole
+    number of units and two counts (df, reads) of one integer per slot."""
+    sizes = [w.shape[0] for w, _ in memory_tables(model)]
+    if not (isinstance(stats, list) and len(stats) == len(sizes)):
+        return False
+    for st, n in zip(stats, sizes):
+        if not (isinstance(st, dict) and type(st.get("units")) is int):
+            return False
+        for k in ("df", "reads"):
+            if not (torch.is_tensor(st.get(k)) and st[k].dtype == torch.long and st[k].shape == (n,)):
+                return False
+    return True
+
+
+def stats_checksum(stats):
+    """A sha256 of background statistics' numbers, stored beside them in the cache."""
+    h = hashlib.sha256()
+    for st in stats:
+        h.update(str(st["units"]).encode())
+        for k in ("df", "reads"):
+            h.update(st[k].contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def make_recipe(cfg, rcfg, model, enc, ckpt):

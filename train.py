@@ -23,10 +23,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from checkpoint import check_same_corpus, config_dict, load_checkpoint, save_checkpoint
+from checkpoint import check_same_corpus, config_dict, corpus_record, load_checkpoint, save_checkpoint
 from common import (ROOT, Diverged, check_range, check_writable, config_parser, keep_freed_memory, parse_args,
                     pick_device, split)
-from data.prepare import CLASSROOM_DATA, DataConfig, load_facts, prepare, read_corpus_meta
+from data.prepare import CLASSROOM_DATA, DataConfig, load_facts, prepare, read_corpus_meta, read_tokens
 from evaluate import qa_accuracy, qa_items, validate
 from model import CLASSROOM_MODEL, LARGE_MODEL, GPT, GPTConfig
 
@@ -170,8 +170,8 @@ def load_corpus(cfg, block_size, rank, world):
     if world > 1:
         dist.barrier()                               # every process waits until the corpus is there
     meta, enc, tok_text = read_corpus_meta(cfg.data_dir)
-    train_data = np.memmap(os.path.join(cfg.data_dir, "train.bin"), dtype=meta["dtype"], mode="r")
-    val_data = np.memmap(os.path.join(cfg.data_dir, "val.bin"), dtype=meta["dtype"], mode="r")
+    train_data = read_tokens(cfg.data_dir, "train", meta["dtype"])
+    val_data = read_tokens(cfg.data_dir, "val", meta["dtype"])
     if min(len(train_data), len(val_data)) <= block_size + 1:
         raise ValueError(f"{cfg.data_dir} holds fewer tokens than one window of {block_size}; prepare more text")
     return meta, enc, tok_text, train_data, val_data, load_facts(cfg.data_dir)
@@ -246,6 +246,7 @@ def train(cfg, mcfg, quiet=False):
     quiet = quiet or rank > 0                        # one process prints, one writes checkpoints
     meta, enc, tok_text, train_data, val_data, kb = load_corpus(cfg, mcfg.block_size, rank, world)
     model, mcfg, cfg, ckpt = make_model(cfg, mcfg, meta, tok_text, ckpt_path, device)
+    corpus = corpus_record(cfg.data_dir)             # where the corpus is, and what it holds
     if cfg.batch_size % world:                       # a resumed run's batch size is the checkpoint's
         raise ValueError(f"batch size {cfg.batch_size} does not split evenly over {world} processes")
     if world > 1 and (mcfg.mem_sparse_grad or mcfg.mem_query_norm == "batchnorm"):
@@ -299,7 +300,7 @@ def train(cfg, mcfg, quiet=False):
                 "model": model.state_dict(), "model_args": config_dict(mcfg), "step": step,
                 "optimizers": [o.state_dict() for o in opts], "data_rng": gen.get_state(),
                 "torch_rng": torch.get_rng_state(), "tokenizer": tok_text, "data_meta": meta,
-                "data_dir": os.path.abspath(cfg.data_dir), "train_config": vars(cfg).copy(), "metrics": metrics})
+                **corpus, "train_config": vars(cfg).copy(), "metrics": metrics})
     if dist.is_available() and dist.is_initialized():  # joined under torchrun, one process or more
         dist.destroy_process_group()
     return model, enc, metrics

@@ -18,6 +18,7 @@ re-run with other settings is refused rather than mixing two corpora:
 Validation text is stories only (never facts), so val loss measures language.
 """
 
+import hashlib
 import json
 import os
 import random
@@ -304,21 +305,63 @@ def read_corpus_meta(data_dir):
     with open(path, "r", encoding="utf-8") as f:
         try:
             meta = json.load(f)
-        except json.JSONDecodeError:
+        except ValueError:                                 # not JSON, or not UTF-8
             meta = None
     missing = [k for k in ("tokenizer", "vocab_size", "dtype") if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise ValueError(f"{path} is damaged or from another version (no {', '.join(missing)}); "
-                         f"delete {data_dir} and prepare it again (python -m data.prepare)")
+                         f"{prepare_again(data_dir)}")
     name = meta["tokenizer"] if meta["tokenizer"] == "gpt2" else os.path.join(data_dir, meta["tokenizer"])
-    enc, text = read_tokenizer(name)
+    try:
+        enc, text = read_tokenizer(name)
+    except ValueError as e:
+        raise ValueError(f"{name} is damaged ({e}); {prepare_again(data_dir)}") from None
     return meta, enc, text
 
 
+def prepare_again(data_dir):
+    """The fix for a damaged corpus file: the stages skip files that exist, so the folder goes first."""
+    return f"delete {data_dir} and prepare it again (python -m data.prepare)"
+
+
+def read_tokens(data_dir, split, dtype):
+    """train.bin or val.bin (split) of a prepared corpus, read-only; an empty file, or one that is not a
+    whole number of token ids, is refused naming it (numpy's own message names neither file nor fix)."""
+    path = os.path.join(data_dir, f"{split}.bin")
+    size, width = os.path.getsize(path), np.dtype(dtype).itemsize
+    if size == 0 or size % width:
+        what = "it is empty" if size == 0 else f"its {size} bytes are not a whole number of {dtype} token ids"
+        raise ValueError(f"{path} is damaged ({what}); {prepare_again(data_dir)}")
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def corpus_fingerprint(data_dir):
+    """A sha256 of what a prepared corpus holds, not of where it is: its tokenizer, the size of train.bin and
+    every byte of val.bin (small). Checkpoints keep it, so a corpus that moved with its project is still
+    theirs, and another one in its place is refused by its content."""
+    _, _, tok_text = read_corpus_meta(data_dir)
+    h = hashlib.sha256(tok_text.encode("utf-8"))
+    h.update(str(os.path.getsize(os.path.join(data_dir, "train.bin"))).encode())
+    with open(os.path.join(data_dir, "val.bin"), "rb") as f:
+        h.update(f.read())
+    return h.hexdigest()
+
+
 def load_facts(data_dir):
-    """facts.json of a prepared corpus: {"seed", "towns", "background": [...], "new": [...]}."""
-    with open(os.path.join(data_dir, "facts.json"), "r", encoding="utf-8") as f:
-        return json.load(f)
+    """facts.json of a prepared corpus: {"seed", "towns", "background": [...], "new": [...], ...}. A file that
+    is not JSON or lacks a list of facts is refused naming it."""
+    path = os.path.join(data_dir, "facts.json")
+    with open(path, "r", encoding="utf-8") as f:
+        try:
+            kb = json.load(f)
+        except ValueError:                                 # truncated, or not UTF-8
+            kb = None
+    lists = ("background", "new", "new_answers", "new_relations")
+    missing = [k for k in lists if not (isinstance(kb, dict) and isinstance(kb.get(k), list))]
+    if missing:
+        raise ValueError(f"{path} is damaged or from another version (no list of {', '.join(missing)}); "
+                         f"{prepare_again(data_dir)}")
+    return kb
 
 
 def main(argv=None):

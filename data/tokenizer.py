@@ -110,8 +110,10 @@ def encoding_from_text(text):
     ranks = {}
     for line in text.splitlines():
         if line.strip():
-            tok, rank = line.split()
-            ranks[base64.b64decode(tok)] = int(rank)
+            tok, rank = line.split()                    # a damaged line: ValueError, as from the two below
+            ranks[base64.b64decode(tok, validate=True)] = int(rank)
+    if len(ranks) < 256 or sorted(ranks.values()) != list(range(len(ranks))):   # empty, or a rank lost or repeated
+        raise ValueError(f"it ranks {len(ranks)} tokens, not 256 or more ranked 0 to n - 1 once each")
     return tiktoken.Encoding(name=f"bpe{len(ranks) + 1}", pat_str=PAT, mergeable_ranks=ranks,
                              special_tokens={EOT: len(ranks)})
 
