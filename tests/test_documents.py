@@ -2,14 +2,18 @@
 that cut a document, rewrites that tell a chunk's facts and nothing else, open answers,
 determinism, and a world (and corpus) left as it was."""
 import copy
+import json
 import os
 import random
 import re
+import shutil
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from data import corpus, documents, world
+from data.prepare import knowledge_base, load_documents, read_corpus_meta, seen_tokens
 
 SETS = ("background", "new", "new_answers", "new_relations")
 # Every statement template as a pattern, any subject and any answer: a sentence that matches none
@@ -193,3 +197,42 @@ def test_unusable_documents_are_drawn_again(made):
     assert len(again) == 20 and not skipped & {d.subject for d in again}
     assert [d.kind for d in again] == [d.kind for d in docs]
     assert documents.make_documents(world.make_world(1337), 3, usable=lambda d: False) == []
+
+
+def test_prepared_corpus_holds_the_documents(tiny_corpus):
+    d = tiny_corpus.out_dir
+    kb = json.load(open(os.path.join(d, "facts.json"), encoding="utf-8"))
+    docs = load_documents(d)
+    assert len(kb["documents"]) == len(docs) == 20 and [x.to_dict() for x in docs] == kb["documents"]
+    for entry in kb["documents"]:
+        assert [c["text"] for c in entry["chunks"]] == [c.text for c in documents.Document.from_dict(entry).chunks()]
+        assert entry["questions"] and set(entry["questions"][0]) == {"question", "second", "answer"}
+    meta, enc, _ = read_corpus_meta(d)
+    seen = seen_tokens(np.fromfile(os.path.join(d, "train.bin"), dtype=meta["dtype"]))
+    assert all(set(enc.encode(t)) <= seen for x in docs for t in documents.every_line(x))
+    text = open(os.path.join(d, "train.txt"), encoding="utf-8").read()
+    names = {x.subject for x in docs} | {f.object for x in docs for f in x.facts
+                                         if world.RELATIONS[f.relation].pool in ("name", "town")}
+    assert not [n for n in names if mentions(n, text)]                  # pretraining never names them
+
+
+def test_facts_json_sets_do_not_depend_on_the_documents(tiny_corpus, monkeypatch):
+    d = tiny_corpus.out_dir
+    kb = json.load(open(os.path.join(d, "facts.json"), encoding="utf-8"))
+    meta, enc, _ = read_corpus_meta(d)
+    seen = seen_tokens(np.fromfile(os.path.join(d, "train.bin"), dtype=meta["dtype"]))
+    monkeypatch.setattr(documents, "N_DOCUMENTS", 0)
+    without = knowledge_base(tiny_corpus, enc, seen)
+    assert without.pop("documents") == [] and list(kb) == list(without) + ["documents"]
+    assert all(kb[k] == without[k] for k in without)
+
+
+def test_a_corpus_without_documents_draws_them_from_its_seed(tiny_corpus, tmp_path):
+    d = str(tmp_path / "old")
+    shutil.copytree(tiny_corpus.out_dir, d)
+    path = os.path.join(d, "facts.json")
+    kb = json.load(open(path, encoding="utf-8"))
+    del kb["documents"]                                  # as prepared before facts.json held them
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(kb, f)
+    assert [x.to_dict() for x in load_documents(d)] == [x.to_dict() for x in load_documents(tiny_corpus.out_dir)]
