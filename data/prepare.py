@@ -7,8 +7,8 @@ re-run with other settings is refused rather than mixing two corpora:
   1. text:      train.txt, val.txt (stories + background-fact documents)
   2. tokenizer: bpe<vocab>.tiktoken, a byte-level BPE trained on train.txt (or gpt2)
   3. tokens:    train.bin, val.bin (uint16 token ids; uint32 if the vocab needs it), then
-                facts.json (new facts are kept only if pretraining holds all their tokens)
-                and meta.json (tokenizer, vocab size, dtype, counts)
+                facts.json (new facts and documents are kept only if pretraining holds all
+                their tokens) and meta.json (tokenizer, vocab size, dtype, counts)
 
     python -m data.prepare                                   # default generated corpus
     python -m data.prepare --preset classroom                # the classroom's small one, in data/classroom
@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # allow `python data/prepare.py` as well as `pyth
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import config_parser, parse_args, split, write_atomic, write_json, write_text
-from data import corpus, world as kworld
+from data import corpus, documents, world as kworld
 from data.tokenizer import EOT, get_encoding, read_tokenizer, save_ranks, train_bpe, word_counts
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -222,9 +222,16 @@ def new_fact_entries(cfg, enc, seen, n, at_most=False):
     return [f.to_dict() for f in world_of(cfg).new_facts(n, usable_for(enc, seen), at_most)]
 
 
+def document_set(cfg, enc, seen):
+    """The documents of facts.json (data/documents.py), those spelled in tokens pretraining holds:
+    drawn after the world from a generator of their own, so they change none of its sets."""
+    usable = lambda doc: all(set(enc.encode(t)) <= seen for t in documents.every_line(doc))
+    return documents.make_documents(world_of(cfg), documents.N_DOCUMENTS, usable, closed=cfg.world == "closed")
+
+
 def knowledge_base(cfg, enc, seen):
     """facts.json: the background facts, the first 1000 new facts, 100 facts of each
-    generalisation set, and the world's measured statistics (printed too)."""
+    generalisation set, the world's measured statistics (printed too), and the documents."""
     world, usable = world_of(cfg), usable_for(enc, seen)
     entropy = kworld.answer_entropy(world.background)
     stats = {"collision_share": kworld.collision_share(world),
@@ -232,14 +239,17 @@ def knowledge_base(cfg, enc, seen):
                          for r, (n, d, h) in entropy.items()}}
     bits = sorted(h for _, _, h in entropy.values())
     new = new_fact_entries(cfg, enc, seen, 1000, at_most=True)
+    docs = document_set(cfg, enc, seen)
     print(f"facts: {len(world.background)} background over {len(entropy)} relations (answer entropy "
           f"{bits[0]:.1f}-{bits[-1]:.1f} bits per relation), {len(new)} new; new facts sharing a (relation, "
-          f"answer) pair with the background: {stats['collision_share']:.1%}")
+          f"answer) pair with the background: {stats['collision_share']:.1%}; {len(docs)} documents "
+          f"({sum(len(d.facts) for d in docs)} facts)")
     return {"seed": cfg.seed, "world": cfg.world, "stats": stats,
             "background": [f.to_dict() for f in world.background],
             "new": new,
             "new_answers": [f.to_dict() for f in kworld.take(world.new_answers, 100, usable)],
-            "new_relations": [f.to_dict() for f in kworld.take(world.new_relations, 100, usable)]}
+            "new_relations": [f.to_dict() for f in kworld.take(world.new_relations, 100, usable)],
+            "documents": [d.to_dict() for d in docs]}
 
 
 def stage_tokens(cfg):
@@ -348,8 +358,9 @@ def corpus_fingerprint(data_dir):
 
 
 def load_facts(data_dir):
-    """facts.json of a prepared corpus: {"seed", "towns", "background": [...], "new": [...], ...}. A file that
-    is not JSON or lacks a list of facts is refused naming it."""
+    """facts.json of a prepared corpus: {"seed", "world", "stats", "background", "new", "new_answers",
+    "new_relations", "documents"} (no "documents" in a corpus prepared before them: load_documents).
+    A file that is not JSON or lacks a list of facts is refused naming it."""
     path = os.path.join(data_dir, "facts.json")
     with open(path, "r", encoding="utf-8") as f:
         try:
@@ -362,6 +373,17 @@ def load_facts(data_dir):
         raise ValueError(f"{path} is damaged or from another version (no list of {', '.join(missing)}); "
                          f"{prepare_again(data_dir)}")
     return kb
+
+
+def load_documents(data_dir):
+    """The documents of a prepared corpus (data.documents.Document): facts.json's, or, for a corpus
+    prepared before facts.json held them, the same ones drawn now from its settings and tokens."""
+    kb = load_facts(data_dir)
+    if "documents" in kb:
+        return [documents.Document.from_dict(d) for d in kb["documents"]]
+    meta, enc, _ = read_corpus_meta(data_dir)
+    cfg = DataConfig(**{**meta["config"], "out_dir": data_dir})
+    return document_set(cfg, enc, seen_tokens(read_tokens(data_dir, "train", meta["dtype"])))
 
 
 def main(argv=None):

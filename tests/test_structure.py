@@ -14,6 +14,7 @@ LAYERS = [
     ["common"],                                   # command line, device, malloc: imports no project module
     ["data.corpus", "data.tokenizer"],           # stories; the BPE tokenizer
     ["data.world"],                               # the knowledge world, told in the stories' words
+    ["data.documents"],                           # documents about new entities, told by the world's generator
     ["data.prepare"],
     ["memory"],
     ["model"],                                    # the model: torch and memory.py only
