@@ -9,6 +9,7 @@ corpus is written and read in data/prepare.py.
 
 import argparse
 import ctypes
+import errno
 import inspect
 import json
 import math
@@ -292,6 +293,14 @@ def write_atomic(path, write):
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_error(what, e):
+    """The one line of an output that could not be written (what: its option and path), and what to do."""
+    if not isinstance(e, OSError):
+        return f"could not write {what} ({e})"          # a value no JSON reader accepts, say
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return f"could not write {what} ({e.strerror or e}); {'free space or ' if full else ''}choose another path"
 
 
 def write_text(path, text):

@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from checkpoint import checkpoint_corpus, checkpoint_train_tokens, config_dict, load_checkpoint, save_checkpoint
 from common import (Diverged, check_range, check_writable, config_parser, keep_freed_memory, parse_args, pick_device,
-                    split, write_json)
+                    split, write_error, write_json)
 from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair, story_endings
 from facts import Batch, batch_texts, check_lengths, make_batch, read_facts_file, stream_facts, warn_unseen_tokens
 from lora import add_lora, merge_lora
@@ -447,25 +447,24 @@ def load_base(cfg, device):
     return model, enc, ckpt
 
 
-def write_outputs(cfg, settings, ckpt, model, facts, results):
-    """Write --out (the model) and --json (the first stream's results, the generalisation sets
-    nested under their names, and under "settings" every option of the run, to rerun it), each on
-    its own: one failing write never loses the other. Returns what could not be written, or None."""
+def write_outputs(cfg, settings, ckpt, model, facts, results, written):
+    """Write --json (the first stream's results, the generalisation sets nested under their names,
+    and under "settings" every option of the run, to rerun it), then --out (the model): the small
+    file first, and each on its own, so one failing write never loses the other. Each written is
+    added to the list written as it is (a Ctrl-C says which were). Returns what could not be."""
     result = {**results[0], **{r["stream"].replace(" ", "_"): r for r in results[1:]}, "settings": settings}
     finetuned = {**ckpt, "model": model.state_dict(), "optimizers": [], "finetune": {**settings, "facts_taught": facts}}
-    writes = [("--out", cfg.out, lambda: save_checkpoint(cfg.out, finetuned)),
-              ("--json", cfg.json, lambda: write_json(cfg.json, result))]
-    written, failed = [], []
+    writes = [("--json", cfg.json, lambda: write_json(cfg.json, result)),
+              ("--out", cfg.out, lambda: save_checkpoint(cfg.out, finetuned))]
+    failed = []
     for flag, path, write in writes:
         if path:
             try:
                 write()
                 written.append(f"{flag} {path}")
             except (OSError, ValueError) as e:
-                failed.append(f"{flag} {path} ({getattr(e, 'strerror', None) or e})")
-    if failed:
-        return f"could not write {' or '.join(failed)}" + "".join(f"; {w} was written" for w in written)
-    return None
+                failed.append(write_error(f"{flag} {path}", e))
+    return failed
 
 
 def ignored_options(cfg, rcfg):
@@ -527,14 +526,15 @@ def main(argv=None):
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     settings = {**vars(cfg), "recipe": args.recipe, **vars(rcfg)}
-    failed = write_outputs(cfg, settings, ckpt, model, facts, results)   # first: printing cannot lose them
+    written = []
+    failed = write_outputs(cfg, settings, ckpt, model, facts, results, written)   # first: printing cannot lose them
     print(format_table(results))
     if not cfg.quiet:
         print(f"stream took {result['seconds']:.1f}s")
         show_examples(base, model, enc, facts, checkpoint_corpus(ckpt)[1]["background"], before, after, device,
                       taught=20 if cfg.facts_file else 3, unseen=bool(cfg.facts_file))   # your facts: up to 20
     if failed:
-        sys.exit(f"error: {failed}")
+        sys.exit("error: " + "; ".join(failed + [f"{w} was written" for w in written]))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from checkpoint import check_same_corpus, config_dict, load_checkpoint, save_checkpoint
 from common import (ROOT, Diverged, check_range, check_writable, config_parser, keep_freed_memory, parse_args,
-                    pick_device, split)
+                    pick_device, split, write_error)
 from data.prepare import CLASSROOM_DATA, DataConfig, load_facts, prepare, read_corpus_meta
 from evaluate import qa_accuracy, qa_items, validate
 from model import CLASSROOM_MODEL, LARGE_MODEL, GPT, GPTConfig
@@ -290,7 +290,7 @@ def train(cfg, mcfg, quiet=False):
                 usage = "".join(f" | slots used {u['used']:.1%}, KL {u['kl_uniform']:.2f}" for u in metrics["slots"])
                 tqdm.write(f"step {step}: train loss {loss_all.item():.3f} | val loss {metrics['val_loss']:.3f} | "
                            f"fact acc {metrics['fact_acc']:.3f}{usage}")
-            save_checkpoint(ckpt_path, {
+            save(ckpt_path, {
                 "model": model.state_dict(), "model_args": config_dict(mcfg), "step": step,
                 "optimizers": [o.state_dict() for o in opts], "data_rng": gen.get_state(),
                 "torch_rng": torch.get_rng_state(), "tokenizer": tok_text, "data_meta": meta,
@@ -308,6 +308,14 @@ def check_weights(model, metrics, step, cfg):
                                    else "the weights became inf or nan", step, cfg)
 
 
+def save(ckpt_path, state):
+    """save_checkpoint; a write that fails (a full disk) is one line naming the checkpoint and what to do."""
+    try:
+        save_checkpoint(ckpt_path, state)
+    except OSError as e:
+        raise OSError(write_error(f"the checkpoint {ckpt_path}", e)) from None
+
+
 def main(argv=None):
     presets = {"preset": {"default": {}, "classroom": {**CLASSROOM_TRAIN, **CLASSROOM_MODEL},
                           "large": {**LARGE_TRAIN, **LARGE_MODEL}}}
@@ -318,7 +326,7 @@ def main(argv=None):
     try:
         cfg, mcfg = split(args, TrainConfig), split(args, GPTConfig)
         model, enc, m = train(cfg, mcfg)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     if not m:                                        # a torchrun process other than rank 0
         return

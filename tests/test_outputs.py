@@ -1,5 +1,6 @@
 """Every output lands where it was asked to, or says in one line why not: devices, FIFOs, symlinks
-and long names."""
+and long names; a full disk."""
+import errno
 import json
 import os
 import stat
@@ -11,18 +12,41 @@ import pytest
 import torch
 
 import finetune
-from checkpoint import save_checkpoint
+import train as train_module
+from checkpoint import load_checkpoint, save_checkpoint
 from common import check_writable, write_json
-from conftest import ROOT
+from conftest import ROOT, TINY_MODEL
+
+TINY_ARGS = [a for k, v in TINY_MODEL.items()        # TINY_MODEL on train.py's command line
+             for a in ("--" + k.replace("_", "-"), ",".join(map(str, v)) if isinstance(v, tuple) else str(v))]
+
+
+def full_disk(obj, f):
+    """torch.save on a full disk: the write's OSError, and while it is handled, its zip writer's RuntimeError."""
+    f.write(b"PK half a checkpoint")
+    try:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
 
 
 @pytest.fixture
 def quick(monkeypatch):
-    """Runs that measure nothing (finetune's measure): these tests look at what is written and
-    said, not at the numbers, and measuring takes most of a tiny run's time."""
+    """Runs that measure nothing (finetune's measure, train's evaluate_all): these tests look at what
+    is written and said, not at the numbers, and measuring takes most of a tiny run's time."""
     numbers = {"learned_acc": 0.5, "unseen_acc": None, "background_acc": 1.0, "background_correct": [True],
                "skill_acc": 1.0, "val_loss": 2.0, "slots": []}
     monkeypatch.setattr(finetune, "measure", lambda *args: dict(numbers))
+    monkeypatch.setattr(train_module, "evaluate_all", lambda *args: {"val_loss": 2.0, "slots": [], "fact_acc": 0.5})
+
+
+def one_line_error(cli, *args):
+    """The message of the SystemExit that cli(args) ends with: one line, starting with error:."""
+    with pytest.raises(SystemExit) as e:
+        cli([str(a) for a in args])
+    message = str(e.value)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
 
 
 def checkpoint_of(trained):
@@ -69,6 +93,15 @@ def test_a_device_is_written_into_not_replaced(trained, tmp_path, quick):
     assert os.listdir(tmp_path) == ([] if null.startswith("/dev/") else ["null"])   # no temporary file beside it
     finetune.main(finetune_args(trained, "--json", null))
     assert stat.S_ISCHR(os.stat(null).st_mode)
+
+
+def test_a_full_device_is_one_line_and_the_model_is_kept(trained, tmp_path, quick, capsys):
+    full, out = device("full", tmp_path), tmp_path / "ft.pt"
+    message = one_line_error(finetune.main, *finetune_args(trained, "--json", full, "--out", out))
+    assert f"--json {full} (No space left on device); free space or choose another path" in message
+    assert f"--out {out} was written" in message and load_checkpoint(str(out))[2]["finetune"]["facts"] == 1
+    assert "learned" in capsys.readouterr().out                  # the table is printed all the same
+    assert stat.S_ISCHR(os.stat(full).st_mode)
 
 
 def test_a_fifo_is_written_into_and_its_reader_gets_everything(tmp_path):
@@ -120,3 +153,61 @@ def test_a_long_file_name_is_written_and_its_stale_temporaries_removed(tmp_path)
     assert os.listdir(tmp_path) == [os.path.basename(path)]
     save_checkpoint(path, {"x": torch.arange(2)})
     assert torch.load(path, weights_only=True)["x"].tolist() == [0, 1]
+
+
+# ----------------------------------------------------------------------------------------
+# a full disk
+
+def test_a_full_disk_under_the_model_keeps_the_results_and_prints_the_table(trained, tmp_path, quick, monkeypatch,
+                                                                            capsys):
+    monkeypatch.setattr(torch, "save", full_disk)
+    out, result = tmp_path / "ft.pt", tmp_path / "r.json"
+    message = one_line_error(finetune.main, *finetune_args(trained, "--out", out, "--json", result))
+    assert f"could not write --out {out}" in message and "free space or choose another path" in message
+    assert f"--json {result} was written" in message and "enforce fail" not in message
+    assert json.loads(result.read_text())["facts"] == 1 and os.listdir(tmp_path) == ["r.json"]
+    assert "learned" in capsys.readouterr().out
+
+
+def test_a_failed_write_inside_torch_save_is_the_oserror_of_the_write(tmp_path):
+    path = str(tmp_path / "ckpt.pt")                             # a real failing write: files past 100 kB refused
+    script = (f"import resource, signal, sys\nsys.path.insert(0, {ROOT!r})\nimport torch\n"
+              "from checkpoint import save_checkpoint\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (100000, 100000))\n"
+              f"try:\n    save_checkpoint({path!r}, {{'x': torch.zeros(100000)}})\n"
+              "except OSError as e:\n    print(e.errno)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip() == str(errno.EFBIG), run.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_under_the_results_keeps_the_model(trained, tmp_path, quick, monkeypatch):
+    def disk_full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(finetune, "write_json", disk_full)
+    out, result = tmp_path / "ft.pt", tmp_path / "r.json"
+    message = one_line_error(finetune.main, *finetune_args(trained, "--out", out, "--json", result))
+    assert f"could not write --json {result} (No space left on device); free space" in message
+    assert load_checkpoint(str(out))[2]["finetune"]["facts"] == 1
+
+
+def test_a_full_disk_under_a_checkpoint_is_one_line_and_leaves_no_file(trained, tmp_path, quick, monkeypatch):
+    monkeypatch.setattr(torch, "save", full_disk)
+    message = one_line_error(train_module.main, "--data-dir", trained[0].data_dir, "--out-dir", tmp_path, *TINY_ARGS,
+                             "--batch-size", 4, "--max-iters", 2, "--eval-interval", 2, "--device", "cpu")
+    assert f"could not write the checkpoint {tmp_path / 'ckpt.pt'}" in message and "choose another path" in message
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_background_cache_on_a_full_disk_warns_and_the_run_goes_on(trained, tmp_path, quick, monkeypatch, capsys):
+    import shutil
+    ckpt = str(tmp_path / "ckpt.pt")
+    shutil.copy(checkpoint_of(trained), ckpt)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    result = tmp_path / "r.json"
+    finetune.main(["--checkpoint", ckpt, "--facts", "1", "--steps-per-fact", "1", "--set-facts", "0",
+                   "--background-batches", "5", "--json", str(result), "--device", "cpu", "--quiet"])
+    assert json.loads(result.read_text())["mode"] == "sparse"
+    err = capsys.readouterr().err
+    assert "warning: could not cache the background statistics" in err and "enforce fail" not in err
