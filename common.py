@@ -1,7 +1,8 @@
 """
 What every script shares, at the bottom of the import order (it imports no project module):
-the command line built from a config dataclass, the device, glibc's memory setting, and the
-one atomic file writer every output goes through (checkpoints, the prepared corpus, results).
+the command line built from a config dataclass, the device, glibc's memory setting, the
+one atomic file writer every output goes through (checkpoints, the prepared corpus, results),
+and the one line a script ends with on Ctrl-C (interruptible).
 
 Checkpoints are saved and loaded beside the model they rebuild (model.py); a prepared
 corpus is written and read in data/prepare.py.
@@ -10,6 +11,7 @@ corpus is written and read in data/prepare.py.
 import argparse
 import ctypes
 import errno
+import functools
 import inspect
 import json
 import math
@@ -119,6 +121,25 @@ def check_range(cfg, positive=(), not_negative=()):
 class Diverged(RuntimeError):
     """A run whose loss or weights became inf or nan: main() prints it as one line, and
     python -m experiments records it and goes on with its next run."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, carrying what was saved before it (train.py: its last checkpoint), for interruptible to say."""
+
+
+def interruptible(main):
+    """A script's main, which Ctrl-C ends with one line on stderr, "interrupted; " and what was
+    saved (Interrupted's text; else nothing was), and exit status 130 (128 + SIGINT, as a shell
+    has it): a user reads a KeyboardInterrupt traceback as a crash."""
+    @functools.wraps(main)
+    def run(argv=None):
+        try:
+            return main(argv)
+        except KeyboardInterrupt as e:
+            saved = str(e) if isinstance(e, Interrupted) else "nothing was saved"
+            print(f"interrupted; {saved}", file=sys.stderr)
+            raise SystemExit(130) from None
+    return run
 
 
 def pick_device(name="auto"):

@@ -49,8 +49,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import checkpoint_corpus, checkpoint_train_tokens, config_dict, load_checkpoint, save_checkpoint
-from common import (Diverged, check_range, check_writable, config_parser, keep_freed_memory, parse_args, pick_device,
-                    split, write_error, write_json)
+from common import (Diverged, Interrupted, check_range, check_writable, config_parser, interruptible,
+                    keep_freed_memory, parse_args, pick_device, split, write_error, write_json)
 from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair, story_endings
 from facts import Batch, batch_texts, check_lengths, make_batch, read_facts_file, stream_facts, warn_unseen_tokens
 from lora import add_lora, merge_lora
@@ -58,7 +58,7 @@ from model import CLASSROOM_MODEL, LARGE_MODEL, GPTConfig
 from recipes import (RECIPES, Recipe, RecipeConfig, answer_readers, build, check_recipe, needs_answers, needs_background,
                      options)
 from sparse import RowOptimizer, background_stats, inverse_document_frequency, memory_tables, sparse_step
-from train import CLASSROOM_TRAIN, LARGE_TRAIN, TrainConfig, get_batch, train
+from train import CLASSROOM_TRAIN, LARGE_TRAIN, TrainConfig, get_batch, interrupted, train
 
 DEFAULT_CHECKPOINT = os.path.join(TrainConfig.out_dir, "ckpt.pt")
 # Learning rates from python -m experiments pareto and optimizer (docs/RESULTS.md), on a stream
@@ -440,7 +440,10 @@ def load_base(cfg, device):
         name, tcfg, mcfg = known[os.path.abspath(cfg.checkpoint)]
         if not cfg.quiet:
             print(f"no checkpoint at {cfg.checkpoint}: pretraining {name} first")
-        train(replace(tcfg, device=cfg.device), mcfg, quiet=cfg.quiet)
+        try:
+            train(replace(tcfg, device=cfg.device), mcfg, quiet=cfg.quiet)
+        except KeyboardInterrupt:
+            raise interrupted(cfg.checkpoint, None) from None
     model, enc, ckpt = load_checkpoint(cfg.checkpoint, device)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -490,6 +493,7 @@ def describe(cfg, rcfg, recipe, facts):
             f"step(s) each{method}{steps}")
 
 
+@interruptible
 def main(argv=None):
     presets = {"preset": PRESETS, "recipe": RECIPES}
     args = parse_args(config_parser(__doc__, FinetuneConfig, RecipeConfig, presets=presets), argv, presets)
@@ -526,13 +530,18 @@ def main(argv=None):
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     settings = {**vars(cfg), "recipe": args.recipe, **vars(rcfg)}
-    written = []
-    failed = write_outputs(cfg, settings, ckpt, model, facts, results, written)   # first: printing cannot lose them
-    print(format_table(results))
-    if not cfg.quiet:
-        print(f"stream took {result['seconds']:.1f}s")
-        show_examples(base, model, enc, facts, checkpoint_corpus(ckpt)[1]["background"], before, after, device,
-                      taught=20 if cfg.facts_file else 3, unseen=bool(cfg.facts_file))   # your facts: up to 20
+    written = []                                                    # what was written, for a Ctrl-C to say
+    try:
+        failed = write_outputs(cfg, settings, ckpt, model, facts, results, written)   # before printing
+        print(format_table(results))
+        if not cfg.quiet:
+            print(f"stream took {result['seconds']:.1f}s")
+            show_examples(base, model, enc, facts, checkpoint_corpus(ckpt)[1]["background"], before, after, device,
+                          taught=20 if cfg.facts_file else 3, unseen=bool(cfg.facts_file))   # your facts: up to 20
+    except KeyboardInterrupt:
+        if written:
+            raise Interrupted(" and ".join(written) + " written") from None
+        raise
     if failed:
         sys.exit("error: " + "; ".join(failed + [f"{w} was written" for w in written]))
 

@@ -51,7 +51,7 @@ import time
 import finetune as ft
 from experiments.analyses import ANALYSES, setup
 from checkpoint import checkpoint_corpus, checkpoint_train_tokens, load_checkpoint
-from common import (ROOT, Diverged, check_writable, config_parser, keep_freed_memory, parse_args, split,
+from common import (ROOT, Diverged, check_writable, config_parser, interruptible, keep_freed_memory, parse_args, split,
                     write_atomic, write_error, write_json)
 from data.prepare import DataConfig, prepare
 from evaluate import corpus_facts
@@ -401,6 +401,7 @@ def plot(name, data, path, title):
     plt.close(fig)
 
 
+@interruptible
 def main(argv=None):
     presets = {"recipe": RECIPES}
     p = config_parser(__doc__, RecipeConfig, presets=presets)          # the steps beyond the paper: recipes.py

@@ -1,8 +1,9 @@
 """Every output lands where it was asked to, or says in one line why not: devices, FIFOs, symlinks
-and long names; a full disk."""
+and long names; a full disk; Ctrl-C."""
 import errno
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -11,11 +12,14 @@ import threading
 import pytest
 import torch
 
+import data.prepare as prepare_module
+import evaluate
 import finetune
 import train as train_module
 from checkpoint import load_checkpoint, save_checkpoint
 from common import check_writable, write_json
 from conftest import ROOT, TINY_MODEL
+from experiments import sweeps
 
 TINY_ARGS = [a for k, v in TINY_MODEL.items()        # TINY_MODEL on train.py's command line
              for a in ("--" + k.replace("_", "-"), ",".join(map(str, v)) if isinstance(v, tuple) else str(v))]
@@ -47,6 +51,17 @@ def one_line_error(cli, *args):
     message = str(e.value)
     assert message.startswith("error: ") and "\n" not in message, message
     return message
+
+
+def interrupted(cli, *args):
+    """The exit status cli(args) ends with (the test makes it see a Ctrl-C)."""
+    try:
+        cli([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C came out as a KeyboardInterrupt traceback")
+    pytest.fail("no Ctrl-C")
 
 
 def checkpoint_of(trained):
@@ -211,3 +226,60 @@ def test_a_background_cache_on_a_full_disk_warns_and_the_run_goes_on(trained, tm
     assert json.loads(result.read_text())["mode"] == "sparse"
     err = capsys.readouterr().err
     assert "warning: could not cache the background statistics" in err and "enforce fail" not in err
+
+
+# ----------------------------------------------------------------------------------------
+# Ctrl-C
+
+def ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_in_training_names_the_last_checkpoint(tiny_corpus, tmp_path, quick, monkeypatch, capsys):
+    calls, get_batch = [], train_module.get_batch
+
+    def then_ctrl_c(*args):
+        calls.append(1)
+        if len(calls) == 4:                                        # in step 4: the checkpoint of step 2 is saved
+            raise KeyboardInterrupt
+        return get_batch(*args)
+    monkeypatch.setattr(train_module, "get_batch", then_ctrl_c)
+    args = ["--data-dir", tiny_corpus.out_dir, "--out-dir", tmp_path, *TINY_ARGS, "--batch-size", 4,
+            "--max-iters", 6, "--eval-interval", 2, "--device", "cpu"]
+    assert interrupted(train_module.main, *args) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"interrupted; the checkpoint of step 2 is in {tmp_path / 'ckpt.pt'} (python train.py " \
+                      "--resume goes on from it)"
+    monkeypatch.setattr(train_module, "get_batch", ctrl_c)        # again: the checkpoint there is not this run's
+    assert interrupted(train_module.main, *args) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted; nothing was saved"
+
+
+@pytest.mark.parametrize("cli, where", [(finetune.main, "run_stream"), (evaluate.main, "measure"),
+                                        (prepare_module.main, "prepare"), (sweeps.main, "sweep")])
+def test_ctrl_c_is_one_line_and_exit_status_130(trained, tmp_path, quick, monkeypatch, capsys, cli, where):
+    monkeypatch.setattr(sys.modules[cli.__module__], where, ctrl_c)
+    args = {finetune.main: finetune_args(trained, "--json", tmp_path / "r.json"),
+            evaluate.main: ["--checkpoint", checkpoint_of(trained), "--device", "cpu"],
+            prepare_module.main: ["--out-dir", tmp_path / "corpus"],
+            sweeps.main: ["compare", "--checkpoint", checkpoint_of(trained), "--out-dir", tmp_path, "--device", "cpu"]}
+    assert interrupted(cli, *args[cli]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    saved = f"the stages it finished are kept in {tmp_path / 'corpus'}; run it again to go on"
+    assert err[-1] == "interrupted; " + (saved if cli is prepare_module.main else "nothing was saved")
+    assert "Traceback" not in "\n".join(err) and os.listdir(tmp_path) == []
+
+
+def test_ctrl_c_after_the_outputs_says_they_were_written(trained, tmp_path, quick, monkeypatch, capsys):
+    monkeypatch.setattr(finetune, "format_table", ctrl_c)
+    out, result = tmp_path / "ft.pt", tmp_path / "r.json"
+    assert interrupted(finetune.main, *finetune_args(trained, "--out", out, "--json", result)) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"interrupted; --json {result} and --out {out} written"
+
+
+def test_a_real_ctrl_c_exits_130_with_one_line(trained):
+    script = (f"import os, signal, sys\nsys.path.insert(0, {ROOT!r})\nimport evaluate\n"
+              "def ctrl_c(*args, **kwargs):\n    os.kill(os.getpid(), signal.SIGINT)\n"
+              f"evaluate.load_checkpoint = ctrl_c\nevaluate.main(['--checkpoint', {checkpoint_of(trained)!r}])\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (run.returncode, run.stderr) == (128 + signal.SIGINT, "interrupted; nothing was saved\n")
