@@ -6,6 +6,7 @@ another clone still finds it, and recognised by its content. Saved atomically, l
 weights_only=True, and checked before use.
 """
 
+import errno
 import os
 from dataclasses import asdict, fields
 
@@ -26,8 +27,18 @@ def config_dict(cfg):
 
 def save_checkpoint(path, obj):
     """Atomic (common.write_atomic): a kill at any moment leaves the old file intact, and the
-    temporary files of killed saves are removed by the next save."""
-    write_atomic(path, lambda f: torch.save(obj, f))
+    temporary files of killed saves are removed by the next save. A write that fails inside
+    torch.save (a full disk) comes out of its zip writer as a RuntimeError ("[enforce fail at
+    inline_container.cc...]") raised while handling the write's OSError: that OSError is raised
+    instead, so that callers catch one kind of error, and its errno says what went wrong."""
+    def save(f):
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise OSError(errno.EIO, f"torch.save could not write it ({e})") from None
+    write_atomic(path, save)
 
 
 def load_checkpoint(path, device="cpu"):

@@ -1,7 +1,8 @@
 """
 What every script shares, at the bottom of the import order (it imports no project module):
-the command line built from a config dataclass, the device, glibc's memory setting, and the
-one atomic file writer every output goes through (checkpoints, the prepared corpus, results).
+the command line built from a config dataclass, the device, glibc's memory setting, the
+one atomic file writer every output goes through (checkpoints, the prepared corpus, results),
+and the one line a script ends with on Ctrl-C (interruptible).
 
 Checkpoints are saved and loaded beside the model they rebuild (model.py); a prepared
 corpus is written and read in data/prepare.py.
@@ -9,11 +10,15 @@ corpus is written and read in data/prepare.py.
 
 import argparse
 import ctypes
+import errno
+import functools
 import inspect
 import json
 import math
 import os
 import re
+import stat
+import sys
 import tempfile
 from dataclasses import fields
 
@@ -126,6 +131,25 @@ class Diverged(RuntimeError):
     python -m experiments records it and goes on with its next run."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, carrying what was saved before it (train.py: its last checkpoint), for interruptible to say."""
+
+
+def interruptible(main):
+    """A script's main, which Ctrl-C ends with one line on stderr, "interrupted; " and what was
+    saved (Interrupted's text; else nothing was), and exit status 130 (128 + SIGINT, as a shell
+    has it): a user reads a KeyboardInterrupt traceback as a crash."""
+    @functools.wraps(main)
+    def run(argv=None):
+        try:
+            return main(argv)
+        except KeyboardInterrupt as e:
+            saved = str(e) if isinstance(e, Interrupted) else "nothing was saved"
+            print(f"interrupted; {saved}", file=sys.stderr)
+            raise SystemExit(130) from None
+    return run
+
+
 def pick_device(name="auto"):
     """auto: cuda, then mps, then cpu. A named device that is not there is a ValueError."""
     if name == "auto":
@@ -160,10 +184,19 @@ def keep_freed_memory():
 # ----------------------------------------------------------------------------------------
 # files written atomically
 
+def temporary_name(path):
+    """(folder, name) of path's temporary files, <name>.<pid>.<random>.tmp: the name cut to 200
+    bytes, so that what follows it stays within the 255 bytes a file name may have (NAME_MAX)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    while len(os.fsencode(name)) > 200:
+        name = name[:-1]
+    return folder, name
+
+
 def temporary_file(path):
     """(fd, name) of a new temporary file beside path, <name>.<pid>.<random>.tmp: one per writer,
     and the pid says whose it is (remove_stale_temporaries)."""
-    folder, name = os.path.split(os.path.abspath(path))
+    folder, name = temporary_name(path)
     return tempfile.mkstemp(dir=folder, prefix=f"{name}.{os.getpid()}.", suffix=".tmp")
 
 
@@ -186,7 +219,7 @@ def remove_stale_temporaries(path):
     Processes are looked up on this host only: where two hosts write the same file in a shared
     folder, one may delete the other's temporary file mid-write (that write then fails, and the
     old file stays intact). Give each host its own output folder."""
-    folder, name = os.path.split(os.path.abspath(path))
+    folder, name = temporary_name(path)
     ours = re.compile(re.escape(name) + r"\.(?:(\d+)\.)?[a-z0-9_]{8}\.tmp")
     for f in os.listdir(folder):
         m = ours.fullmatch(f)
@@ -197,19 +230,60 @@ def remove_stale_temporaries(path):
                 pass
 
 
+def printed_to(path):
+    """The file descriptor (1 or 2) of the standard stream that path is (--json /dev/stdout), or None."""
+    for fd in (1, 2):
+        try:
+            if os.path.samestat(os.stat(path), os.fstat(fd)):
+                return fd
+        except OSError:                                 # path not there, or the stream closed
+            pass
+    return None
+
+
+def written_in_place(path):
+    """Is path written straight into rather than replaced: a device or FIFO (/dev/null, a terminal,
+    a pipe), or the file this process prints to? A rename over it would replace it."""
+    try:
+        mode = os.stat(path).st_mode                   # through a symlink: what it points to
+    except OSError:
+        return False                                    # not there yet: written atomically
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) or printed_to(path) is not None
+
+
+def write_in_place(path, write):
+    """write(f) straight into a device, FIFO or standard stream (written_in_place). What this
+    process printed to the same stream goes first: it is flushed, and written through the same file."""
+    fd = printed_to(path)
+    if fd is None:
+        with open(path, "wb") as f:
+            write(f)
+        return
+    (sys.stdout if fd == 1 else sys.stderr).flush()
+    with os.fdopen(os.dup(fd), "wb") as f:
+        write(f)
+
+
 def check_writable(path, what):
-    """Fail now, before any work, if path could not be written at the end: make its folder, and
-    create and delete a temporary file there. ValueError names the option (what) and the path."""
+    """Fail now, before any work, if path could not be written at the end: a device or FIFO must
+    allow writing (it is not opened: a FIFO's reader would see the end of the data); otherwise
+    make the folder of the file (a symlink's target) and create and delete a temporary file there.
+    ValueError names the option (what) and the path."""
     if os.path.isdir(path):
         raise ValueError(f"{what} {path} is a folder; give a file name")
-    folder = os.path.dirname(os.path.abspath(path))
+    if written_in_place(path):
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{what} {path} cannot be written (permission denied); choose another path")
+        return
+    real = os.path.realpath(path)                       # a symlink's target is what gets written
+    folder = os.path.dirname(real)
     while not os.path.exists(folder):                   # the nearest part of the path that exists
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
         raise ValueError(f"{what} {path} cannot be written: {folder} is a file, not a folder; choose another path")
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fd, tmp = temporary_file(path)
+        os.makedirs(os.path.dirname(real), exist_ok=True)
+        fd, tmp = temporary_file(real)
         os.close(fd)
         os.remove(tmp)
     except OSError as e:
@@ -220,8 +294,13 @@ def write_atomic(path, write):
     """write(f) fills a temporary file beside path (f opened for binary writing), which is
     fsynced and renamed over path; then the folder is fsynced, so the rename survives a power
     cut too. A kill at any moment leaves the old file intact, a failed write leaves no half
-    file behind, and the temporary files of killed writes are removed by the next write."""
-    folder = os.path.dirname(os.path.abspath(path))
+    file behind, and the temporary files of killed writes are removed by the next write.
+    A symlink's target is written (the link stays a link); a device, FIFO or the stream this
+    process prints to is written straight into (write_in_place)."""
+    if written_in_place(path):
+        return write_in_place(path, write)
+    path = os.path.realpath(path)
+    folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     remove_stale_temporaries(path)
     umask = os.umask(0)                                 # mkstemp makes the file private (0600): give
@@ -243,6 +322,14 @@ def write_atomic(path, write):
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_error(what, e):
+    """The one line of an output that could not be written (what: its option and path), and what to do."""
+    if not isinstance(e, OSError):
+        return f"could not write {what} ({e})"          # a value no JSON reader accepts, say
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return f"could not write {what} ({e.strerror or e}); {'free space or ' if full else ''}choose another path"
 
 
 def write_text(path, text):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from checkpoint import checkpoint_corpus, load_checkpoint
-from common import ROOT, keep_freed_memory, pick_device
+from common import ROOT, interruptible, keep_freed_memory, pick_device
 from data.tokenizer import EOT
 
 
@@ -213,6 +213,7 @@ def greedy_answer(model, enc, prompt, device, max_new_tokens=16):
     return (text[:text.index(".") + 1] if "." in text else text).strip()
 
 
+@interruptible
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=os.path.join(ROOT, "out", "ckpt.pt"),

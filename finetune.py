@@ -49,8 +49,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import checkpoint_corpus, checkpoint_train_tokens, config_dict, load_checkpoint, save_checkpoint
-from common import (Diverged, check_range, check_writable, config_parser, given_options, keep_freed_memory, parse_args,
-                    pick_device, split, write_json)
+from common import (Diverged, Interrupted, check_range, check_writable, config_parser, given_options, interruptible,
+                    keep_freed_memory, parse_args, pick_device, split, write_error, write_json)
 from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair, story_endings
 from facts import Batch, batch_texts, check_lengths, make_batch, read_facts_file, stream_facts, warn_unseen_tokens
 from lora import add_lora, merge_lora
@@ -58,7 +58,7 @@ from model import CLASSROOM_MODEL, LARGE_MODEL, GPTConfig
 from recipes import (RECIPES, Recipe, RecipeConfig, answer_readers, build, check_recipe, needs_answers,
                      needs_background, options)
 from sparse import RowOptimizer, background_stats, inverse_document_frequency, memory_tables, sparse_step
-from train import CLASSROOM_TRAIN, LARGE_TRAIN, TrainConfig, get_batch, train
+from train import CLASSROOM_TRAIN, LARGE_TRAIN, TrainConfig, get_batch, interrupted, train
 
 DEFAULT_CHECKPOINT = os.path.join(TrainConfig.out_dir, "ckpt.pt")
 # Learning rates from python -m experiments pareto and optimizer (docs/RESULTS.md), on a stream
@@ -487,32 +487,34 @@ def load_base(cfg, device):
         name, tcfg, mcfg = known[os.path.abspath(cfg.checkpoint)]
         if not cfg.quiet:
             print(f"no checkpoint at {cfg.checkpoint}: pretraining {name} first")
-        train(replace(tcfg, device=cfg.device), mcfg, quiet=cfg.quiet)
+        try:
+            train(replace(tcfg, device=cfg.device), mcfg, quiet=cfg.quiet)
+        except KeyboardInterrupt:
+            raise interrupted(cfg.checkpoint, None) from None
     model, enc, ckpt = load_checkpoint(cfg.checkpoint, device)
     for p in model.parameters():
         p.requires_grad_(False)
     return model, enc, ckpt
 
 
-def write_outputs(cfg, settings, ckpt, model, facts, results):
-    """Write --out (the model) and --json (the first stream's results, the generalisation sets
-    nested under their names, and under "settings" every option of the run, to rerun it), each on
-    its own: one failing write never loses the other. Returns what could not be written, or None."""
+def write_outputs(cfg, settings, ckpt, model, facts, results, written):
+    """Write --json (the first stream's results, the generalisation sets nested under their names,
+    and under "settings" every option of the run, to rerun it), then --out (the model): the small
+    file first, and each on its own, so one failing write never loses the other. Each written is
+    added to the list written as it is (a Ctrl-C says which were). Returns what could not be."""
     result = {**results[0], **{r["stream"].replace(" ", "_"): r for r in results[1:]}, "settings": settings}
     finetuned = {**ckpt, "model": model.state_dict(), "optimizers": [], "finetune": {**settings, "facts_taught": facts}}
-    writes = [("--out", cfg.out, lambda: save_checkpoint(cfg.out, finetuned)),
-              ("--json", cfg.json, lambda: write_json(cfg.json, result))]
-    written, failed = [], []
+    writes = [("--json", cfg.json, lambda: write_json(cfg.json, result)),
+              ("--out", cfg.out, lambda: save_checkpoint(cfg.out, finetuned))]
+    failed = []
     for flag, path, write in writes:
         if path:
             try:
                 write()
                 written.append(f"{flag} {path}")
             except (OSError, ValueError) as e:
-                failed.append(f"{flag} {path} ({getattr(e, 'strerror', None) or e})")
-    if failed:
-        return f"could not write {' or '.join(failed)}" + "".join(f"; {w} was written" for w in written)
-    return None
+                failed.append(write_error(f"{flag} {path}", e))
+    return failed
 
 
 def ignored_options(cfg, rcfg):
@@ -564,6 +566,7 @@ def describe(cfg, rcfg, recipe, facts):
             f"step(s) each{method}{steps}")
 
 
+@interruptible
 def main(argv=None):
     presets = {"preset": PRESETS, "recipe": RECIPES}
     parser = config_parser(__doc__, FinetuneConfig, RecipeConfig, presets=presets)
@@ -598,14 +601,20 @@ def main(argv=None):
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     settings = {**vars(cfg), "recipe": args.recipe, **vars(rcfg)}
-    failed = write_outputs(cfg, settings, ckpt, model, facts, results)   # first: printing cannot lose them
-    print(format_table(results))
-    if not cfg.quiet:
-        print(f"stream took {result['seconds']:.1f}s")
-        show_examples(base, model, enc, facts, checkpoint_corpus(ckpt)[1]["background"], before, after, device,
-                      taught=20 if cfg.facts_file else 3, unseen=bool(cfg.facts_file))   # your facts: up to 20
+    written = []                                                    # what was written, for a Ctrl-C to say
+    try:
+        failed = write_outputs(cfg, settings, ckpt, model, facts, results, written)   # before printing
+        print(format_table(results))
+        if not cfg.quiet:
+            print(f"stream took {result['seconds']:.1f}s")
+            show_examples(base, model, enc, facts, checkpoint_corpus(ckpt)[1]["background"], before, after, device,
+                          taught=20 if cfg.facts_file else 3, unseen=bool(cfg.facts_file))   # your facts: up to 20
+    except KeyboardInterrupt:
+        if written:
+            raise Interrupted(" and ".join(written) + " written") from None
+        raise
     if failed:
-        sys.exit(f"error: {failed}")
+        sys.exit("error: " + "; ".join(failed + [f"{w} was written" for w in written]))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from checkpoint import check_same_corpus, config_dict, corpus_record, load_checkpoint, save_checkpoint
-from common import (ROOT, Diverged, check_range, check_writable, config_parser, keep_freed_memory, parse_args,
-                    pick_device, split)
+from common import (ROOT, Diverged, Interrupted, check_range, check_writable, config_parser, interruptible,
+                    keep_freed_memory, parse_args, pick_device, split, write_error)
 from data.prepare import CLASSROOM_DATA, DataConfig, load_facts, prepare, read_corpus_meta, read_tokens
 from evaluate import qa_accuracy, qa_items, validate
 from model import CLASSROOM_MODEL, LARGE_MODEL, GPT, GPTConfig
@@ -296,7 +296,7 @@ def train(cfg, mcfg, quiet=False):
                 usage = "".join(f" | slots used {u['used']:.1%}, KL {u['kl_uniform']:.2f}" for u in metrics["slots"])
                 tqdm.write(f"step {step}: train loss {loss_all.item():.3f} | val loss {metrics['val_loss']:.3f} | "
                            f"fact acc {metrics['fact_acc']:.3f}{usage}")
-            save_checkpoint(ckpt_path, {
+            save(ckpt_path, {
                 "model": model.state_dict(), "model_args": config_dict(mcfg), "step": step,
                 "optimizers": [o.state_dict() for o in opts], "data_rng": gen.get_state(),
                 "torch_rng": torch.get_rng_state(), "tokenizer": tok_text, "data_meta": meta,
@@ -314,20 +314,34 @@ def check_weights(model, metrics, step, cfg):
                                    else "the weights became inf or nan", step, cfg)
 
 
-def main(argv=None):
-    presets = {"preset": {"default": {}, "classroom": {**CLASSROOM_TRAIN, **CLASSROOM_MODEL},
-                          "large": {**LARGE_TRAIN, **LARGE_MODEL}}}
-    p = config_parser(__doc__, TrainConfig, GPTConfig, skip=("vocab_size",), presets=presets)  # from the corpus
-    args = parse_args(p, argv, presets)
-    keep_freed_memory()
-    t0 = time.time()
+def save(ckpt_path, state):
+    """save_checkpoint; a write that fails (a full disk) is one line naming the checkpoint and what to do."""
     try:
-        cfg, mcfg = split(args, TrainConfig), split(args, GPTConfig)
-        model, enc, m = train(cfg, mcfg)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
-    if not m:                                        # a torchrun process other than rank 0
-        return
+        save_checkpoint(ckpt_path, state)
+    except OSError as e:
+        raise OSError(write_error(f"the checkpoint {ckpt_path}", e)) from None
+
+
+def modified(path):
+    """When path was last written, in ns; None if it is not there. Every save replaces the checkpoint,
+    so a time other than the one it had when a run began means the run saved it."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:                                  # not there, or --out-dir is no folder (train() says so)
+        return None
+
+
+def interrupted(ckpt_path, before):
+    """What a Ctrl-C during training leaves, as the exception common.interruptible says: the
+    checkpoint the run saved last and its step, or nothing (before: modified(ckpt_path) as it began)."""
+    if modified(ckpt_path) == before:
+        return KeyboardInterrupt()
+    step = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)["step"]
+    return Interrupted(f"the checkpoint of step {step} is in {ckpt_path} (python train.py --resume goes on from it)")
+
+
+def report(model, enc, m, cfg, t0):
+    """The run's last lines: its time, speed and metrics, and a sample story."""
     print(f"done in {time.time() - t0:.0f}s | {m['tokens_per_s']:.0f} tokens/s | val loss {m['val_loss']:.3f} | "
           f"background fact accuracy {m['fact_acc']:.3f}")
     model.eval()
@@ -335,6 +349,27 @@ def main(argv=None):
     torch.manual_seed(cfg.seed)
     out = model.generate(prompt, 80, temperature=0.8, top_k=20, stop_token=enc.eot_token)
     print("sample:", enc.decode([t for t in out[0].tolist() if t != enc.eot_token]))
+
+
+@interruptible
+def main(argv=None):
+    presets = {"preset": {"default": {}, "classroom": {**CLASSROOM_TRAIN, **CLASSROOM_MODEL},
+                          "large": {**LARGE_TRAIN, **LARGE_MODEL}}}
+    p = config_parser(__doc__, TrainConfig, GPTConfig, skip=("vocab_size",), presets=presets)  # from the corpus
+    args = parse_args(p, argv, presets)
+    keep_freed_memory()
+    t0 = time.time()
+    ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
+    before = modified(ckpt_path)                     # a Ctrl-C names the checkpoint only if this run saved it
+    try:
+        cfg, mcfg = split(args, TrainConfig), split(args, GPTConfig)
+        model, enc, m = train(cfg, mcfg)
+        if m:                                        # the other torchrun processes return no metrics
+            report(model, enc, m, cfg, t0)
+    except (ValueError, OSError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        raise interrupted(ckpt_path, before) from None
 
 
 if __name__ == "__main__":

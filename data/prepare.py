@@ -31,7 +31,8 @@ import numpy as np
 if __package__ in (None, ""):  # allow `python data/prepare.py` as well as `python -m data.prepare`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import config_parser, parse_args, split, write_atomic, write_json, write_text
+from common import (Interrupted, config_parser, interruptible, parse_args, split, write_atomic, write_json,
+                    write_text)
 from data import corpus, documents, world as kworld
 from data.tokenizer import EOT, get_encoding, read_tokenizer, save_ranks, train_bpe, word_counts
 
@@ -386,6 +387,7 @@ def load_documents(data_dir):
     return document_set(cfg, enc, seen_tokens(read_tokens(data_dir, "train", meta["dtype"])))
 
 
+@interruptible
 def main(argv=None):
     presets = {"preset": {"default": {}, "classroom": CLASSROOM_DATA}}
     cfg = split(parse_args(config_parser(__doc__, DataConfig, presets=presets), argv, presets), DataConfig)
@@ -395,6 +397,8 @@ def main(argv=None):
         prepare(cfg)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        raise Interrupted(f"the stages it finished are kept in {cfg.out_dir}; run it again to go on") from None
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ import time
 import finetune as ft
 from experiments.analyses import ANALYSES, setup
 from checkpoint import checkpoint_corpus, checkpoint_train_tokens, load_checkpoint
-from common import ROOT, Diverged, check_writable, config_parser, keep_freed_memory, parse_args, split, write_json
+from common import (ROOT, Diverged, check_writable, config_parser, interruptible, keep_freed_memory, parse_args, split,
+                    write_atomic, write_error, write_json)
 from data.prepare import DataConfig, prepare
 from evaluate import corpus_facts
 from facts import batch_texts, make_batch, read_facts_file
@@ -396,10 +397,11 @@ def plot(name, data, path, title):
         fig = variants_figure(plt, name, data) if name in VARIANTS or name == "course" else sweep_figure(plt, name, data)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
 
 
+@interruptible
 def main(argv=None):
     presets = {"recipe": RECIPES}
     p = config_parser(__doc__, RecipeConfig, presets=presets)          # the steps beyond the paper: recipes.py
@@ -454,8 +456,12 @@ def main(argv=None):
     try:
         write_json(path + ".json", data)
     except (OSError, ValueError) as e:
-        sys.exit(f"error: could not write {path}.json ({getattr(e, 'strerror', None) or e})")
-    plot(args.experiment, data, path + ".png", f"{args.experiment}: {args.facts} facts x {args.steps_per_fact} steps")
+        sys.exit(f"error: {write_error(path + '.json', e)}")
+    title = f"{args.experiment}: {args.facts} facts x {args.steps_per_fact} steps"
+    try:
+        plot(args.experiment, data, path + ".png", title)
+    except OSError as e:
+        sys.exit(f"error: {write_error(path + '.png', e)}; {path}.json was written")
     print(f"{time.time() - t0:.0f}s | wrote {path}.json and {path}.png")
 
 
