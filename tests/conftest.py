@@ -21,6 +21,21 @@ def tiny_corpus(tmp_path_factory):
 
 TINY_MODEL = dict(block_size=32, n_layer=2, n_head=2, n_embd=32, memory_layers=(1,), mem_n_keys=16,
                   mem_heads=2, mem_topk=4, mem_k_dim=16)
+TINY_ARGS = [a for k, v in TINY_MODEL.items()        # TINY_MODEL on train.py's command line
+             for a in ("--" + k.replace("_", "-"), ",".join(map(str, v)) if isinstance(v, tuple) else str(v))]
+
+
+def one_line_error(cli, *args):
+    """The message of the SystemExit that cli(args) ends with: one line, starting with error:."""
+    with pytest.raises(SystemExit) as e:
+        cli([str(a) for a in args])
+    message = str(e.value)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+def checkpoint_of(trained):
+    return os.path.join(trained[0].out_dir, "ckpt.pt")
 
 
 @pytest.fixture(scope="session")

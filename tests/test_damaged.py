@@ -13,26 +13,10 @@ import evaluate
 import finetune
 import train as train_module
 from checkpoint import checkpoint_corpus, checkpoint_train_tokens, load_checkpoint, save_checkpoint
-from conftest import TINY_MODEL
+from conftest import TINY_ARGS, TINY_MODEL, checkpoint_of, one_line_error
 from finetune import FinetuneConfig, load_or_compute_background
 from model import GPTConfig
 from train import TrainConfig, train
-
-TINY_ARGS = [a for k, v in TINY_MODEL.items()        # TINY_MODEL on train.py's command line
-             for a in ("--" + k.replace("_", "-"), ",".join(map(str, v)) if isinstance(v, tuple) else str(v))]
-
-
-def one_line_error(cli, *args):
-    """The message of the SystemExit that cli(args) ends with: one line, starting with error:."""
-    with pytest.raises(SystemExit) as e:
-        cli([str(a) for a in args])
-    message = str(e.value)
-    assert message.startswith("error: ") and "\n" not in message, message
-    return message
-
-
-def checkpoint_of(trained):
-    return os.path.join(trained[0].out_dir, "ckpt.pt")
 
 
 def corpus_copy(tiny_corpus, folder):

@@ -18,11 +18,8 @@ import finetune
 import train as train_module
 from checkpoint import load_checkpoint, save_checkpoint
 from common import check_writable, write_json
-from conftest import ROOT, TINY_MODEL
+from conftest import ROOT, TINY_ARGS, TINY_MODEL, checkpoint_of, one_line_error
 from experiments import sweeps
-
-TINY_ARGS = [a for k, v in TINY_MODEL.items()        # TINY_MODEL on train.py's command line
-             for a in ("--" + k.replace("_", "-"), ",".join(map(str, v)) if isinstance(v, tuple) else str(v))]
 
 
 def full_disk(obj, f):
@@ -44,15 +41,6 @@ def quick(monkeypatch):
     monkeypatch.setattr(train_module, "evaluate_all", lambda *args: {"val_loss": 2.0, "slots": [], "fact_acc": 0.5})
 
 
-def one_line_error(cli, *args):
-    """The message of the SystemExit that cli(args) ends with: one line, starting with error:."""
-    with pytest.raises(SystemExit) as e:
-        cli([str(a) for a in args])
-    message = str(e.value)
-    assert message.startswith("error: ") and "\n" not in message, message
-    return message
-
-
 def interrupted(cli, *args):
     """The exit status cli(args) ends with (the test makes it see a Ctrl-C)."""
     try:
@@ -62,10 +50,6 @@ def interrupted(cli, *args):
     except KeyboardInterrupt:
         pytest.fail("Ctrl-C came out as a KeyboardInterrupt traceback")
     pytest.fail("no Ctrl-C")
-
-
-def checkpoint_of(trained):
-    return os.path.join(trained[0].out_dir, "ckpt.pt")
 
 
 def finetune_args(trained, *more):

@@ -20,7 +20,7 @@ import model as model_module
 import train as train_module
 from checkpoint import load_checkpoint, save_checkpoint
 from common import Diverged, config_parser
-from conftest import TINY_MODEL
+from conftest import TINY_ARGS, TINY_MODEL, checkpoint_of, one_line_error
 from facts import read_facts_file
 from model import GPTConfig
 from train import TrainConfig, train
@@ -197,22 +197,7 @@ def test_stop_at_out_of_range_is_refused(tiny_corpus, tmp_path):
 # ----------------------------------------------------------------------------------------
 # nothing lost, nothing silent: each case below once lost work or gave a wrong result quietly
 
-TINY_ARGS = [a for k, v in TINY_MODEL.items()        # TINY_MODEL on train.py's command line
-             for a in ("--" + k.replace("_", "-"), ",".join(map(str, v)) if isinstance(v, tuple) else str(v))]
 GOOD = json.dumps({"paraphrases": ["Tom lives in Oakton."], "question": "Where does Tom live?", "answer": "Oakton."})
-
-
-def one_line_error(cli, *args):
-    """The message of the SystemExit that cli(args) ends with: one line, starting with error:."""
-    with pytest.raises(SystemExit) as e:
-        cli([str(a) for a in args])
-    message = str(e.value)
-    assert message.startswith("error: ") and "\n" not in message, message
-    return message
-
-
-def checkpoint_of(trained):
-    return os.path.join(trained[0].out_dir, "ckpt.pt")
 
 
 def interrupted_after_text(corpus, tmp_path):
