@@ -483,9 +483,16 @@ def load_base(cfg, device):
              LARGE_FINETUNE["checkpoint"]: ("the large model (python train.py --preset large, ~10 min on 2 CPU cores)",
                                             TrainConfig(**LARGE_TRAIN), GPTConfig(**LARGE_MODEL))}
     known = {os.path.abspath(path): how for path, how in known.items()}
-    if not os.path.exists(cfg.checkpoint) and os.path.abspath(cfg.checkpoint) in known:
-        name, tcfg, mcfg = known[os.path.abspath(cfg.checkpoint)]
-        if not cfg.quiet:
+    path = os.path.abspath(cfg.checkpoint)
+    stopped = unfinished(cfg.checkpoint) if path in known else None
+    if path in known and (stopped or not os.path.exists(cfg.checkpoint)):
+        name, tcfg, mcfg = known[path]
+        if stopped:                                   # an interrupted first run: its numbers would be a half model's
+            step, max_iters = stopped
+            print(f"note: {cfg.checkpoint} is pretrained to step {step} of {max_iters}; going on from it first "
+                  "(python train.py --resume)", file=sys.stderr)
+            tcfg = replace(tcfg, resume=True, max_iters=max_iters)
+        elif not cfg.quiet:
             print(f"no checkpoint at {cfg.checkpoint}: pretraining {name} first")
         try:
             train(replace(tcfg, device=cfg.device), mcfg, quiet=cfg.quiet)
@@ -495,6 +502,17 @@ def load_base(cfg, device):
     for p in model.parameters():
         p.requires_grad_(False)
     return model, enc, ckpt
+
+
+def unfinished(path):
+    """(step, max_iters) of a pretraining checkpoint saved before its last step (a first run stopped
+    by Ctrl-C); None for a finished one, a finetuned one, or a file load_checkpoint will refuse."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        step, max_iters = ckpt["step"], ckpt["train_config"]["max_iters"]
+    except Exception:                                 # missing, damaged, or not train.py's
+        return None
+    return (step, max_iters) if "finetune" not in ckpt and step < max_iters else None
 
 
 def write_outputs(cfg, settings, ckpt, model, facts, results, written):

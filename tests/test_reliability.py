@@ -531,3 +531,24 @@ def test_bad_options_are_refused_before_the_default_model_is_pretrained(tmp_path
     with pytest.raises(SystemExit) as e:
         finetune.main(["--checkpoint", missing, *args])
     assert message in str(e.value)
+
+
+def test_a_first_run_stopped_midway_goes_on_pretraining_before_it_finetunes(tiny_corpus, tmp_path, monkeypatch,
+                                                                             capsys):
+    """A Ctrl-C in the first run's pretraining leaves the default model half trained: the next run must
+    not finetune it as if it were done (its numbers would be a half model's)."""
+    cfg = TrainConfig(data_dir=tiny_corpus.out_dir, out_dir=str(tmp_path), batch_size=8, max_iters=10, stop_at=5,
+                      warmup_iters=2, eval_interval=5, lr=1e-2, device="cpu")
+    train(cfg, GPTConfig(**TINY_MODEL), quiet=True)
+    path, calls = str(tmp_path / "ckpt.pt"), []
+    monkeypatch.setattr(finetune, "DEFAULT_CHECKPOINT", path)
+    def resume(tcfg, mcfg, quiet):                     # the default model's training, on the tiny one
+        calls.append(tcfg)
+        train(replace(cfg, resume=tcfg.resume, stop_at=0, max_iters=tcfg.max_iters), GPTConfig(**TINY_MODEL), True)
+    monkeypatch.setattr(finetune, "train", resume)
+    fcfg = finetune.FinetuneConfig(checkpoint=path, quiet=True, device="cpu")
+    _, _, ckpt = finetune.load_base(fcfg, "cpu")
+    assert [(c.resume, c.max_iters) for c in calls] == [(True, 10)] and ckpt["step"] == 10
+    assert "pretrained to step 5 of 10; going on from it first" in capsys.readouterr().err
+    finetune.load_base(fcfg, "cpu")                    # finished: loaded as it is
+    assert len(calls) == 1
