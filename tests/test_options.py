@@ -20,6 +20,9 @@ def no_work(monkeypatch, module, *names):
 
 
 @pytest.mark.parametrize("args, message", [
+    (["--mode", "bogus"], "unknown --mode"), (["--top-t", "-3"], "--top-t must be"),
+    (["--grow-t", "5"], "--grow-t 5 is below"), (["--slow-taught-slots", "nan"], "--slow-taught-slots must be"),
+    (["--facts-file", "missing.jsonl"], "does not exist"),
     (["--block-answer-slots", "--spare-answer-slots", "0.01", "--ranking", "tf"],
      "--ranking tf has no IDF: it would ignore --spare-answer-slots, --block-answer-slots"),
     (["--mode", "full", "--top-t", "8"], "--mode full trains no memory rows alone: it would ignore --top-t"),
@@ -30,10 +33,12 @@ def no_work(monkeypatch, module, *names):
     (["--max-df", "nan"], "--max-df is a share"),
     (["--background-batch-size", "1000000"], "--background-batch-size is at most 256"),
     (["--lora-alpha", "inf"], "--lora-alpha must be a finite number")])
-def test_finetune_refuses_contradictions_and_non_numbers_before_pretraining(tmp_path, monkeypatch, args, message):
+def test_finetune_refuses_bad_options_and_contradictions_before_pretraining(tmp_path, monkeypatch, args, message):
+    """On a fresh clone the first run pretrains the default model (minutes): a typo must not cost them."""
     missing = str(tmp_path / "out" / "ckpt.pt")
     monkeypatch.setattr(finetune, "DEFAULT_CHECKPOINT", missing)          # as on a fresh clone
     no_work(monkeypatch, finetune, "train", "load_checkpoint")
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
         finetune.main(["--checkpoint", missing, *args])
     assert message in str(e.value)

@@ -518,21 +518,6 @@ def test_every_option_has_its_whole_help_text():
             assert tail.replace("%", "%%") in helps[field.group(1)], f"{dc.__name__}.{field.group(1)}: {tail!r}"
 
 
-@pytest.mark.parametrize("args, message", [(["--mode", "bogus"], "unknown --mode"), (["--top-t", "-3"], "--top-t must be"),
-                                           (["--grow-t", "5"], "--grow-t 5 is below"),
-                                           (["--slow-taught-slots", "nan"], "--slow-taught-slots must be"),
-                                           (["--facts-file", "missing.jsonl"], "does not exist")])
-def test_bad_options_are_refused_before_the_default_model_is_pretrained(tmp_path, monkeypatch, args, message):
-    """On a fresh clone the first run pretrains the default model (minutes): a typo must not cost them."""
-    missing = str(tmp_path / "out" / "ckpt.pt")
-    monkeypatch.setattr(finetune, "DEFAULT_CHECKPOINT", missing)          # as on a fresh clone
-    monkeypatch.setattr(finetune, "train", lambda *a, **k: pytest.fail("pretrained before the options were checked"))
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as e:
-        finetune.main(["--checkpoint", missing, *args])
-    assert message in str(e.value)
-
-
 def test_a_first_run_stopped_midway_goes_on_pretraining_before_it_finetunes(tiny_corpus, tmp_path, monkeypatch,
                                                                              capsys):
     """A Ctrl-C in the first run's pretraining leaves the default model half trained: the next run must
