@@ -201,13 +201,15 @@ def rendered_lines(fact):
     return fact.statements() + [fact.qa_text(i) for i in range(len(fact.questions()))]
 
 
+def spelled_in(enc, seen, lines):
+    """Does every token of every line occur in pretraining (seen: the token ids of train.bin)? A token
+    the model never saw has an untrained embedding, and new entities could not be told apart by it."""
+    return all(set(enc.encode(t)) <= seen for t in lines)
+
+
 def usable_for(enc, seen):
-    """usable(facts): every token of every line of the facts occurs in pretraining (seen: the
-    token ids of train.bin). A token the model never saw has an untrained embedding, and new
-    entities could not be told apart by it."""
-    def usable(facts):
-        return all(set(enc.encode(t)) <= seen for f in facts for t in rendered_lines(f))
-    return usable
+    """usable(facts): every line of the facts is spelled in tokens pretraining holds (spelled_in)."""
+    return lambda facts: spelled_in(enc, seen, (t for f in facts for t in rendered_lines(f)))
 
 
 def seen_tokens(train_tokens):
@@ -226,7 +228,7 @@ def new_fact_entries(cfg, enc, seen, n, at_most=False):
 def document_set(cfg, enc, seen):
     """The documents of facts.json (data/documents.py), those spelled in tokens pretraining holds:
     drawn after the world from a generator of their own, so they change none of its sets."""
-    usable = lambda doc: all(set(enc.encode(t)) <= seen for t in documents.every_line(doc))
+    usable = lambda doc: spelled_in(enc, seen, documents.every_line(doc))
     return documents.make_documents(world_of(cfg), documents.N_DOCUMENTS, usable, closed=cfg.world == "closed")
 
 
