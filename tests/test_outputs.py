@@ -262,8 +262,9 @@ def test_ctrl_c_after_the_outputs_says_they_were_written(trained, tmp_path, quic
 
 
 def test_a_real_ctrl_c_exits_130_with_one_line(trained):
-    script = (f"import os, signal, sys\nsys.path.insert(0, {ROOT!r})\nimport evaluate\n"
+    script = (f"import os, signal, sys, time\nsys.path.insert(0, {ROOT!r})\nimport evaluate\n"
               "def ctrl_c(*args, **kwargs):\n    os.kill(os.getpid(), signal.SIGINT)\n"
+              "    time.sleep(60)\n"                  # the handler runs at the next bytecode, not in os.kill
               f"evaluate.load_checkpoint = ctrl_c\nevaluate.main(['--checkpoint', {checkpoint_of(trained)!r}])\n")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert (run.returncode, run.stderr) == (128 + signal.SIGINT, "interrupted; nothing was saved\n")
