@@ -7,6 +7,8 @@ forgets (sparse memory finetuning: Lin et al. 2025, arXiv:2510.15103).
     python finetune.py --preset classroom                 # the same on a small model, about 1 minute (docs/COURSE.md)
     python finetune.py --mode full                        # the baselines: full finetuning, --mode lora
     python finetune.py --facts-file my_facts.jsonl        # teach your own facts
+    python finetune.py --preset documents                 # the paper's second task: documents, chunk by chunk
+    python finetune.py --preset documents --text data/examples/my_text.txt --questions data/examples/my_questions.jsonl
     python finetune.py --help                             # every option
 
 It prints a table, a row per stream: the new facts, then (without --facts-file) --set-facts
@@ -34,6 +36,14 @@ Facts file (--facts-file): JSON Lines, one fact per line, UTF-8:
 "heldout_question" is optional: it is never trained on and scores unseen_acc.
 Each batch holds the paraphrases plus the line "Q: <question> A: <answer>". Scoring is greedy
 exact match of " <answer>" after "Q: <question> A:".
+
+Documents (--task documents; --preset documents sets the t they need): the corpus's documents
+(data/documents.py) cut into chunks of a few sentences, one chunk per batch, in order, never
+revisited; the batch is the chunk and --rewrites rewrites of it, nothing question-shaped. Their
+questions are asked only after the stream (learned: the first phrasing; unseen: the second).
+Your own text (--text, a plain UTF-8 file) is taught two sentences to a chunk, without rewrites;
+its questions (--questions) are JSON Lines, each answer spelled in the text, "second" optional:
+  {"question": "Where does Lina live?", "answer": "Pebbleton.", "second": "What town is Lina from?"}
 """
 
 import copy
@@ -52,7 +62,8 @@ from checkpoint import checkpoint_corpus, checkpoint_train_tokens, config_dict, 
 from common import (Diverged, Interrupted, check_range, check_writable, config_parser, given_options, interruptible,
                     keep_freed_memory, parse_args, pick_device, split, write_error, write_json)
 from evaluate import corpus_facts, greedy_answer, measure, qa_items, qa_pair, story_endings
-from facts import Batch, batch_texts, check_lengths, make_batch, read_facts_file, stream_facts, warn_unseen_tokens
+from facts import (Batch, batch_texts, check_lengths, corpus_documents, document_stream, make_batch, read_facts_file,
+                   read_questions, read_text, stream_facts, text_stream, warn_unseen_tokens)
 from lora import add_lora, merge_lora
 from model import CLASSROOM_MODEL, LARGE_MODEL, GPTConfig
 from recipes import (RECIPES, Recipe, RecipeConfig, answer_readers, build, check_recipe, needs_answers,
@@ -81,14 +92,20 @@ DEFAULT_LR = {("sparse", "sgd"): 50.0, ("sparse", "adamw"): 0.03,
 CLASSROOM_FINETUNE = dict(checkpoint=os.path.join(CLASSROOM_TRAIN["out_dir"], "ckpt.pt"), mode="sparse", optimizer="",
                           lr=0.0, facts=30, facts_file="", steps_per_fact=10, top_t=64, ranking="tfidf",
                           background_batches=200, background_batch_size=1, lora_rank=16, lora_alpha=32.0,
-                          weight_decay=0.0, seed=1337, device="auto", json="", out="", quiet=False, set_facts=15)
+                          weight_decay=0.0, seed=1337, device="auto", json="", out="", quiet=False, set_facts=15,
+                          task="facts", documents=20, rewrites=7, text="", questions="")
 CLASSROOM_LR = {("sparse", "sgd"): 100.0, ("full", "adamw"): 1e-4, ("lora", "adamw"): 1e-4}
 
 # The large preset (python finetune.py --preset large): the default demo on the large model
 # (train.py's LARGE_TRAIN: 262,144 memory slots, pretrained first if missing); every other
 # setting is the default's.
 LARGE_FINETUNE = dict(checkpoint=os.path.join(LARGE_TRAIN["out_dir"], "ckpt.pt"))
-PRESETS = {"default": {}, "classroom": CLASSROOM_FINETUNE, "large": LARGE_FINETUNE}
+# The documents preset (python finetune.py --preset documents): the paper's second task on the
+# default model: the corpus's 20 documents taught chunk by chunk (--task documents), at the t the
+# paper's method needs there, 500, the largest swept t within a 5% background drop (python -m
+# experiments documents-t; the paper: 10,000 for documents against 500 for facts).
+DOCUMENTS_FINETUNE = dict(task="documents", top_t=500)
+PRESETS = {"default": {}, "classroom": CLASSROOM_FINETUNE, "large": LARGE_FINETUNE, "documents": DOCUMENTS_FINETUNE}
 
 
 @dataclass
@@ -101,7 +118,7 @@ class FinetuneConfig:
                                            # (DEFAULT_LR; --preset classroom: CLASSROOM_LR)
     facts: int = 100                       # new facts from the corpus's facts.json to stream (up to 1000)
     facts_file: str = ""                   # JSON Lines file of your own facts instead (format above)
-    steps_per_fact: int = 10               # optimizer steps on each fact's batch (paper: 1, at 1.3B params)
+    steps_per_fact: int = 10               # optimizer steps on each fact's (or chunk's) batch (paper: 1, at 1.3B)
     top_t: int = 64                        # sparse: value rows trained per step in each memory table (paper: 500)
     ranking: str = "tfidf"                 # sparse: tfidf (the paper) | tf (raw access counts, the paper's
                                            # ablation) | kl (recipes.py)
@@ -118,6 +135,14 @@ class FinetuneConfig:
     quiet: bool = False                    # print the table only: no progress bars, no example answers
     set_facts: int = 50                    # facts of each generalisation set (new answers, new relations)
                                            # also taught, each from the base model; 0 = none
+    task: str = "facts"                    # facts | documents: the corpus's documents, chunk by chunk, asked
+                                           # about only after the stream (the paper's second task)
+    documents: int = 20                    # documents: how many of the corpus's documents to stream (up to 20)
+    rewrites: int = 7                      # documents: rewrites of each chunk beside it in its batch (0 = the
+                                           # chunk alone)
+    text: str = ""                         # a plain text file of your own to teach chunk by chunk instead
+                                           # (--task documents, with --questions)
+    questions: str = ""                    # --text: JSON Lines questions about it, scored after the stream
 
 
 def configs(settings):
@@ -150,6 +175,16 @@ def resolve(cfg, model=None, lrs=DEFAULT_LR):
                          "for more background text raise --background-batches")
     if cfg.ranking not in ("tfidf", "tf", "kl"):
         raise ValueError(f"unknown --ranking {cfg.ranking!r}: use tfidf, tf or kl")
+    if cfg.task not in ("facts", "documents"):
+        raise ValueError(f"unknown --task {cfg.task!r}: use facts or documents")
+    for name, least in (("documents", 1), ("rewrites", 0)):
+        if getattr(cfg, name) < least:
+            raise ValueError(f"--{name} must be at least {least}, not {getattr(cfg, name)}")
+    if bool(cfg.text) != bool(cfg.questions):
+        raise ValueError("--text and --questions go together: the text to teach, and the questions asked after it")
+    if cfg.text and cfg.facts_file:
+        raise ValueError("--text teaches a text and --facts-file facts: give one of them")
+    cfg.task = "documents" if cfg.text else cfg.task
     if model is not None and cfg.mode == "sparse" and not model.memory_modules:
         raise ValueError("--mode sparse needs a model with memory layers; this one is dense")
     return cfg
@@ -157,7 +192,7 @@ def resolve(cfg, model=None, lrs=DEFAULT_LR):
 
 def check_outputs(cfg):
     """Before any work: every output can be written at the end, and none would overwrite an input."""
-    inputs = {os.path.realpath(p) for p in (cfg.checkpoint, cfg.facts_file) if p}
+    inputs = {os.path.realpath(p) for p in (cfg.checkpoint, cfg.facts_file, cfg.text, cfg.questions) if p}
     outputs = [(flag, path) for flag, path in (("--out", cfg.out), ("--json", cfg.json)) if path]
     for flag, path in outputs:
         if os.path.realpath(path) in inputs:
@@ -269,10 +304,12 @@ def dense_step(model, batch, opt, params):
 
 def fact_batch(enc, fact, block_size, device):
     """A fact's batch (facts.Batch) as the stream trains on it: its lines (batch_texts), the text's
-    tokens counted, and the positions that predict the answer marked (make_batch)."""
+    tokens counted, and the positions that predict the answer marked (make_batch; a document's
+    chunk: each answer it tells)."""
     texts = batch_texts(fact)
+    answers = fact["answers"] if "answers" in fact else [fact["answer"]]
     x, y, count = make_batch(enc, texts, block_size)                   # count: every text token
-    at = make_batch(enc, texts, block_size, fact["answer"])[2]        # only where the answer is predicted
+    at = make_batch(enc, texts, block_size, answers)[2]               # only where an answer is predicted
     return Batch(x.to(device), y.to(device), count.to(device), at.to(device))
 
 
@@ -400,19 +437,21 @@ def make_recipe(cfg, rcfg, model, enc, ckpt):
     return stats, build(rcfg, cfg.mode, cfg.ranking, stats, readers)
 
 
-def finetune(cfg, model, enc, ckpt, facts, stats=None, recipe=None, before=None, quiet=False, stream="new facts"):
+def finetune(cfg, model, enc, ckpt, facts, stats=None, recipe=None, before=None, quiet=False, stream="new facts",
+             taught=None):
     """Measure, stream, measure again. stats and recipe: make_recipe's (None, None: the paper's
     method with no background, as for full finetuning, LoRA or --ranking tf). Returns (results with
     the --json keys, the measurements before, the measurements after). Pass the measurements
     before back as `before` to reuse them for another run from the same model (the results take
     only what does not depend on the facts from them: background facts, skill, val loss). stream:
-    the name the results give the facts."""
+    the name the results give the facts. taught: what the stream teaches, if not the facts scored
+    (a document's chunks: what_to_teach)."""
     device = next(model.parameters()).device
     val, kb = checkpoint_corpus(ckpt)
     background, skill = kb["background"], story_endings(val, enc)
     before = before or measure(model, enc, facts, background, val, device, skill)
     t0 = time.time()
-    _, t_per_fact = run_stream(cfg, model, enc, facts, stats, recipe, quiet)
+    _, t_per_fact = run_stream(cfg, model, enc, taught or facts, stats, recipe, quiet)
     seconds = time.time() - t0
     after = measure(model, enc, facts, background, val, device, skill)
     if not math.isfinite(after["val_loss"]):
@@ -424,7 +463,7 @@ def finetune(cfg, model, enc, ckpt, facts, stats=None, recipe=None, before=None,
             "recipe": (recipe or Recipe()).name, "top_t": cfg.top_t if sparse else None,
             "ranking": cfg.ranking if sparse else None,
             "t_used": {str(t): t_per_fact.count(t) for t in sorted(set(t_per_fact))} if sparse else None,
-            "facts": len(facts), "steps_per_fact": cfg.steps_per_fact,
+            "facts": len(facts), "batches": len(taught or facts), "steps_per_fact": cfg.steps_per_fact,
             "learned_acc": after["learned_acc"], "unseen_acc": after["unseen_acc"],
             "background_acc_before": before["background_acc"], "background_acc_after": after["background_acc"],
             "background_drop": drop("background_acc"),
@@ -451,19 +490,21 @@ def format_table(results):
     return "\n".join(lines)
 
 
-def show_examples(base, model, enc, facts, background, before, after, device, n=3, taught=3, unseen=False):
+def show_examples(base, model, enc, facts, background, before, after, device, n=3, taught=3, unseen=False,
+                  asked=False):
     """What learned and forgotten mean, in answers: the greedy answers of the model before the
     stream (base) and after it (model) to the first `taught` facts' questions (with unseen, each
-    one's held-out question too), and to n background questions the stream broke (answered right
-    before, wrong after)."""
+    one's held-out question too; asked: questions never trained, a document's, asked after the
+    stream), and to n background questions the stream broke (answered right before, wrong after)."""
     def show(prompt, answer, note=""):
         print(f"  {prompt}{answer}{note}   before: \"{greedy_answer(base, enc, prompt, device)}\" -> "
               f"after: \"{greedy_answer(model, enc, prompt, device)}\"")
-    print(f"\ntaught questions, with the right answer, and the model's answer before -> after:")
+    what = "questions asked after the stream" if asked else "taught questions"
+    print(f"\n{what}, with the right answer, and the model's answer before -> after:")
     for f in facts[:taught]:
         show(*qa_pair(f["questions"][0], f["answer"]))
         if unseen and f["heldout_question"]:
-            show(*qa_pair(f["heldout_question"], f["answer"]), "  (held out)")
+            show(*qa_pair(f["heldout_question"], f["answer"]), "  (second phrasing)" if asked else "  (held out)")
     broken = [item for item, b, a in zip(qa_items(background), before["background_correct"],
                                          after["background_correct"]) if b and not a]
     print(f"\nbackground questions the stream broke: {len(broken)} of the {sum(before['background_correct'])} "
@@ -552,6 +593,14 @@ def ignored_options(cfg, rcfg):
         ignored.append(("only --mode lora has adapters", [n for n in run if n.startswith("lora_")]))
     if cfg.optimizer == "sgd":
         ignored.append(("SGD has no weight decay", [n for n in run if n == "weight_decay"]))
+    if cfg.text:
+        ignored.append(("--text teaches your text, which has no generated documents or rewrites",
+                        [n for n in run if n in ("documents", "rewrites")]))
+    if cfg.task == "documents":
+        ignored.append(("--task documents teaches documents, not facts",
+                        [n for n in run if n in ("facts", "facts_file", "set_facts")]))
+    else:
+        ignored.append(("--task facts teaches facts", [n for n in run if n in ("documents", "rewrites")]))
     return [(why, names) for why, names in ignored if names]
 
 
@@ -573,14 +622,31 @@ def check_options(cfg, rcfg, given=(), lrs=DEFAULT_LR):
     return notes
 
 
-def describe(cfg, rcfg, recipe, facts):
-    """The line a run starts with: the method, and the steps beyond the paper the recipe took."""
+def what_to_teach(cfg, ckpt, enc, block_size, mine=None, text=None, asked=None):
+    """(the stream, the facts scored, the name of its row): the facts of --facts-file (mine) or the
+    corpus's new facts, each taught and scored; or, with --task documents, the corpus's documents
+    or your --text (text, and asked: its --questions, read_questions), taught chunk by chunk and
+    asked about only after the stream (facts.document_stream, facts.text_stream)."""
+    if cfg.text:
+        return text_stream(text, asked, enc, block_size, cfg.text), asked, os.path.basename(cfg.text)
+    if cfg.task == "documents":
+        stream, questions = document_stream(corpus_documents(ckpt, cfg.documents), cfg.rewrites, cfg.seed)
+        return stream, questions, "documents" if cfg.rewrites else "documents, no rewrites"
+    facts = mine or stream_facts(ckpt, cfg.facts)
+    return facts, facts, os.path.basename(cfg.facts_file) if cfg.facts_file else "new facts"
+
+
+def describe(cfg, rcfg, recipe, facts, taught=None):
+    """The line a run starts with: the method, and the steps beyond the paper the recipe took
+    (taught: the stream, if not the facts: a document's chunks)."""
     method = f", top-{cfg.top_t} slots by {cfg.ranking}" if cfg.mode == "sparse" else ""
     if recipe.name == "paper":
         steps = "; the paper's method" if cfg.mode == "sparse" else ""
     else:
         steps = f"; beyond the paper: {recipe.name}" + (f" ({options(rcfg)})" if recipe.name == "improved" else "")
-    return (f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {len(facts)} facts, {cfg.steps_per_fact} "
+    what = (f"{len(facts)} facts" if taught in (None, facts)
+            else f"{len(taught)} chunks ({len(facts)} questions asked after)")
+    return (f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {what}, {cfg.steps_per_fact} "
             f"step(s) each{method}{steps}")
 
 
@@ -595,22 +661,27 @@ def main(argv=None):
         given = given_options(parser, argv, presets)                 # before any work, pretraining included
         notes = check_options(cfg, rcfg, given, CLASSROOM_LR if args.preset == "classroom" else DEFAULT_LR)
         mine = read_facts_file(cfg.facts_file) if cfg.facts_file else None
+        text = read_text(cfg.text) if cfg.text else None
+        asked = read_questions(cfg.questions, text) if cfg.text else None
         device = pick_device(cfg.device)
         model, enc, ckpt = load_base(cfg, device)
         resolve(cfg, model)
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
-        facts = mine or stream_facts(ckpt, cfg.facts)
-        check_lengths(enc, facts, model.config.block_size)
-        warn_unseen_tokens(enc, facts, checkpoint_train_tokens(ckpt))
+        stream, facts, name = what_to_teach(cfg, ckpt, enc, model.config.block_size, mine, text, asked)
+        read = stream if stream is facts else stream + facts                # every line the model reads
+        check_lengths(enc, read, model.config.block_size)
+        warn_unseen_tokens(enc, read, checkpoint_train_tokens(ckpt),
+                           "facts" if read is facts else "chunks and questions")
         stats, recipe = make_recipe(cfg, rcfg, model, enc, ckpt)    # once: every stream starts from the base
         if not cfg.quiet:
-            print(describe(cfg, rcfg, recipe, facts))
+            print(describe(cfg, rcfg, recipe, facts, stream))
         base = copy.deepcopy(model)                                 # the model before: every stream starts from it
-        name = os.path.basename(cfg.facts_file) if cfg.facts_file else "new facts"
-        result, before, after = finetune(cfg, model, enc, ckpt, facts, stats, recipe, quiet=cfg.quiet, stream=name)
+        result, before, after = finetune(cfg, model, enc, ckpt, facts, stats, recipe, quiet=cfg.quiet, stream=name,
+                                         taught=stream)
         results, taught = [result], copy.deepcopy(model.state_dict())   # the model --out saves
-        for key in ("new_answers", "new_relations") if cfg.set_facts and not cfg.facts_file else ():
+        sets = cfg.set_facts and not cfg.facts_file and cfg.task == "facts"
+        for key in ("new_answers", "new_relations") if sets else ():
             model.load_state_dict(base.state_dict())                # each generalisation set on its own
             extra = corpus_facts(checkpoint_corpus(ckpt)[1][key][:cfg.set_facts])
             results.append(finetune(cfg, model, enc, ckpt, extra, stats, recipe, before, cfg.quiet,
@@ -625,8 +696,10 @@ def main(argv=None):
         print(format_table(results))
         if not cfg.quiet:
             print(f"stream took {result['seconds']:.1f}s")
+            mine = cfg.facts_file or cfg.text                           # yours: up to 20, and their unseen phrasing
             show_examples(base, model, enc, facts, checkpoint_corpus(ckpt)[1]["background"], before, after, device,
-                          taught=20 if cfg.facts_file else 3, unseen=bool(cfg.facts_file))   # your facts: up to 20
+                          taught=20 if mine else 3, unseen=bool(mine) or cfg.task == "documents",
+                          asked=cfg.task == "documents")
     except KeyboardInterrupt:
         if written:
             raise Interrupted(" and ".join(written) + " written") from None

@@ -11,6 +11,9 @@ statements, never a question or a Q/A line.
   invented anew, every other answer comes from the part of its relation's pool that the
   background never uses, so no (relation, answer) pair of a document is a background fact's
   (a closed world draws from the background's 15 answers, as its new facts do).
+- A text has one sentence per line (LINE), as pretraining has its statements: a statement in the
+  middle of a line would be spelled in tokens pretraining never holds (" People" is not the
+  "People" that starts a line) and teaches less (docs/RESULTS.md, "Teach a document").
 - `chunks` cuts a document into pieces of one to a few sentences, the unit a stream teaches in
   one batch; `rewrites` tells a chunk again in other words (other templates, order and
   fillers), the paper's synthetic rewrites made by the world's own generator.
@@ -19,7 +22,7 @@ statements, never a question or a Q/A line.
 
     world = make_world(1337)
     docs = make_documents(world)          # 20 documents
-    docs[0].text                          # 'Everyone in the village knows Derume. The garden of Derume is ...'
+    docs[0].text                          # 'Everyone in the village knows Derume.\nThe garden of Derume is ...'
     docs[0].questions()[0]                # {'question': 'What does Derume grow in the garden?', 'second': ...}
     docs[0].chunks()                      # [Chunk(...), Chunk(...)]: 2 facts each
     rewrites(docs[0].chunks()[0], 3, random.Random(0))    # 3 texts telling the first chunk's facts
@@ -34,6 +37,7 @@ from data.world import NUMBERS, OPEN_WORDS, RELATIONS, TOWN_ENDS, YEARS, Fact, m
 N_DOCUMENTS = 20                  # documents facts.json holds (data/prepare.py)
 FACTS_PER_DOCUMENT = (4, 8)       # facts of one document, at most as many as its kind has relations
 FACTS_PER_CHUNK = 2               # fact sentences of one chunk (chunks)
+LINE = "\n"                       # between a text's sentences: one sentence per line, as in pretraining
 KIND_ORDER = ("person", "town", "person", "animal")   # the kinds of documents 1, 2, 3, ..., in a cycle
 
 # Sentences that tell no fact, in words the stories use. None has the shape of any statement
@@ -91,7 +95,7 @@ class Chunk:
 
     @property
     def text(self):
-        return " ".join(self.sentences)
+        return LINE.join(self.sentences)
 
 
 @dataclass
@@ -109,7 +113,7 @@ class Document:
 
     @property
     def text(self):
-        return " ".join(self.sentences)
+        return LINE.join(self.sentences)
 
     def questions(self):
         """Per fact: its relation's first question, a second phrasing (the last, the one the
@@ -147,7 +151,7 @@ class Document:
         """The document as facts.json holds it."""
         return {"title": self.title, "kind": self.kind, "subject": self.subject, "text": self.text,
                 "sentences": [{"text": t, "fact": s} for t, s in zip(self.sentences, self.states)],
-                "chunks": [{"text": " ".join(self.sentences[a:b]), "sentences": [a, b],
+                "chunks": [{"text": LINE.join(self.sentences[a:b]), "sentences": [a, b],
                             "facts": [s for s in self.states[a:b] if s is not None]}
                            for a, b in self.chunk_bounds()],
                 "facts": [f.to_dict() for f in self.facts],
@@ -169,7 +173,7 @@ def rewrites(chunk, n, rng):
     for _ in range(n):
         facts = rng.sample(chunk.facts, len(chunk.facts))
         sentences, _ = tell(rng, chunk.kind, chunk.subject, facts, intro=rng.random() < 0.3)
-        out.append(" ".join(sentences))
+        out.append(LINE.join(sentences))
     return out
 
 

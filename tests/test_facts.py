@@ -19,12 +19,12 @@ class Chars:
 
 def test_count_answer_counts_only_the_positions_that_predict_the_answer():
     texts = ["Tom is in Rome.", "Q: Where is Tom? A: Rome.", "Tom ran."]    # the last row never says the answer
-    x, y, count = make_batch(Chars(), texts, 64, answer="Rome.")
+    x, y, count = make_batch(Chars(), texts, 64, answers=["Rome."])
     for row, text in zip(range(3), texts):
         predicted = "".join(chr(t) for t in y[row][count[row]].tolist())
         assert predicted == (" Rome." if "Rome" in text else "")          # the answer's tokens, space and period
         assert count[row].sum() == len(predicted)
-    assert torch.equal(make_batch(Chars(), texts, 64)[2], make_batch(Chars(), texts, 64, answer=None)[2])
+    assert torch.equal(make_batch(Chars(), texts, 64)[2], make_batch(Chars(), texts, 64, answers=None)[2])
 
 
 def test_slot_counts_ignore_padding_and_the_separator(trained):

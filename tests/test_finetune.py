@@ -18,8 +18,8 @@ from model import GPT, GPTConfig
 from recipes import RecipeConfig
 from sparse import background_stats
 
-JSON_KEYS = {"stream", "mode", "optimizer", "lr", "recipe", "top_t", "t_used", "ranking", "facts", "steps_per_fact",
-             "learned_acc", "unseen_acc", "background_acc_before", "background_acc_after", "background_drop",
+JSON_KEYS = {"stream", "mode", "optimizer", "lr", "recipe", "top_t", "t_used", "ranking", "facts", "batches",
+             "steps_per_fact", "learned_acc", "unseen_acc", "background_acc_before", "background_acc_after", "background_drop",
              "skill_acc_before", "skill_acc_after", "skill_drop", "val_loss_before", "val_loss_after", "seconds"}
 
 
@@ -309,7 +309,7 @@ def test_greedy_answer_is_the_continuation_up_to_its_first_period(trained):
 def test_the_example_facts_files_are_hand_written_facts_in_the_documented_format():
     from conftest import ROOT
     folder = os.path.join(ROOT, "data", "examples")
-    files = sorted(f for f in os.listdir(folder) if f.endswith(".jsonl"))
+    files = sorted(f for f in os.listdir(folder) if f.endswith("_facts.jsonl"))
     assert files == ["short_facts.jsonl", "student_facts.jsonl"]
     for name in files:
         facts = read_facts_file(os.path.join(folder, name))

@@ -32,7 +32,15 @@ def no_work(monkeypatch, module, *names):
     (["--slow-answer-slots", "nan"], "--slow-answer-slots must be"),
     (["--max-df", "nan"], "--max-df is a share"),
     (["--background-batch-size", "1000000"], "--background-batch-size is at most 256"),
-    (["--lora-alpha", "inf"], "--lora-alpha must be a finite number")])
+    (["--lora-alpha", "inf"], "--lora-alpha must be a finite number"),
+    (["--task", "essay"], "unknown --task 'essay'"),
+    (["--task", "documents", "--rewrites", "-1"], "--rewrites must be"),
+    (["--rewrites", "3"], "--task facts teaches facts: it would ignore --rewrites"),
+    (["--task", "documents", "--set-facts", "5"], "--task documents teaches documents, not facts: it would ignore "
+                                                  "--set-facts"),
+    (["--text", "t.txt"], "--text and --questions go together"),
+    (["--text", "t.txt", "--questions", "q.jsonl", "--documents", "3"], "it would ignore --documents"),
+    (["--text", "missing.txt", "--questions", "q.jsonl"], "text file missing.txt does not exist")])
 def test_finetune_refuses_bad_options_and_contradictions_before_pretraining(tmp_path, monkeypatch, args, message):
     """On a fresh clone the first run pretrains the default model (minutes): a typo must not cost them."""
     missing = str(tmp_path / "out" / "ckpt.pt")

@@ -71,6 +71,16 @@ def test_prepare_and_finetune_take_the_preset_and_an_explicit_option_wins(monkey
                                     "lr": CLASSROOM_LR[("full", "adamw")]})       # checked and filled in before any work
 
 
+def test_the_documents_preset_is_the_default_run_on_the_documents_at_their_t(monkeypatch):
+    calls = []
+    monkeypatch.setattr(finetune, "load_base", recorder(calls))
+    for argv in (["--preset", "documents"], ["--preset", "documents", "--top-t", "64", "--rewrites", "0"]):
+        with pytest.raises(Stop):
+            finetune.main(argv)
+    assert calls[0][0] == FinetuneConfig(task="documents", top_t=500, optimizer="sgd", lr=50.0)
+    assert calls[1][0] == FinetuneConfig(task="documents", top_t=64, rewrites=0, optimizer="sgd", lr=50.0)
+
+
 def test_the_preset_learning_rates_are_its_own_and_an_explicit_lr_wins(trained, tmp_path, monkeypatch):
     checkpoint = os.path.join(trained[0].out_dir, "ckpt.pt")
     monkeypatch.setitem(CLASSROOM_LR, ("full", "adamw"), 3.3e-6)       # a rate no default has

@@ -396,7 +396,7 @@ def reference_stream(model, enc, facts, stats, readers, lr, t, steps, improved):
     over, m = stats[0]["df"] > 0.99 * stats[0]["units"], torch.zeros(n)
     for fact in facts:
         texts = batch_texts(fact)
-        x, y, at = make_batch(enc, texts, model.config.block_size, fact["answer"])
+        x, y, at = make_batch(enc, texts, model.config.block_size, [fact["answer"]])
         count = make_batch(enc, texts, model.config.block_size)[2]
         t_now = t
         while True:
