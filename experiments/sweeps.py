@@ -23,6 +23,11 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python -m experiments long          # sparse: a stream of 500 facts, then 500 more (--facts 1000: 1000 + 1000)
     python -m experiments one-fact      # each fact taught alone by full, LoRA and sparse: forgetting at matched learning
     python -m experiments passes        # the stream taught 10 times over: full and LoRA learn it too, at a cost
+    python -m experiments documents     # the paper's second task: documents chunk by chunk, with rewrites and without
+    python -m experiments documents-pareto   # learning-rate sweep of each method on the documents
+    python -m experiments documents-t   # the paper's method on the documents: the t they need
+    python -m experiments documents-chunks   # chunks of one fact or two, one sentence per line or prose
+    python -m experiments statements    # the fact stream taught its statements alone, scored on questions never trained
     python -m experiments answer-reads  # which slots the answers are read from, and how many two questions share
     python -m experiments unseen        # why a new relation's unseen phrasing is missed: which part of the read falls short
     python -m experiments kept          # which taught facts the stream itself undoes, and by a fact of which subject
@@ -53,15 +58,23 @@ from experiments.analyses import ANALYSES, setup
 from checkpoint import checkpoint_corpus, checkpoint_train_tokens, load_checkpoint
 from common import (ROOT, Diverged, check_writable, config_parser, interruptible, keep_freed_memory, parse_args, split,
                     write_atomic, write_error, write_json)
+from data.documents import FACTS_PER_CHUNK, LINE
 from data.prepare import DataConfig, prepare
 from evaluate import corpus_facts
-from facts import batch_texts, make_batch, read_facts_file
+from facts import batch_texts, corpus_documents, document_stream, make_batch, read_facts_file
 from model import CLASSROOM_MODEL, GPTConfig
 from recipes import RECIPES, RecipeConfig, SlowAnswerSlots, answer_readers, build, check_recipe
 from sparse import background_stats
 from train import CLASSROOM_TRAIN, TrainConfig, train
 
 T_SWEEP = (25, 50, 100, 200, 500, 1000)
+# The documents' methods (python -m experiments documents): each at the rate and t of its best point within a
+# 5% background drop in documents-pareto and documents-t (docs/RESULTS.md, "Teach a document").
+DOCUMENT_METHODS = {"full": {"mode": "full"}, "lora": {"mode": "lora"},
+                    "sparse, the paper's method (t = 500)": {"top_t": 500, "lr": 50},
+                    "improved": {"recipe": "improved", "lr": 200}}
+DOCUMENT_LRS = {"full": (1e-5, 1e-4, 1e-3), "lora": (3e-5, 3e-4, 3e-3),
+                "sparse, the paper's method (t = 500)": (20, 50, 100), "improved": (100, 200, 400)}
 LRS = {"full": (3e-6, 1e-5, 3e-5, 1e-4), "lora": (3e-5, 1e-4, 3e-4, 1e-3), "sparse": (10, 20, 50, 100, 200)}
 
 
@@ -73,7 +86,10 @@ LRS = {"full": (3e-6, 1e-5, 3e-5, 1e-4), "lora": (3e-5, 1e-4, 3e-4, 1e-3), "spar
 # so that the other half's drop is measured on facts it never read), and with "block_answer_slots"
 # never trains it; "slow_answer_slots" divides each row's step by 1 + (those questions that read it)
 # / K, or with "damp_by": "text" by 1 + (the pretraining units that read it) / K (the ablation: any
-# reads, not the answers'); "top_t": 0 trains every slot the batch read.
+# reads, not the answers'); "top_t": 0 trains every slot the batch read; "recipe": a named recipe's
+# options, as finetune.py --recipe sets them; "task": "documents" streams the corpus's documents,
+# "statements_only" the facts' statements alone (stream_of); "name" names the run's line.
+RUN_KEYS = ("background", "damp_by", "recipe", "task", "statements_only", "facts_per_chunk", "mid_line", "name")
 SWEEPS = {
     "compare": (lambda: [{"mode": m} for m in ("full", "lora", "sparse")], "mode", "mode"),
     "pareto": (lambda: [{"mode": m, "lr": lr} for m in ("full", "lora", "sparse") for lr in LRS[m]], "mode", "lr"),
@@ -100,6 +116,16 @@ SWEEPS = {
                                    for k, lrs in ((0.0, (25, 50)), (8.0, (50, 100, 200)), (1.0, (100, 300))) for lr in lrs]
                           + [{"slow_answer_slots": 25.0, "damp_by": "text", "spare_answer_slots": 0.01, "lr": lr}
                              for lr in (100, 200)], "slow_answer_slots", "lr"),
+    "documents": (lambda: [{**run, "name": name, "task": "documents", "rewrites": n}
+                           for name, run in DOCUMENT_METHODS.items() for n in (7, 0)], "name", "rewrites"),
+    "documents-pareto": (lambda: [{**run, "name": name, "task": "documents", "lr": lr} for name, run in
+                                  DOCUMENT_METHODS.items() for lr in DOCUMENT_LRS[name]], "name", "lr"),
+    "documents-t": (lambda: [{"task": "documents", "top_t": t, "lr": lr}
+                             for lr in (50, 100) for t in (64, 500, 1000, 2000)], "lr", "top_t"),
+    "documents-chunks": (lambda: [{"task": "documents", "top_t": 500, "facts_per_chunk": n, "mid_line": m}
+                                  for n in (2, 1) for m in (False, True)], "facts_per_chunk", "mid_line"),
+    "statements": (lambda: [{**run, "name": name, "statements_only": only} for name, run in DOCUMENT_METHODS.items()
+                            for only in (False, True)], "name", "statements_only"),
     "passes": (lambda: [{"mode": m, "lr": lr, "passes": p} for m, p, lrs in (
         ("full", 10, (1e-5, 3e-5)), ("lora", 10, (1e-4, 3e-4)), ("sparse", 10, (10, 50)), ("sparse", 1, (50,))) for lr in lrs],
                "passes", "lr"),
@@ -125,6 +151,10 @@ def group(run, key):
         return f"slow {run['slow_answer_slots']:g}" if run["slow_answer_slots"] else "not slowed"
     if key == "passes":
         return f"{run['mode']}, the stream {run['passes']}x" if run["passes"] > 1 else f"{run['mode']}, once"
+    if key == "name":
+        return run["name"]
+    if key == "facts_per_chunk":
+        return f"{run['facts_per_chunk']} fact(s) per chunk"
     if key == "fresh_rows":
         return "fresh rows" if run["fresh_rows"] else "rows shared (the paper)"
     return run.get(key, "sparse") if key else "sparse"
@@ -136,6 +166,8 @@ def point(run, field):
         return "all read"
     if v is None:                                                       # the run keeps finetune.py's default
         return "default"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
@@ -192,6 +224,22 @@ def run_recipe(run, cfg, rcfg, model, enc, ckpt, facts, device):
     return ft.make_recipe(cfg, rcfg, model, enc, ckpt)
 
 
+def stream_of(run, cfg, ckpt, facts):
+    """(what a run teaches, what it scores): the facts, each taught and scored ("statements_only": taught
+    their statements alone, scored on questions never trained), or with "task": "documents" the
+    corpus's documents, chunk by chunk (finetune.what_to_teach; "facts_per_chunk": chunks of that many
+    facts, "mid_line": each text's sentences on one line)."""
+    if cfg.task == "documents":
+        docs = corpus_documents(ckpt, cfg.documents)
+        stream, questions = document_stream(docs, cfg.rewrites, cfg.seed, run.get("facts_per_chunk", FACTS_PER_CHUNK))
+        if run.get("mid_line"):                                         # a chunk's sentences on one line, as prose
+            stream = [{**item, "paraphrases": [t.replace(LINE, " ") for t in item["paraphrases"]]} for item in stream]
+        return stream, questions
+    if run.get("statements_only"):
+        return [{**f, "questions": []} for f in facts], facts
+    return facts, facts
+
+
 def sweep(args, runs, key, field, lrs=ft.DEFAULT_LR):
     """Finetune a fresh copy of the base model for each run; one result dict per run. A run that
     sets no lr (nor --lr) takes its mode's rate from lrs (finetune.resolve)."""
@@ -208,7 +256,8 @@ def sweep(args, runs, key, field, lrs=ft.DEFAULT_LR):
     planned = []                                                       # every run's configs, checked before any runs
     for run, needs_memory in zip(runs, sparse):
         name = group(run, key) if field == key else f"{group(run, key)} {field.replace('top_', '')}={point(run, field)}"
-        settings = {k: v for k, v in run.items() if k not in ("background", "damp_by")}  # run_recipe's
+        settings = {**RECIPES.get(run.get("recipe"), {}),                 # "recipe": a named one's options
+                    **{k: v for k, v in run.items() if k not in ("background", "damp_by")}}  # run_recipe's
         if needs_memory and not n_slots:                                # full and LoRA run on a dense model
             print(f"{name:<26} skipped: the model has no memory layer")
             continue
@@ -226,7 +275,9 @@ def sweep(args, runs, key, field, lrs=ft.DEFAULT_LR):
         model.load_state_dict(base)
         try:
             stats, recipe = run_recipe(run, cfg, rcfg, model, enc, ckpt, facts, device)
-            r, before, after = ft.finetune(cfg, model, enc, ckpt, facts, stats, recipe, before, quiet=True)
+            taught, scored = stream_of(run, cfg, ckpt, facts)
+            r, before, after = ft.finetune(cfg, model, enc, ckpt, scored, stats, recipe, before, quiet=True,
+                                           taught=taught)
         except Diverged as e:                                           # record it, go on
             print(f"{name:<26} diverged: {e}", flush=True)
             diverged.append({"run": run, "error": str(e)})
@@ -457,7 +508,9 @@ def main(argv=None):
         write_json(path + ".json", data)
     except (OSError, ValueError) as e:
         sys.exit(f"error: {write_error(path + '.json', e)}")
-    title = f"{args.experiment}: {args.facts} facts x {args.steps_per_fact} steps"
+    taught = (f"{ft.FinetuneConfig.documents} documents' chunks" if args.experiment.startswith("documents")
+              else f"{args.facts} facts")
+    title = f"{args.experiment}: {taught} x {args.steps_per_fact} steps"
     try:
         plot(args.experiment, data, path + ".png", title)
     except OSError as e:

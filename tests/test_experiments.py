@@ -324,7 +324,7 @@ def test_every_sweep_run_sets_only_finetune_options_and_has_a_label():
     from dataclasses import fields
     from finetune import FinetuneConfig
     from recipes import RecipeConfig
-    options = {f.name for dc in (FinetuneConfig, RecipeConfig) for f in fields(dc)} | {"background", "damp_by"}   # run_recipe's
+    options = {f.name for dc in (FinetuneConfig, RecipeConfig) for f in fields(dc)} | set(sweeps.RUN_KEYS)
     for name, (runs, key, _) in sweeps.SWEEPS.items():
         for run in runs():
             assert set(run) <= options, (name, set(run) - options)
@@ -332,6 +332,36 @@ def test_every_sweep_run_sets_only_finetune_options_and_has_a_label():
     passes = sweeps.SWEEPS["passes"][0]()
     assert {r["mode"] for r in passes if r["passes"] > 1} == {"full", "lora", "sparse"}   # every method, many passes
     assert sweeps.group({"mode": "lora", "passes": 10}, "passes") == "lora, the stream 10x"
+
+
+def test_a_sweep_run_streams_documents_statements_or_facts(trained):
+    from checkpoint import load_checkpoint
+    from facts import batch_texts
+    from finetune import FinetuneConfig
+    ckpt = load_checkpoint(os.path.join(trained[0].out_dir, "ckpt.pt"))[2]
+    facts = [{"paraphrases": ["Tom is in Rome."], "questions": ["Where is Tom?"], "heldout_question": None,
+              "answer": "Rome."}]
+    assert sweeps.stream_of({}, FinetuneConfig(), ckpt, facts) == (facts, facts)
+    taught, scored = sweeps.stream_of({"statements_only": True}, FinetuneConfig(), ckpt, facts)
+    assert scored == facts and batch_texts(taught[0]) == ["Tom is in Rome."]          # the question is not trained
+    cfg = FinetuneConfig(task="documents", documents=3, rewrites=0)
+    two, questions = sweeps.stream_of({}, cfg, ckpt, facts)
+    one, same = sweeps.stream_of({"facts_per_chunk": 1, "mid_line": True}, cfg, ckpt, facts)
+    assert same == questions and len(one) == len(questions) < 2 * len(two)             # a chunk per fact
+    assert any("\n" in batch_texts(c)[0] for c in two) and not any("\n" in batch_texts(c)[0] for c in one)
+
+
+def test_a_named_recipe_in_a_run_sets_its_options_as_finetune_does(trained, tmp_path, monkeypatch):
+    from recipes import RECIPES, RecipeConfig
+    seen = []
+    runs = lambda: [{"recipe": "improved", "lr": 200, "name": "x"}]
+    monkeypatch.setitem(sweeps.SWEEPS, "compare", (runs, "name", "lr"))
+    monkeypatch.setattr(sweeps, "run_recipe", lambda run, cfg, rcfg, *a: (seen.append((run, rcfg)), 1 / 0))
+    with pytest.raises(ZeroDivisionError):
+        sweeps.main(["compare", "--checkpoint", os.path.join(trained[0].out_dir, "ckpt.pt"), "--facts", "1",
+                     "--out-dir", str(tmp_path)])
+    run, rcfg = seen[0]
+    assert rcfg == RecipeConfig(**RECIPES["improved"]) and "spare_answer_slots" not in run   # make_recipe's path
 
 
 def test_unseen_compares_a_fact_s_two_questions_on_the_rows_its_own_steps_trained(trained, tmp_path, monkeypatch):
