@@ -165,9 +165,9 @@ def read_questions(path, text):
 def text_stream(text, questions, enc, block_size, path, per_chunk=2):
     """The stream of a text of your own: its sentences (cut after each . ! or ? a space follows),
     per_chunk to a chunk, one to a line (as the corpus's documents: data.documents.LINE), fewer
-    where more would not fit the model's block_size; each chunk's batch
-    is the chunk alone (no rewrites: only the world's own documents have them), marked at the
-    answers of the questions it spells."""
+    where more would not fit the model's block_size. Each chunk's batch is the chunk alone (no
+    rewrites: only the world's own documents have them), marked at the answers of the questions
+    it spells."""
     chunks = []
     for sentence in re.split(r"(?<=[.!?]) ", text):
         n = 1 + len(enc.encode(sentence))                              # with the leading separator

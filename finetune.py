@@ -644,7 +644,7 @@ def describe(cfg, rcfg, recipe, facts, taught=None):
         steps = "; the paper's method" if cfg.mode == "sparse" else ""
     else:
         steps = f"; beyond the paper: {recipe.name}" + (f" ({options(rcfg)})" if recipe.name == "improved" else "")
-    what = (f"{len(facts)} facts" if taught in (None, facts)
+    what = (f"{len(facts)} facts" if taught is None or taught is facts
             else f"{len(taught)} chunks ({len(facts)} questions asked after)")
     return (f"{cfg.mode} finetuning with {cfg.optimizer} at lr {cfg.lr:g} on {what}, {cfg.steps_per_fact} "
             f"step(s) each{method}{steps}")
