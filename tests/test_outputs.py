@@ -267,4 +267,4 @@ def test_a_real_ctrl_c_exits_130_with_one_line(trained):
               "    time.sleep(60)\n"                  # the handler runs at the next bytecode, not in os.kill
               f"evaluate.load_checkpoint = ctrl_c\nevaluate.main(['--checkpoint', {checkpoint_of(trained)!r}])\n")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert (run.returncode, run.stderr) == (128 + signal.SIGINT, "interrupted; nothing was saved\n")
+    assert (run.returncode, run.stderr) == (128 + signal.SIGINT, "interrupted; nothing was saved\n"), run.stderr
