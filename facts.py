@@ -38,7 +38,7 @@ def read_lines(path, what):
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:                                       # line by line, so a bad byte is named by its line
-                yield n, raw.decode("utf-8-sig" if n == 1 else "utf-8")
+                yield n, raw.decode("utf-8-sig")
             except UnicodeDecodeError as e:
                 raise ValueError(f"{path} line {n}: not UTF-8 text (byte {raw[e.start]:#x}); save the file as "
                                  "UTF-8") from None
