@@ -61,10 +61,11 @@ class GPTConfig:
 
 
 # The classroom preset's model (--preset classroom; docs/COURSE.md): 2 blocks of width 96, the
-# second one's FFN a memory layer of 64^2 = 4,096 slots, 64-token windows. Every field is named,
-# so a later change of the defaults does not move it.
+# second one's FFN a memory layer of 256^2 = 65,536 slots read top-16 by 4 heads (the default's
+# table; 16,384 slots or top-8 forget more per fact learned: python -m experiments classroom),
+# 64-token windows. Every field is named, so a later change of the defaults does not move it.
 CLASSROOM_MODEL = dict(vocab_size=1024, block_size=64, n_layer=2, n_head=4, n_embd=96, dropout=0.0, bias=False,
-                       memory_layers=(1,), shared_values=False, mem_n_keys=128, mem_heads=4, mem_topk=8,
+                       memory_layers=(1,), shared_values=False, mem_n_keys=256, mem_heads=4, mem_topk=16,
                        mem_k_dim=64, mem_v_dim=0, mem_query_norm="layernorm", mem_sparse_grad=False)
 
 

@@ -59,9 +59,10 @@ class DataConfig:
 
 
 # The classroom preset's corpus (--preset classroom; docs/COURSE.md): the same open-answer world
-# with 40 people, 8 towns and 8 animals, told in 600 stories, so that the whole demo runs in
-# about a minute on 2 CPU cores. Every field is named, so a later change of the defaults neither moves it nor
-# makes its prepared folder refuse the settings it was written with.
+# with 40 people, 8 towns and 8 animals, told in 600 stories (more stories teach more language,
+# and the facts are then forgotten more: python -m experiments classroom). Every field is named,
+# so a later change of the defaults neither moves it nor makes its prepared folder refuse the
+# settings it was written with.
 CLASSROOM_DATA = dict(out_dir=os.path.join(HERE, "classroom"), source="generated", tinystories_file="",
                       max_stories=20000, seed=1337, n_stories=600, n_val_stories=100, world="open",
                       n_people=40, n_towns=8, n_animals=8, fact_repeats=150, tokenizer="bpe", vocab_size=1024)

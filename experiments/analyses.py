@@ -99,16 +99,17 @@ def curves_figure(plt, data):
 ONE_FACT_LRS = {"full": (1e-4, 3e-4), "lora": (3e-4, 1e-3)}
 
 
-def one_fact(args):
+def one_fact(args, lrs=None):
     """Streams of one fact: each of the first --facts facts taught alone to the pretrained model
-    by each method (full and LoRA at each rate of ONE_FACT_LRS, sparse at the experiments'
-    rate), and the background measured after it. The shortest stream, where every method can
+    by each method (full and LoRA at each of their rates in lrs, or --full-lrs and --lora-lrs, or
+    ONE_FACT_LRS; sparse at the experiments' rate), and the background measured after it. The shortest stream, where every method can
     learn: its forgetting at matched learning."""
     model, enc, ckpt, facts, base_cfg, rcfg, device = setup(args, needs_memory=False)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
     before = qa_accuracy(model, enc, background, device)
-    runs = [(m, lr) for m in ("full", "lora") for lr in ONE_FACT_LRS[m]]
+    lrs = lrs or {m: getattr(args, f"{m}_lrs", None) or ONE_FACT_LRS[m] for m in ("full", "lora")}
+    runs = [(m, lr) for m in ("full", "lora") for lr in lrs[m]]
     if model.memory_modules:                                           # a dense model: full and LoRA only
         runs.append(("sparse", base_cfg.lr))
     out = []

@@ -35,6 +35,7 @@ out/experiments/<name>.json (every number) and <name>.png (the figure).
     python -m experiments layouts       # pretrain other memory layouts (heads x top-k, placement), then sparse
     python -m experiments worlds        # pretrain on other knowledge worlds (closed answers, more people), then sparse
     python -m experiments dense         # the memory model against dense ones trained for the same time and steps
+    python -m experiments classroom     # pretrain variants of the classroom preset (table, top-k, stories, world, depth, steps)
     python -m experiments course        # the course's exercises on the classroom model, pretrained with 3 seeds
     python -m experiments topt --facts 1000 --steps-per-fact 1   # the paper-sized stream
 
@@ -49,17 +50,19 @@ The sweeps are here; curves, slots, forgetting, long, one-fact, answer-reads, un
 which look inside streams and the memory, are in experiments/analyses.py.
 """
 
+import copy
 import os
 import sys
 import time
+from dataclasses import replace
 
 import finetune as ft
-from experiments.analyses import ANALYSES, setup
+from experiments.analyses import ANALYSES, one_fact, setup
 from checkpoint import checkpoint_corpus, checkpoint_train_tokens, load_checkpoint
 from common import (ROOT, Diverged, check_writable, config_parser, interruptible, keep_freed_memory, parse_args, split,
                     write_atomic, write_error, write_json)
 from data.documents import FACTS_PER_CHUNK, LINE
-from data.prepare import DataConfig, prepare
+from data.prepare import CLASSROOM_DATA, DataConfig, prepare
 from evaluate import corpus_facts
 from facts import batch_texts, corpus_documents, document_stream, make_batch, read_facts_file
 from model import CLASSROOM_MODEL, GPTConfig
@@ -294,6 +297,35 @@ def sweep(args, runs, key, field, lrs=ft.DEFAULT_LR):
 SHARED_TINYSTORIES = os.path.join(ROOT, "..", "shared", "data", "tinystories", "tinystories_v1_train_head_2MiB.txt")
 SPARSE_LRS = [{"lr": 20}, {"lr": 50}]
 
+# The classroom preset's levers (python -m experiments classroom; docs/RESULTS.md, "The classroom preset"): its
+# corpus, model and pretraining changed one or two at a time, each pretrained into out/variants/<folder>/ and
+# taught the demo's new facts by the paper's method at t = 64 and at the preset's t. The first is the preset.
+OLD_TABLE = {"mem_n_keys": 128, "mem_topk": 8}                     # 16,384 slots read top-8, as the preset had
+SHORT = {"max_iters": 600}                                         # half the preset's pretraining
+CLASSROOM_VARIANTS = [
+    ("classroom", "the preset: 65,536 slots top-16, 1,200 steps", {}, {}, {}),
+    ("cls-k256t16s900", "900 steps", {}, {}, {"max_iters": 900}),
+    ("cls-k256t16", "600 steps", {}, {}, SHORT),
+    ("cls-k256t16s450", "450 steps", {}, {}, {"max_iters": 450}),
+    ("cls-base", "16,384 slots top-8, 600 steps", {}, OLD_TABLE, SHORT),
+    ("cls-k128t16", "16,384 slots top-16, 600 steps", {}, {"mem_n_keys": 128}, SHORT),
+    ("cls-k256", "65,536 slots top-8, 600 steps", {}, {"mem_topk": 8}, SHORT),
+    ("cls-k256h2t16", "2 memory heads, 600 steps", {}, {"mem_heads": 2}, SHORT),
+    ("cls-v512", "vocabulary 512", {"vocab_size": 512}, {}, {}),
+    ("cls-k256t16s2000x1200", "2,000 stories", {"n_stories": 2000}, {}, {}),
+    ("cls-s2000", "2,000 stories, 16,384 slots top-8, 600 steps", {"n_stories": 2000}, OLD_TABLE, SHORT),
+    ("cls-w30s2000", "30 people, 2,000 stories, 16,384 slots top-8, 600 steps",
+     {"n_people": 30, "n_towns": 6, "n_animals": 6, "n_stories": 2000}, OLD_TABLE, SHORT),
+    ("cls-w120", "120 people, 16,384 slots top-8, 600 steps",
+     {"n_people": 120, "n_towns": 20, "n_animals": 20, "fact_repeats": 60}, OLD_TABLE, SHORT),
+    ("cls-b16", "batch 16 x 1,100 steps, 16,384 slots top-8", {}, OLD_TABLE,
+     {"batch_size": 16, "max_iters": 1100, "warmup_iters": 50}),
+    ("cls-L3", "3 blocks, 16,384 slots top-8, 450 steps", {}, {**OLD_TABLE, "n_layer": 3, "memory_layers": (2,)},
+     {"max_iters": 450}),
+    ("cls-L4e64", "4 blocks of width 64, 16,384 slots top-8, 450 steps", {},
+     {**OLD_TABLE, "n_layer": 4, "n_embd": 64, "memory_layers": (3,)}, {"max_iters": 450}),
+]
+
 # Experiments that pretrain their own models: per variant (its folder, a label, and the corpus,
 # model and training settings that differ from the defaults), then the same runs on each.
 # dense: the default memory model against the dense one (an FFN in block 3 too) trained for as
@@ -303,55 +335,76 @@ VARIANTS = {
     "layouts": ([("h2k16", "2 heads x top-16", {}, {"mem_heads": 2, "mem_topk": 16}, {}),
                  ("h4k8", "4 heads x top-8", {}, {"mem_heads": 4, "mem_topk": 8}, {}),
                  ("h4k16", "4 heads x top-16 (default)", {}, {}, {}),
-                 ("block2", "memory in block 2 of 4", {}, {"memory_layers": (2,)}, {})], SPARSE_LRS),
+                 ("block2", "memory in block 2 of 4", {}, {"memory_layers": (2,)}, {})], SPARSE_LRS, "default"),
     "worlds": ([("open", "open answers (default)", {}, {}, {}),
                 ("closed", "closed: 15 answers a relation", {"world": "closed"}, {}, {}),
                 ("people500", "500 people, 60 documents each", {"n_people": 500, "n_towns": 60, "n_animals": 60,
-                                                                 "fact_repeats": 60}, {}, {})], SPARSE_LRS),
+                                                                 "fact_repeats": 60}, {}, {})], SPARSE_LRS, "default"),
     "real-text": ([("tinystories", "TinyStories text", {"source": "tinystories"}, {}, {})],
-                  [{"mode": m} for m in ("full", "lora", "sparse")]),
+                  [{"mode": m} for m in ("full", "lora", "sparse")], "default"),
     "dense": ([("h4k16", "memory, 1,700 steps (default)", {}, {}, {}),
                ("dense2750", "dense, 2,750 steps (same time)", {}, {}, {"dense": True, "max_iters": 2750}),
                ("dense1700", "dense, 1,700 steps", {}, {}, {"dense": True})],
               [{"mode": "full"}, {"mode": "full", "lr": 1e-4}, {"mode": "lora"}, {"mode": "lora", "lr": 3e-4},
-               {"mode": "sparse"}]),
+               {"mode": "sparse"}], "default"),
+    "classroom": (CLASSROOM_VARIANTS, [{"name": f"t = {t}, lr {lr}", "top_t": t, "lr": lr}
+                                       for t, lr in ((64, 100), (500, 50), (500, 100), (500, 200))], "classroom"),
 }
 
 
-def pretrained(folder, data, model, training, args):
-    """The checkpoint of the default training run on a corpus, model and training settings that
-    differ from the defaults by `data`, `model` and `training`; the corpus is prepared and the
-    model trained if missing. With no difference it is the default checkpoint (pretrained
-    first by setup if missing)."""
+# What a variant differs from: the defaults, or the classroom preset's corpus, model and training.
+BASES = {"default": ({}, {}, {}), "classroom": (CLASSROOM_DATA, CLASSROOM_MODEL, CLASSROOM_TRAIN)}
+
+
+def pretrained(folder, data, model, training, args, base="default"):
+    """The checkpoint of the `base` training run (BASES) on a corpus, model and training settings
+    that differ from it by `data`, `model` and `training`; the corpus is prepared and the model
+    trained if missing. With no difference it is the base's own checkpoint (pretrained first by
+    setup if missing)."""
+    base_data, base_model, base_training = BASES[base]
     if not data and not model and not training:
-        return ft.DEFAULT_CHECKPOINT
+        return ft.DEFAULT_CHECKPOINT if base == "default" else ft.CLASSROOM_FINETUNE["checkpoint"]
     ckpt = os.path.join(ROOT, "out", "variants", folder, "ckpt.pt")
     if not os.path.exists(ckpt):
-        corpus = DataConfig(**data)
-        if data:                                                        # its own corpus beside the default one
+        corpus = DataConfig(**{**base_data, **data})
+        if data:                                                        # its own corpus beside the base's
             corpus.out_dir = os.path.join(ROOT, "data", "variants", folder)
         if corpus.source == "tinystories":
             corpus.tinystories_file = args.tinystories_file
         prepare(corpus)
-        tc = TrainConfig(**{**training, "data_dir": corpus.out_dir, "out_dir": os.path.dirname(ckpt), "device": args.device})
-        print(f"pretraining {folder} on {corpus.out_dir} -> {ckpt} ({tc.max_iters} steps; "
-              "the default's 1,700 take about 7 min on 2 CPU cores)", flush=True)
-        train(tc, GPTConfig(**model))
+        tc = TrainConfig(**{**base_training, **training, "data_dir": corpus.out_dir, "out_dir": os.path.dirname(ckpt),
+                            "device": args.device})
+        print(f"pretraining {folder} on {corpus.out_dir} -> {ckpt} ({tc.max_iters} steps)", flush=True)
+        train(tc, GPTConfig(**{**base_model, **model}))
     return ckpt
 
 
+def classroom_runs(args, runs):
+    """Runs with the classroom preset's stream settings (finetune.CLASSROOM_FINETUNE), set in args too."""
+    preset = {k: ft.CLASSROOM_FINETUNE[k] for k in ("facts", "steps_per_fact", "top_t", "background_batches")}
+    args.facts, args.steps_per_fact = preset["facts"], preset["steps_per_fact"]
+    return [{**preset, **run} for run in runs]
+
+
 def variants(args, name):
-    """Pretrain each variant (or reuse its checkpoint), then run the same runs on each."""
+    """Pretrain each variant (or reuse its checkpoint), then run the same runs on each (on the
+    classroom's variants, with the classroom preset's stream and rates)."""
     out = {}
-    variants_, runs = VARIANTS[name]
+    variants_, runs, base = VARIANTS[name]
+    lrs = ft.CLASSROOM_LR if base == "classroom" else ft.DEFAULT_LR
+    if base == "classroom":
+        runs = classroom_runs(args, runs)
     for folder, label, data, model, training in variants_:
-        args.checkpoint = pretrained(folder, data, model, training, args)
+        args.checkpoint = pretrained(folder, data, model, training, args, base)
         ckpt = load_checkpoint(args.checkpoint)[2]
         m, tc = ckpt["metrics"], ckpt["train_config"]
         seconds = ckpt["step"] * tc["batch_size"] * ckpt["model_args"]["block_size"] / m["tokens_per_s"]
         print(f"{label}: background facts {m['fact_acc']:.3f}, val loss {m['val_loss']:.4f}, "
               f"{ckpt['step']} steps in {seconds:.0f} s of training steps", flush=True)
-        out[label] = sweep(args, runs, "mode", "lr" if name != "real-text" else "mode")
+        key, field = ("name", "name") if base == "classroom" else ("mode", "lr" if name != "real-text" else "mode")
+        out[label] = sweep(args, runs, key, field, lrs)
+        if base == "classroom" and out[label]["results"]:
+            print(f"  skill probe before finetuning {out[label]['results'][0]['skill_acc_before']:.3f}", flush=True)
         out[label]["pretraining"] = {**m, "steps": ckpt["step"], "step_seconds": seconds}
     return {"variants": out}
 
@@ -359,35 +412,49 @@ def variants(args, name):
 # The course's exercises (docs/COURSE.md) as runs of finetune.py --preset classroom, on the
 # classroom model pretrained with three seeds, so that the course gives each result as a range.
 COURSE_SEEDS = (1337, 1, 2)
+COURSE_ONE_FACT = 10                                                    # facts each taught alone (exercise 2)
+COURSE_ONE_FACT_LRS = {"full": (3e-4, 1e-3, 3e-3), "lora": (1e-3, 3e-3, 1e-2)}   # up to where they learn most facts
 COURSE_RUNS = [("the demo", {}), ("lr 50", {"lr": 50.0}), ("lr 200", {"lr": 200.0}),
                ("full", {"mode": "full"}), ("lora", {"mode": "lora"}), ("tf ranking", {"ranking": "tf"}),
-               ("t=16", {"top_t": 16}), ("t=256", {"top_t": 256}), ("max-df 0.1", {"max_df": 0.1})]
+               ("t=64", {"top_t": 64}), ("t=2000", {"top_t": 2000}), ("max-df 0.1", {"max_df": 0.1})]
 
 
 def course(args):
     """Each of COURSE_RUNS with the classroom preset's settings, on each seed's classroom model
     (the preset's own checkpoint for its seed, out/classroom-seed<N>/ for the others; each
-    pretrained if missing, about 50 s), then the range of each run's results over the seeds."""
-    preset = {k: ft.CLASSROOM_FINETUNE[k] for k in ("facts", "steps_per_fact", "top_t", "background_batches")}
-    args.facts, args.steps_per_fact = preset["facts"], preset["steps_per_fact"]
+    pretrained if missing, about 4 min), and each of the first COURSE_ONE_FACT facts taught alone
+    by full finetuning, LoRA and sparse (analyses.one_fact); then the range of each result over the seeds."""
+    runs = classroom_runs(args, [run for _, run in COURSE_RUNS])
     out, names = {}, [name for name, _ in COURSE_RUNS]
     for seed in COURSE_SEEDS:
         folder = "classroom" if seed == CLASSROOM_TRAIN["seed"] else f"classroom-seed{seed}"
         tcfg = TrainConfig(**{**CLASSROOM_TRAIN, "seed": seed, "out_dir": os.path.join(ROOT, "out", folder),
                               "device": args.device})
         args.checkpoint = os.path.join(tcfg.out_dir, "ckpt.pt")
-        if not os.path.exists(args.checkpoint):
-            train(tcfg, GPTConfig(**CLASSROOM_MODEL), quiet=True)
+        if not os.path.exists(args.checkpoint) or ft.unfinished(args.checkpoint):   # missing, or stopped half-way
+            train(replace(tcfg, resume=os.path.exists(args.checkpoint)), GPTConfig(**CLASSROOM_MODEL), quiet=True)
         print(f"pretraining seed {seed}:", flush=True)
-        out[f"seed {seed}"] = sweep(args, [{**preset, **run} for _, run in COURSE_RUNS], "mode", "lr", ft.CLASSROOM_LR)
+        out[f"seed {seed}"] = sweep(args, runs, "mode", "lr", ft.CLASSROOM_LR)
         out[f"seed {seed}"]["pretraining"] = load_checkpoint(args.checkpoint)[2]["metrics"]
+        alone = copy.copy(args)                                        # each fact alone: matched learning
+        alone.facts, alone.top_t, alone.lr = COURSE_ONE_FACT, runs[0]["top_t"], ft.CLASSROOM_LR[("sparse", "sgd")]
+        out[f"seed {seed}"]["one_fact"] = one_fact(alone, COURSE_ONE_FACT_LRS)["runs"]
     print(f"\nrange over the {len(COURSE_SEEDS)} pretraining seeds (new facts stream, {args.facts} facts):")
+    span = lambda rs, key, scale=1: f"{min(r[key] for r in rs) * scale:.2f}-{max(r[key] for r in rs) * scale:.2f}"
     for i, name in enumerate(names):
         rs = [v["results"][i] for v in out.values() if len(v["results"]) == len(names)]
+        for r in rs:
+            r["val_loss_change"] = r["val_loss_after"] / r["val_loss_before"] - 1
         if rs:
-            span = lambda key, scale=1: f"{min(r[key] for r in rs) * scale:.2f}-{max(r[key] for r in rs) * scale:.2f}"
-            print(f"  {name:<12} learned {span('learned_acc')}  unseen {span('unseen_acc')}  "
-                  f"background drop {span('background_drop', 100)}%  val loss {span('val_loss_after')}")
+            print(f"  {name:<12} learned {span(rs, 'learned_acc')}  unseen {span(rs, 'unseen_acc')}  "
+                  f"background drop {span(rs, 'background_drop', 100)}%  skill {span(rs, 'skill_acc_before')} "
+                  f"(drop {span(rs, 'skill_drop', 100)}%)  val loss {span(rs, 'val_loss_after')} "
+                  f"({span(rs, 'val_loss_change', 100)}%)")
+    print(f"each of the first {COURSE_ONE_FACT} facts taught alone (one_fact):")
+    for i, r in enumerate(next(iter(out.values()))["one_fact"]):
+        rs = [v["one_fact"][i] for v in out.values()]
+        print(f"  {r['mode']:<7} lr {r['lr']:<6g} learned {span(rs, 'learned')}  unseen {span(rs, 'unseen')}  "
+              f"background drop per fact {span(rs, 'background_drop', 100)}%")
     return {"variants": out}
 
 
@@ -418,23 +485,72 @@ def sweep_figure(plt, name, data):
 
 
 def variants_figure(plt, name, data):
-    """Learned against forgotten, a line per pretrained variant over its runs."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    """Learned against forgotten, a line per pretrained variant over its runs (classroom: beside it,
+    what the preset's run learns and forgets against each variant's pretraining time)."""
+    if name == "classroom":
+        fig, (ax, ax1) = plt.subplots(1, 2, figsize=(13, 4.8))
+        for label, v in data["variants"].items():
+            r = next(r for r in v["results"] if r["run"]["top_t"] == ft.CLASSROOM_FINETUNE["top_t"]
+                     and r["lr"] == ft.CLASSROOM_LR[("sparse", "sgd")])     # the preset's run
+            ax1.plot(v["pretraining"]["step_seconds"], r["learned_acc"] * 100, "o")
+            ax1.annotate(f"{label}: {r['background_drop']:.1%} drop", (v["pretraining"]["step_seconds"],
+                         r["learned_acc"] * 100), textcoords="offset points", xytext=(4, 3), fontsize=6)
+        ax1.set_xlabel("pretraining steps' time (s, 2 CPU cores)")
+        ax1.set_ylabel("learned at the preset's t and lr (%)")
+        ax1.set_ylim(0, 105)
+        ax1.grid(alpha=0.3)
+    else:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for label, v in data["variants"].items():
         rs = v["results"]
-        mixed = name in ("course", "dense", "real-text")    # runs of several methods: points, no line
+        if name == "classroom":                                # the rates at the preset's t: a line each, unlabelled
+            rs = [r for r in rs if r["run"]["top_t"] == ft.CLASSROOM_FINETUNE["top_t"]]
+        mixed = name in ("dense", "real-text")              # runs of several methods: points, no line
         ax.plot([r["background_drop"] * 100 for r in rs], [r["learned_acc"] * 100 for r in rs],
                 "o" if mixed else "o-", label=label)
-        for r in rs:
-            text = (f"{r['mode']} {r['lr']:g}" if name == "dense" else f"{r['lr']:g}" if name == "course"
+        for r in rs if name != "classroom" else []:
+            text = (f"{r['mode']} {r['lr']:g}" if name == "dense"
                     else point(r["run"], "mode" if name == "real-text" else "lr"))
             ax.annotate(text, (r["background_drop"] * 100, r["learned_acc"] * 100), textcoords="offset points",
                         xytext=(4, 3), fontsize=7)
     ax.set_xlabel("forgotten: drop in background-fact accuracy (%)")
     ax.set_ylabel("learned: new-fact accuracy (%)")
+    if name == "classroom":
+        ax.set_title(f"t = {ft.CLASSROOM_FINETUNE['top_t']}, lr 50, 100 and 200 (left to right)", fontsize=9)
     ax.set_ylim(0, 105)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=6 if name == "classroom" else 8)
+    return fig
+
+
+def course_figure(plt, data):
+    """The course's runs (learned against forgotten, a colour per seed), and beside them each fact
+    taught alone by full finetuning, LoRA and sparse: forgetting at matched learning."""
+    fig, (ax, ax1) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for label, v in data["variants"].items():
+        rs = v["results"]
+        ax.plot([r["background_drop"] * 100 for r in rs], [r["learned_acc"] * 100 for r in rs], "o", label=label)
+        for r, (name, _) in zip(rs, COURSE_RUNS):
+            ax.annotate(name, (r["background_drop"] * 100, r["learned_acc"] * 100), textcoords="offset points",
+                        xytext=(4, 3), fontsize=7)
+        first = label == next(iter(data["variants"]))
+        for i, r in enumerate(v.get("one_fact", [])):
+            ax1.plot(r["background_drop"] * 100, r["learned"] * 100, {"full": "s", "lora": "^", "sparse": "o"}[r["mode"]],
+                     color={"full": "C3", "lora": "C2", "sparse": "C0"}[r["mode"]], ms=8, alpha=0.6,
+                     label=r["mode"] if first and (i == 0 or r["mode"] != v["one_fact"][i - 1]["mode"]) else None)
+            if first:                                                  # each rate once
+                ax1.annotate(f"lr {r['lr']:g}", (r["background_drop"] * 100, r["learned"] * 100), textcoords="offset points",
+                             xytext=(5, -10), fontsize=7)
+    ax.set_xlabel("forgotten: drop in background-fact accuracy (%)")
+    ax1.set_xlabel("background drop after one fact (%, mean; log scale past 0.1)")
+    ax1.set_xscale("symlog", linthresh=0.1)
+    ax.set_title("the stream of 30 facts", fontsize=9)
+    ax1.set_title(f"each of {COURSE_ONE_FACT} facts taught alone", fontsize=9)
+    for a in (ax, ax1):
+        a.set_ylabel("learned (%)")
+        a.set_ylim(0, 105)
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
     return fig
 
 
@@ -445,7 +561,8 @@ def plot(name, data, path, title):
     if name in ANALYSES:
         fig = ANALYSES[name][1](plt, data)
     else:
-        fig = variants_figure(plt, name, data) if name in VARIANTS or name == "course" else sweep_figure(plt, name, data)
+        fig = (course_figure(plt, data) if name == "course" else variants_figure(plt, name, data) if name in VARIANTS
+               else sweep_figure(plt, name, data))
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
@@ -468,6 +585,8 @@ def main(argv=None):
                    "default (curves always uses each method's default)")
     p.add_argument("--facts-file", default="", help="the sweeps and answer-reads: your own facts (finetune.py's "
                    "facts-file format) instead of the corpus's new facts")
+    p.add_argument("--full-lrs", type=float, nargs="+", help="one-fact: full finetuning's rates (default 1e-4 3e-4)")
+    p.add_argument("--lora-lrs", type=float, nargs="+", help="one-fact: LoRA's rates (default 3e-4 1e-3)")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "out", "experiments"), help="where the JSON and PNG go")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--tinystories-file", default=SHARED_TINYSTORIES if os.path.exists(SHARED_TINYSTORIES) else "",

@@ -6,13 +6,14 @@ import torch
 
 from checkpoint import load_checkpoint
 from conftest import TINY_MODEL
+from data.prepare import CLASSROOM_DATA, DataConfig
 from evaluate import qa_items
 from experiments import analyses, sweeps
 from facts import batch_texts, make_batch
 from finetune import DEFAULT_CHECKPOINT, fingerprint
-from model import GPT, GPTConfig
+from model import CLASSROOM_MODEL, GPT, GPTConfig
 from sparse import background_stats
-from train import TrainConfig, train
+from train import CLASSROOM_TRAIN, TrainConfig, train
 
 FACTS = [{"paraphrases": ["Tom ran.", "Tom ran home."], "questions": ["Who ran?"], "heldout_question": None, "answer": "Tom."},
          {"paraphrases": ["Ann sat."], "questions": ["Who sat?"], "heldout_question": None, "answer": "Ann."}]
@@ -167,6 +168,22 @@ def test_a_variant_gets_its_own_corpus_and_model_and_reuses_its_checkpoint(tmp_p
     assert sweeps.pretrained("few", {"n_people": 5}, {}, {}, args) == ckpt and calls == []   # reused
 
 
+def test_a_classroom_variant_differs_from_the_classroom_preset(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(sweeps, "ROOT", str(tmp_path))
+    monkeypatch.setattr(sweeps, "prepare", lambda cfg: calls.append(cfg))
+    monkeypatch.setattr(sweeps, "train", lambda cfg, mcfg: calls.append((cfg, mcfg)))
+    args = type("Args", (), {"device": "cpu", "tinystories_file": ""})()
+    ckpt = sweeps.pretrained("cls-few", {"n_people": 30}, {"mem_topk": 4}, {}, args, "classroom")
+    corpus, (run, model) = calls
+    assert corpus == DataConfig(**{**CLASSROOM_DATA, "n_people": 30, "out_dir": str(tmp_path / "data" / "variants" / "cls-few")})
+    assert model == GPTConfig(**{**CLASSROOM_MODEL, "mem_topk": 4})
+    assert run == TrainConfig(**{**CLASSROOM_TRAIN, "data_dir": corpus.out_dir, "out_dir": os.path.dirname(ckpt), "device": "cpu"})
+    sweeps.pretrained("cls-long", {}, {}, {"max_iters": 9}, args, "classroom")
+    assert calls[2].out_dir == CLASSROOM_DATA["out_dir"] and calls[3][0].max_iters == 9   # the preset's own corpus
+    assert sweeps.pretrained("cls-same", {}, {}, {}, args, "classroom") == sweeps.ft.CLASSROOM_FINETUNE["checkpoint"]
+
+
 def test_long_scores_the_facts_taught_so_far_beside_each_whole_stream(trained, tmp_path, monkeypatch):
     cfg, _, _, _ = trained
     monkeypatch.setattr(analyses, "qa_accuracy", lambda model, enc, items, device: len(items))   # "accuracy" = items scored
@@ -234,6 +251,10 @@ def test_one_fact_teaches_every_fact_to_the_pretrained_model(trained, tmp_path, 
     assert all(len(r["drops"]) == 2 and 0 <= r["learned"] <= 1 for r in runs)
     assert len(weights) == 5 * 3 and len(set(weights)) == 1          # 5 runs x (statistics + 2 facts), all from the pretrained model
     assert (tmp_path / "one-fact.png").read_bytes()[:4] == b"\x89PNG"
+    sweeps.main(["one-fact", "--checkpoint", os.path.join(cfg.out_dir, "ckpt.pt"), "--facts", "1", "--steps-per-fact", "1",
+                 "--lr", "1.0", "--device", "cpu", "--out-dir", str(tmp_path), "--full-lrs", "1e-3", "--lora-lrs", "2e-3", "5e-3"])
+    runs = json.loads((tmp_path / "one-fact.json").read_text())["runs"]
+    assert [(r["mode"], r["lr"]) for r in runs] == [("full", 1e-3), ("lora", 2e-3), ("lora", 5e-3), ("sparse", 1.0)]
 
 
 def test_jaccard_of_read_sets_counts_each_slot_once():
@@ -440,3 +461,58 @@ def test_kept_counts_the_questions_a_later_fact_undoes_and_whose_subject_it_has(
         assert (r["facts"], r["right_after"], r["at_end"], r["lost"]) == (3, 4 / 6, 3 / 6, 1)
         assert r["lost_to_same_subject"] == (subjects[1] == subjects[0])          # fact 2 broke fact 1's question
         assert r["same_subject_by_chance"] == pytest.approx(subjects[1:].count(subjects[0]) / 2)
+
+
+def test_course_teaches_each_fact_alone_at_the_preset_t_and_rate_and_leaves_the_sweeps_rates_alone(tmp_path, monkeypatch,
+                                                                                                   capsys):
+    """python -m experiments course: the one-fact comparison (exercise 2) runs sparse at the preset's t and rate,
+    on COURSE_ONE_FACT facts, and the stream runs keep --lr 0, so that full and LoRA take their own rates."""
+    monkeypatch.setattr(sweeps, "ROOT", str(tmp_path))
+    for seed in sweeps.COURSE_SEEDS[1:]:
+        os.makedirs(tmp_path / "out" / f"classroom-seed{seed}")
+        open(tmp_path / "out" / f"classroom-seed{seed}" / "ckpt.pt", "wb").close()
+    monkeypatch.setitem(sweeps.ft.CLASSROOM_FINETUNE, "checkpoint", str(tmp_path / "out" / "classroom" / "ckpt.pt"))
+    half = str(tmp_path / "out" / f"classroom-seed{sweeps.COURSE_SEEDS[2]}" / "ckpt.pt")   # stopped half-way
+    monkeypatch.setattr(sweeps.ft, "unfinished", lambda path: (600, 1200) if path == half else None)
+    trained = []
+    monkeypatch.setattr(sweeps, "train", lambda cfg, mcfg, quiet: trained.append(cfg))
+    monkeypatch.setattr(sweeps, "load_checkpoint", lambda path: (None, None, {"metrics": {}}))
+    os.makedirs(tmp_path / "out" / "classroom")
+    open(tmp_path / "out" / "classroom" / "ckpt.pt", "wb").close()
+    seen = []
+    fake = {"learned_acc": 0.5, "unseen_acc": 0.5, "background_drop": 0.02, "skill_acc_before": 0.5, "skill_drop": 0.0,
+            "val_loss_before": 2.0, "val_loss_after": 2.02}
+    monkeypatch.setattr(sweeps, "sweep", lambda args, runs, *a: seen.append(("sweep", args.lr, runs)) or
+                        {"results": [dict(fake) for _ in runs], "diverged": []})
+    monkeypatch.setattr(sweeps, "one_fact", lambda args, lrs: seen.append(("alone", args.facts, args.top_t, args.lr, lrs))
+                        or {"runs": [{"mode": "full", "lr": 1e-4, "learned": 1.0, "unseen": 1.0, "background_drop": 0.2}]})
+    args = type("Args", (), {"device": "cpu", "lr": 0.0, "top_t": 64, "facts": 50, "steps_per_fact": 10})()
+    data = sweeps.course(args)
+    assert [(c.out_dir, c.resume) for c in trained] == [(os.path.dirname(half), True)]   # only it, and resumed
+    sweeps_, alone = seen[0::2], seen[1::2]
+    assert len(alone) == len(sweeps.COURSE_SEEDS) and len(data["variants"]) == len(sweeps.COURSE_SEEDS)
+    preset = sweeps.ft.CLASSROOM_FINETUNE
+    assert set((*a[:4], str(a[4])) for a in alone) == {("alone", sweeps.COURSE_ONE_FACT, preset["top_t"],
+                                                        sweeps.ft.CLASSROOM_LR[("sparse", "sgd")],
+                                                        str(sweeps.COURSE_ONE_FACT_LRS))}
+    assert all(lr == 0.0 for _, lr, _ in sweeps_) and args.lr == 0.0 and args.top_t == 64
+    for (_, own), run in zip(sweeps.COURSE_RUNS, sweeps_[0][2]):
+        assert run["top_t"] == own.get("top_t", preset["top_t"])          # the preset's t unless the run sets one
+    out = capsys.readouterr().out
+    assert "val loss 2.02-2.02 (1.00-1.00%)" in out and "full    lr 0.0001 learned 1.00-1.00" in out
+    for v in data["variants"].values():                                # the figure takes what course returns
+        v["results"] = [{**r, "run": run} for r, run in zip(v["results"], sweeps_[0][2])]
+    sweeps.plot("course", data, str(tmp_path / "course.png"), "course")
+    assert (tmp_path / "course.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_classroom_levers_figure_marks_the_presets_run_against_pretraining_time(tmp_path):
+    runs = [{"name": "t = 64, lr 100", "top_t": 64, "lr": 100}, {"name": "t = 500, lr 100", "top_t": 500, "lr": 100}]
+    assert any(r["top_t"] == sweeps.ft.CLASSROOM_FINETUNE["top_t"] and r["lr"] == sweeps.ft.CLASSROOM_LR[("sparse", "sgd")]
+               for r in sweeps.VARIANTS["classroom"][1])                  # the experiment runs the preset's run
+    result = lambda run: {"run": run, "lr": run["lr"], "learned_acc": 0.5, "background_drop": 0.03}
+    data = {"variants": {"a": {"results": [result(r) for r in runs], "pretraining": {"step_seconds": 60.0}}}}
+    sweeps.plot("classroom", data, str(tmp_path / "classroom.png"), "classroom")
+    assert (tmp_path / "classroom.png").read_bytes()[:4] == b"\x89PNG"
+    assert [name for _, name, *_ in sweeps.CLASSROOM_VARIANTS][0].startswith("the preset")
+    assert sweeps.CLASSROOM_VARIANTS[0][2:] == ({}, {}, {})             # the first variant is the preset itself
