@@ -311,6 +311,7 @@ CLASSROOM_VARIANTS = [
     ("cls-k128t16", "16,384 slots top-16, 600 steps", {}, {"mem_n_keys": 128}, SHORT),
     ("cls-k256", "65,536 slots top-8, 600 steps", {}, {"mem_topk": 8}, SHORT),
     ("cls-k256h2t16", "2 memory heads, 600 steps", {}, {"mem_heads": 2}, SHORT),
+    ("cls-vlr01s600", "value rate 0.1, 600 steps", {}, {}, {**SHORT, "value_lr": 0.1}),
     ("cls-v512", "vocabulary 512", {"vocab_size": 512}, {}, {}),
     ("cls-k256t16s2000x1200", "2,000 stories", {"n_stories": 2000}, {}, {}),
     ("cls-s2000", "2,000 stories, 16,384 slots top-8, 600 steps", {"n_stories": 2000}, OLD_TABLE, SHORT),
