@@ -102,8 +102,8 @@ ONE_FACT_LRS = {"full": (1e-4, 3e-4), "lora": (3e-4, 1e-3)}
 def one_fact(args, lrs=None):
     """Streams of one fact: each of the first --facts facts taught alone to the pretrained model
     by each method (full and LoRA at each of their rates in lrs, or --full-lrs and --lora-lrs, or
-    ONE_FACT_LRS; sparse at the experiments' rate), and the background measured after it. The shortest stream, where every method can
-    learn: its forgetting at matched learning."""
+    ONE_FACT_LRS; sparse at the experiments' rate), and the background measured after it. The
+    shortest stream, where every method can learn: its forgetting at matched learning."""
     model, enc, ckpt, facts, base_cfg, rcfg, device = setup(args, needs_memory=False)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     background = qa_items(checkpoint_corpus(ckpt)[1]["background"])
