@@ -698,9 +698,9 @@ def main(argv=None):
         print(format_table(results))
         if not cfg.quiet:
             print(f"stream took {result['seconds']:.1f}s")
-            mine = cfg.facts_file or cfg.text                           # yours: up to 20, and their unseen phrasing
+            yours = cfg.facts_file or cfg.text                          # yours: up to 20, and their unseen phrasing
             show_examples(base, model, enc, facts, checkpoint_corpus(ckpt)[1]["background"], before, after, device,
-                          taught=20 if mine else 3, unseen=bool(mine) or cfg.task == "documents",
+                          taught=20 if yours else 3, unseen=bool(yours) or cfg.task == "documents",
                           asked=cfg.task == "documents")
     except KeyboardInterrupt:
         if written:
