@@ -235,7 +235,9 @@ def document_set(cfg, enc, seen):
 
 def knowledge_base(cfg, enc, seen):
     """facts.json: the background facts, the first 1000 new facts, 100 facts of each
-    generalisation set, the world's measured statistics (printed too), and the documents."""
+    generalisation set (fewer where fewer are spelled in tokens pretraining holds, as a large
+    vocabulary on a small corpus leaves), the world's measured statistics (printed too), and the
+    documents."""
     world, usable = world_of(cfg), usable_for(enc, seen)
     entropy = kworld.answer_entropy(world.background)
     stats = {"collision_share": kworld.collision_share(world),
@@ -251,8 +253,8 @@ def knowledge_base(cfg, enc, seen):
     return {"seed": cfg.seed, "world": cfg.world, "stats": stats,
             "background": [f.to_dict() for f in world.background],
             "new": new,
-            "new_answers": [f.to_dict() for f in kworld.take(world.new_answers, 100, usable)],
-            "new_relations": [f.to_dict() for f in kworld.take(world.new_relations, 100, usable)],
+            "new_answers": [f.to_dict() for f in kworld.take(world.new_answers, 100, usable, at_most=True)],
+            "new_relations": [f.to_dict() for f in kworld.take(world.new_relations, 100, usable, at_most=True)],
             "documents": [d.to_dict() for d in docs]}
 
 

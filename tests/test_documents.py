@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from data import corpus, documents, world
+from data import corpus, documents, prepare, world
 from data.prepare import knowledge_base, load_documents, read_corpus_meta, seen_tokens
 
 SETS = ("background", "new", "new_answers", "new_relations")
@@ -225,6 +225,21 @@ def test_facts_json_sets_do_not_depend_on_the_documents(tiny_corpus, monkeypatch
     without = knowledge_base(tiny_corpus, enc, seen)
     assert without.pop("documents") == [] and list(kb) == list(without) + ["documents"]
     assert all(kb[k] == without[k] for k in without)
+
+
+def test_facts_json_keeps_what_a_generalisation_set_has_when_fewer_than_100_are_spelled_in_seen_tokens(
+        tiny_corpus, monkeypatch):
+    """A large vocabulary on a small corpus spells many invented names in tokens pretraining never
+    holds: facts.json then keeps the usable facts of each set, where preparing used to stop."""
+    d = tiny_corpus.out_dir
+    meta, enc, _ = read_corpus_meta(d)
+    seen = seen_tokens(np.fromfile(os.path.join(d, "train.bin"), dtype=meta["dtype"]))
+    w = prepare.world_of(tiny_corpus)
+    kept = {w.new[0].subject, w.new_answers[0].subject, w.new_relations[0].subject}
+    monkeypatch.setattr(prepare, "usable_for", lambda enc, seen: lambda facts: facts[0].subject in kept)
+    kb = knowledge_base(tiny_corpus, enc, seen)
+    for key, first in (("new", w.new[0]), ("new_answers", w.new_answers[0]), ("new_relations", w.new_relations[0])):
+        assert 0 < len(kb[key]) < 100 and {f["subject"] for f in kb[key]} == {first.subject}, key
 
 
 def test_a_corpus_without_documents_draws_them_from_its_seed(tiny_corpus, tmp_path):
