@@ -266,5 +266,8 @@ def test_a_real_ctrl_c_exits_130_with_one_line(trained):
               "def ctrl_c(*args, **kwargs):\n    os.kill(os.getpid(), signal.SIGINT)\n"
               "    time.sleep(60)\n"                  # the handler runs at the next bytecode, not in os.kill
               f"evaluate.load_checkpoint = ctrl_c\nevaluate.main(['--checkpoint', {checkpoint_of(trained)!r}])\n")
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    # The child starts with Ctrl-C at its default, as from a terminal: a shell's background job (a test
+    # run started with &) ignores SIGINT, the child would inherit that, and Python would never raise.
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert (run.returncode, run.stderr) == (128 + signal.SIGINT, "interrupted; nothing was saved\n"), run.stderr
