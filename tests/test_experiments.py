@@ -507,7 +507,8 @@ def test_course_teaches_each_fact_alone_at_the_preset_t_and_rate_and_leaves_the_
 
 
 def test_the_classroom_levers_figure_marks_the_presets_run_against_pretraining_time(tmp_path):
-    runs = [{"name": "t = 64, lr 100", "top_t": 64, "lr": 100}, {"name": "t = 500, lr 100", "top_t": 500, "lr": 100}]
+    t = sweeps.ft.CLASSROOM_FINETUNE["top_t"]
+    runs = [{"name": "t = 64, lr 100", "top_t": 64, "lr": 100}, {"name": f"t = {t}, lr 100", "top_t": t, "lr": 100}]
     assert any(r["top_t"] == sweeps.ft.CLASSROOM_FINETUNE["top_t"] and r["lr"] == sweeps.ft.CLASSROOM_LR[("sparse", "sgd")]
                for r in sweeps.VARIANTS["classroom"][1])                  # the experiment runs the preset's run
     result = lambda run: {"run": run, "lr": run["lr"], "learned_acc": 0.5, "background_drop": 0.03}
