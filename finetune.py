@@ -4,7 +4,7 @@ forgets (sparse memory finetuning: Lin et al. 2025, arXiv:2510.15103).
 
     python finetune.py --mode sparse                      # the paper's method (pretrains out/ckpt.pt first)
     python finetune.py --recipe improved                  # + the steps beyond the paper that meet the demo's targets
-    python finetune.py --preset classroom                 # the same on a small model, ~4 min the first time (docs/COURSE.md)
+    python finetune.py --preset classroom                 # the paper's method on a small model, ~4 min the first time (docs/COURSE.md)
     python finetune.py --mode full                        # the baselines: full finetuning, --mode lora
     python finetune.py --facts-file my_facts.jsonl        # teach your own facts
     python finetune.py --preset documents                 # the paper's second task: documents, chunk by chunk
