@@ -57,7 +57,7 @@ import time
 from dataclasses import replace
 
 import finetune as ft
-from experiments.analyses import ANALYSES, one_fact, setup
+from experiments.analyses import ANALYSES, ONE_FACT_LRS, one_fact, setup
 from checkpoint import checkpoint_corpus, checkpoint_train_tokens, load_checkpoint
 from common import (ROOT, Diverged, check_writable, config_parser, interruptible, keep_freed_memory, parse_args, split,
                     write_atomic, write_error, write_json)
@@ -442,7 +442,7 @@ def course(args):
         out[f"seed {seed}"] = sweep(args, runs, "mode", "lr", ft.CLASSROOM_LR)
         out[f"seed {seed}"]["pretraining"] = load_checkpoint(args.checkpoint)[2]["metrics"]
         alone = copy.copy(args)                                        # each fact alone: matched learning
-        alone.facts, alone.top_t, alone.lr = COURSE_ONE_FACT, runs[0]["top_t"], ft.CLASSROOM_LR[("sparse", "sgd")]
+        alone.facts, alone.top_t, alone.lr = COURSE_ONE_FACT, ft.CLASSROOM_FINETUNE["top_t"], ft.CLASSROOM_LR[("sparse", "sgd")]
         out[f"seed {seed}"]["one_fact"] = one_fact(alone, COURSE_ONE_FACT_LRS)["runs"]
     print(f"\nrange over the {len(COURSE_SEEDS)} pretraining seeds (new facts stream, {args.facts} facts):")
     span = lambda rs, key, scale=1: f"{min(r[key] for r in rs) * scale:.2f}-{max(r[key] for r in rs) * scale:.2f}"
@@ -588,8 +588,9 @@ def main(argv=None):
                    "default (curves always uses each method's default)")
     p.add_argument("--facts-file", default="", help="the sweeps and answer-reads: your own facts (finetune.py's "
                    "facts-file format) instead of the corpus's new facts")
-    p.add_argument("--full-lrs", type=float, nargs="+", help="one-fact: full finetuning's rates (default 1e-4 3e-4)")
-    p.add_argument("--lora-lrs", type=float, nargs="+", help="one-fact: LoRA's rates (default 3e-4 1e-3)")
+    rates = lambda mode: " ".join(f"{lr:g}" for lr in ONE_FACT_LRS[mode])   # the defaults, as help shows them
+    p.add_argument("--full-lrs", type=float, nargs="+", help=f"one-fact: full finetuning's rates (default {rates('full')})")
+    p.add_argument("--lora-lrs", type=float, nargs="+", help=f"one-fact: LoRA's rates (default {rates('lora')})")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "out", "experiments"), help="where the JSON and PNG go")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--tinystories-file", default=SHARED_TINYSTORIES if os.path.exists(SHARED_TINYSTORIES) else "",
